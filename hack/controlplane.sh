@@ -1,0 +1,317 @@
+#!/usr/bin/env bash
+# A real, local Kubernetes control plane for development, tests and benchmarks.
+#
+#   hack/controlplane.sh build    build the pinned binaries into the cache (once per version)
+#   hack/controlplane.sh up       build if needed, then start etcd, kube-apiserver,
+#                                 kube-controller-manager, kube-scheduler and kwok on loopback
+#   hack/controlplane.sh down     stop every process it started and wait until they are gone
+#   hack/controlplane.sh status   show what is running
+#   hack/controlplane.sh env      print the exports that point kubectl at it
+#
+# Everything listens on 127.0.0.1 only. Certificates and the service-account key are
+# generated per state directory; the API server runs with RBAC authorization.
+#
+# Binaries are built from the Go module proxy (wrapper modules in hack/controlplane/*)
+# into ${XDG_CACHE_HOME:-~/.cache}/ctrlplane-operator/controlplane/<version>-<hash>/bin,
+# so every clone and every CI run on a machine shares one build.
+#
+# Settings (environment):
+#   CTRLPLANE_STATE_DIR   certificates, kubeconfig, data and logs (default: <repo>/.controlplane)
+#   CTRLPLANE_CACHE_DIR   where built binaries live (default: see above)
+#   CTRLPLANE_PORT_BASE   first of a block of ports (default: 16440); the API server gets
+#                         base+3, etcd base+4/base+5, controller-manager base+7,
+#                         scheduler base+9, kwok base+1
+set -euo pipefail
+
+readonly KUBERNETES_VERSION=v1.36.3
+readonly ETCD_VERSION=v3.6.16
+readonly KWOK_VERSION=v0.8.0
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+modules_dir="$repo_root/hack/controlplane"
+state_dir=${CTRLPLANE_STATE_DIR:-$repo_root/.controlplane}
+port_base=${CTRLPLANE_PORT_BASE:-16440}
+kwok_port=$((port_base + 1))
+apiserver_port=$((port_base + 3))
+etcd_client_port=$((port_base + 4))
+etcd_peer_port=$((port_base + 5))
+kcm_port=$((port_base + 7))
+scheduler_port=$((port_base + 9))
+
+log() { printf '[controlplane] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# The cache key covers the pinned versions, the wrapper modules' go.sum and the
+# Go toolchain, so a change to any of them builds afresh into a new folder.
+cache_key() {
+  {
+    echo "$KUBERNETES_VERSION $ETCD_VERSION $KWOK_VERSION"
+    go env GOVERSION
+    cat "$modules_dir"/*/go.mod "$modules_dir"/*/go.sum
+  } | sha256sum | cut -c1-12
+}
+
+bin_dir() {
+  local cache_root=${CTRLPLANE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ctrlplane-operator/controlplane}
+  echo "$cache_root/$KUBERNETES_VERSION-$(cache_key)/bin"
+}
+
+readonly BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok)
+
+have_all_binaries() {
+  local dir=$1 b
+  for b in "${BINARIES[@]}"; do [[ -x "$dir/$b" ]] || return 1; done
+}
+
+cmd_build() {
+  command -v go >/dev/null || die "go is not installed"
+  local dir; dir=$(bin_dir)
+  if have_all_binaries "$dir"; then
+    log "binaries are cached in $dir"
+    return
+  fi
+  local started=$SECONDS tmp="$dir.partial"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  local minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
+  local build_date; build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  # The same variables that Kubernetes' own build sets (hack/lib/version.sh), so
+  # that `--version` and the /version endpoint report the pinned release.
+  local ldflags="-s -w"
+  local pkg
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
+  done
+  log "building Kubernetes $KUBERNETES_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl)"
+  (cd "$modules_dir/k8s" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+  log "building etcd $ETCD_VERSION"
+  (cd "$modules_dir/etcd" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
+  log "building kwok $KWOK_VERSION"
+  (cd "$modules_dir/kwok" && CGO_ENABLED=0 go build -trimpath \
+    -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" -o "$tmp/kwok" sigs.k8s.io/kwok/cmd/kwok)
+  rm -rf "$dir"; mv "$tmp" "$dir"
+  log "built in $((SECONDS - started))s into $dir"
+}
+
+# ---------------------------------------------------------------- certificates
+
+gen_certs() {
+  local pki=$state_dir/pki
+  [[ -f $pki/.complete ]] && return
+  rm -rf "$pki"; mkdir -p "$pki"
+  log "generating certificates in $pki"
+  (
+    cd "$pki"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
+      -subj "/CN=ctrlplane-local-ca" 2>/dev/null
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+    cat > apiserver.ext <<EOF
+subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+extendedKeyUsage=serverAuth
+keyUsage=digitalSignature,keyEncipherment
+EOF
+    sign apiserver "/CN=kube-apiserver" apiserver.ext
+    printf 'extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n' > client.ext
+    sign admin "/O=system:masters/CN=ctrlplane-admin" client.ext
+    sign controller-manager "/CN=system:kube-controller-manager" client.ext
+    sign scheduler "/CN=system:kube-scheduler" client.ext
+    sign kwok "/O=system:masters/CN=kwok" client.ext
+    touch .complete
+  )
+}
+
+# sign NAME SUBJECT EXTFILE: a key and a certificate signed by the local CA.
+sign() {
+  openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+  openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" \
+    -days 3650 -extfile "$3" 2>/dev/null
+  rm -f "$1.csr"
+}
+
+# write_kubeconfig FILE USER: a kubeconfig that authenticates with USER's client certificate.
+write_kubeconfig() {
+  local pki=$state_dir/pki
+  cat > "$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: ctrlplane-local
+  cluster:
+    server: https://127.0.0.1:$apiserver_port
+    certificate-authority: $pki/ca.crt
+users:
+- name: $2
+  user:
+    client-certificate: $pki/$2.crt
+    client-key: $pki/$2.key
+contexts:
+- name: ctrlplane-local
+  context: {cluster: ctrlplane-local, user: $2}
+current-context: ctrlplane-local
+EOF
+}
+
+# ------------------------------------------------------------------- processes
+
+pid_file() { echo "$state_dir/run/$1.pid"; }
+
+is_running() {
+  local f; f=$(pid_file "$1")
+  [[ -f $f ]] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+# start NAME BINARY ARGS...: run in its own session, logs to logs/NAME.log.
+start() {
+  local name=$1; shift
+  if is_running "$name"; then log "$name is already running"; return; fi
+  mkdir -p "$state_dir/run" "$state_dir/logs"
+  setsid "$@" >"$state_dir/logs/$name.log" 2>&1 < /dev/null &
+  echo $! > "$(pid_file "$name")"
+}
+
+# wait_for DESCRIPTION TIMEOUT_SECONDS COMMAND...: poll COMMAND until it succeeds.
+wait_for() {
+  local what=$1 timeout=$2; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if (( SECONDS >= deadline )); then
+      die "$what did not become ready within ${timeout}s (logs: $state_dir/logs)"
+    fi
+    sleep 0.2
+  done
+}
+
+healthy() { # healthy NAME URL [PATTERN]: the process is alive and its health endpoint answers PATTERN.
+  is_running "$1" || die "$1 exited; see $state_dir/logs/$1.log"
+  curl -fsk --max-time 2 "$2" | grep -q "${3:-ok}"
+}
+
+apiserver_ready() {
+  is_running kube-apiserver || die "kube-apiserver exited; see $state_dir/logs/kube-apiserver.log"
+  curl -fs --max-time 2 --cacert "$state_dir/pki/ca.crt" --cert "$state_dir/pki/admin.crt" \
+    --key "$state_dir/pki/admin.key" "https://127.0.0.1:$apiserver_port/readyz" | grep -q ok
+}
+
+cmd_up() {
+  local started=$SECONDS
+  cmd_build
+  local bin; bin=$(bin_dir)
+  mkdir -p "$state_dir"
+  gen_certs
+  local pki=$state_dir/pki
+  write_kubeconfig "$state_dir/kubeconfig" admin
+  write_kubeconfig "$state_dir/controller-manager.kubeconfig" controller-manager
+  write_kubeconfig "$state_dir/scheduler.kubeconfig" scheduler
+  write_kubeconfig "$state_dir/kwok.kubeconfig" kwok
+
+  start etcd "$bin/etcd" --name=ctrlplane-local --data-dir="$state_dir/etcd" \
+    --listen-client-urls="http://127.0.0.1:$etcd_client_port" \
+    --advertise-client-urls="http://127.0.0.1:$etcd_client_port" \
+    --listen-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+    --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+    --initial-cluster="ctrlplane-local=http://127.0.0.1:$etcd_peer_port" \
+    --listen-metrics-urls="http://127.0.0.1:$((port_base + 6))" \
+    --unsafe-no-fsync --quota-backend-bytes=8589934592 --log-level=warn
+  wait_for etcd 60 healthy etcd "http://127.0.0.1:$etcd_client_port/health" '"health":"true"' 
+
+  # The endpoint reconciler is off because the API server advertises a loopback
+  # address, which is not a valid Endpoints address for the `kubernetes` Service.
+  start kube-apiserver "$bin/kube-apiserver" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$apiserver_port" \
+    --etcd-servers="http://127.0.0.1:$etcd_client_port" \
+    --cert-dir="$pki" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+    --client-ca-file="$pki/ca.crt" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --authorization-mode=RBAC --anonymous-auth=false \
+    --allow-privileged=true --endpoint-reconciler-type=none --profiling=false \
+    --max-requests-inflight=800 --max-mutating-requests-inflight=400 \
+    --event-ttl=1h
+  wait_for kube-apiserver 120 apiserver_ready
+
+  start kube-controller-manager "$bin/kube-controller-manager" \
+    --kubeconfig="$state_dir/controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$state_dir/controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$state_dir/controller-manager.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$kcm_port" --leader-elect=false \
+    --use-service-account-credentials=true \
+    --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
+    --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
+    --kube-api-qps=200 --kube-api-burst=400 --concurrent-deployment-syncs=10 \
+    --concurrent-replicaset-syncs=10 --concurrent-gc-syncs=40 \
+    --profiling=false
+  start kube-scheduler "$bin/kube-scheduler" \
+    --kubeconfig="$state_dir/scheduler.kubeconfig" \
+    --authentication-kubeconfig="$state_dir/scheduler.kubeconfig" \
+    --authorization-kubeconfig="$state_dir/scheduler.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$scheduler_port" --leader-elect=false \
+    --kube-api-qps=200 --kube-api-burst=400 --profiling=false
+  start kwok "$bin/kwok" --kubeconfig="$state_dir/kwok.kubeconfig" \
+    --config="$modules_dir/kwok-stages.yaml" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --cidr=10.244.0.0/16 --node-ip=10.96.0.1 \
+    --server-address="127.0.0.1:$kwok_port"
+  wait_for kube-controller-manager 60 healthy kube-controller-manager "https://127.0.0.1:$kcm_port/healthz"
+  wait_for kube-scheduler 60 healthy kube-scheduler "https://127.0.0.1:$scheduler_port/healthz"
+  wait_for kwok 60 healthy kwok "http://127.0.0.1:$kwok_port/healthz"
+
+  local kubectl=("$bin/kubectl" --kubeconfig="$state_dir/kubeconfig")
+  "${kubectl[@]}" apply --server-side --field-manager=ctrlplane-controlplane -f "$modules_dir/nodes.yaml" >/dev/null
+  "${kubectl[@]}" wait --for=condition=Ready node -l type=kwok --timeout=60s >/dev/null
+  # Pods need their namespace's `default` ServiceAccount, which the controller
+  # manager creates; waiting for it means the controllers are really working.
+  wait_for "the default ServiceAccount" 60 "${kubectl[@]}" get serviceaccount default -n default
+  log "ready in $((SECONDS - started))s: export KUBECONFIG=$state_dir/kubeconfig"
+}
+
+readonly STOP_ORDER=(kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
+
+cmd_down() {
+  local name pid
+  for name in "${STOP_ORDER[@]}"; do
+    is_running "$name" || { rm -f "$(pid_file "$name")"; continue; }
+    pid=$(cat "$(pid_file "$name")")
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 20))
+    while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$name did not stop on SIGTERM; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    fi
+    rm -f "$(pid_file "$name")"
+  done
+  log "stopped"
+  if [[ ${1:-} == --purge ]]; then
+    rm -rf "$state_dir"
+    log "removed $state_dir"
+  fi
+}
+
+cmd_status() {
+  local name any=1
+  for name in "${STOP_ORDER[@]}"; do
+    if is_running "$name"; then echo "$name: running (pid $(cat "$(pid_file "$name")"))"; any=0
+    else echo "$name: stopped"; fi
+  done
+  return $any
+}
+
+cmd_env() {
+  echo "export KUBECONFIG=$state_dir/kubeconfig"
+  echo "export PATH=$(bin_dir):\$PATH"
+}
+
+case ${1:-} in
+  build) cmd_build ;;
+  up) cmd_up ;;
+  down) shift; cmd_down "$@" ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+  bin-dir) bin_dir ;;
+  *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

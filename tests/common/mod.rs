@@ -1,0 +1,254 @@
+//! Shared harness for the end-to-end tests: they run against the real local
+//! control plane that `hack/test.sh` starts (see the README), through the same
+//! kubectl and API a user would use.
+//!
+//! Every test gets its own namespace ([`TestNamespace`]) and removes it when it
+//! ends, pass or fail. Waiting is always on a condition with a deadline.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kube::Client;
+
+/// The repository root, where `crds/`, `samples/` and `tests/fixtures/` live.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The kubeconfig of the local control plane. The tests refuse to run without
+/// one rather than pass by skipping: start it with `hack/test.sh`, or with
+/// `hack/controlplane.sh up` and `eval "$(hack/controlplane.sh env)"`.
+pub fn kubeconfig() -> PathBuf {
+    let path = std::env::var_os("KUBECONFIG").map(PathBuf::from).expect(
+        "KUBECONFIG is not set: these tests need the local control plane. \
+         Run them with hack/test.sh, or start it with `hack/controlplane.sh up` \
+         and `eval \"$(hack/controlplane.sh env)\"`",
+    );
+    assert!(
+        path.exists(),
+        "KUBECONFIG points at {path:?}, which does not exist"
+    );
+    path
+}
+
+/// The kubectl to use: `$KUBECTL`, or the first on PATH (hack/test.sh puts the
+/// pinned one first).
+pub fn kubectl_binary() -> PathBuf {
+    std::env::var_os("KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("kubectl"))
+}
+
+/// The outcome of one kubectl command.
+#[derive(Debug)]
+pub struct KubectlOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl KubectlOutput {
+    fn from_output(output: Output) -> Self {
+        Self {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with both streams unless the command succeeded.
+    pub fn expect_success(self, what: &str) -> Self {
+        assert!(
+            self.success,
+            "{what} failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Runs kubectl against the local control plane.
+pub fn kubectl<I, S>(args: I) -> KubectlOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let output = Command::new(kubectl_binary())
+        .arg("--kubeconfig")
+        .arg(kubeconfig())
+        .args(args)
+        .output()
+        .expect("kubectl could not be started; is the pinned kubectl on PATH?");
+    KubectlOutput::from_output(output)
+}
+
+/// Runs kubectl with `stdin` as its standard input.
+pub fn kubectl_stdin<I, S>(args: I, stdin: &str) -> KubectlOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    use std::io::Write;
+    let mut child = Command::new(kubectl_binary())
+        .arg("--kubeconfig")
+        .arg(kubeconfig())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl could not be started; is the pinned kubectl on PATH?");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(stdin.as_bytes())
+        .expect("writing to kubectl");
+    KubectlOutput::from_output(child.wait_with_output().expect("waiting for kubectl"))
+}
+
+/// `kubectl apply --server-side -n NAMESPACE -f -` of one manifest.
+pub fn apply_manifest(namespace: &str, manifest: &str) -> KubectlOutput {
+    kubectl_stdin(
+        ["apply", "--server-side", "-n", namespace, "-f", "-"],
+        manifest,
+    )
+}
+
+/// A client for the local control plane.
+pub async fn client() -> Client {
+    kubeconfig();
+    Client::try_default()
+        .await
+        .expect("could not build a client from KUBECONFIG")
+}
+
+/// Installs the checked-in CRDs once per test binary and waits until they are
+/// Established, so tests do not depend on each other's order.
+pub fn ensure_crds() {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = INSTALLED.get_or_init(|| {
+        let crds = repo_root().join("crds");
+        let apply = kubectl([
+            "apply".as_ref(),
+            "--server-side".as_ref(),
+            "--force-conflicts".as_ref(),
+            "--field-manager=ctrlplane-tests".as_ref(),
+            "-f".as_ref(),
+            crds.as_os_str(),
+        ]);
+        if !apply.success {
+            return Err(format!("applying crds/ failed: {}", apply.stderr));
+        }
+        let wait = kubectl([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/instances.ctrlplane.dev",
+            "crd/sandboxes.ctrlplane.dev",
+            "crd/webhooks.ctrlplane.dev",
+            "crd/webhookdeliveries.ctrlplane.dev",
+        ]);
+        if !wait.success {
+            return Err(format!("CRDs did not become Established: {}", wait.stderr));
+        }
+        Ok(())
+    });
+    if let Err(err) = result {
+        panic!("{err}");
+    }
+}
+
+/// A namespace of one test's own, deleted when the test ends (also on panic).
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Creates `<prefix>-<unique suffix>`, labelled as a test namespace.
+    pub fn create(prefix: &str) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let suffix = format!(
+            "{:x}{:x}{:x}",
+            std::process::id() % 0xfff,
+            nanos % 0xffff,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut prefix: String = prefix
+            .to_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        prefix.truncate(40);
+        let name = format!("{}-{suffix}", prefix.trim_end_matches('-'));
+        kubectl(["create", "namespace", &name]).expect_success("creating the test namespace");
+        kubectl(["label", "namespace", &name, "ctrlplane.dev/test=true"])
+            .expect_success("labelling the test namespace");
+        Self { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Do not wait: the namespace controller finishes the job, and the next
+        // test run starts from a fresh control plane anyway.
+        let _ = Command::new(kubectl_binary())
+            .arg("--kubeconfig")
+            .arg(kubeconfig())
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .output();
+    }
+}
+
+/// How often [`wait_until`] checks its condition again.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Checks `check` until it returns `Ok(Some(_))`, or panics after `timeout`
+/// naming what was awaited and the last answer.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut ticker = tokio::time::interval(POLL_INTERVAL);
+    loop {
+        ticker.tick().await;
+        let last = match check().await {
+            Ok(Some(value)) => return value,
+            Ok(None) => "condition not met yet".to_string(),
+            Err(err) => err,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last: {last}"
+        );
+    }
+}
+
+/// Reads the `# expect-field:` and `# expect-text:` lines of a fixture.
+pub fn fixture_expectations(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path:?}: {e}"));
+    text.lines()
+        .filter_map(|line| {
+            line.strip_prefix("# expect-field:")
+                .or_else(|| line.strip_prefix("# expect-text:"))
+        })
+        .map(|s| s.trim().to_string())
+        .collect()
+}

@@ -1,0 +1,143 @@
+//! Checks that what is checked in agrees with the code: the CRD YAML under
+//! `crds/`, the `crds` command, and the transition tables in the README.
+//! These need no cluster.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Command;
+
+use ctrlplane_operator::api::{self, InstancePhase, SandboxPhase};
+use ctrlplane_operator::lifecycle::Lifecycle;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+const REGENERATE: &str = "regenerate them with `cargo run -- crds --output-dir crds`";
+
+#[test]
+fn checked_in_crds_are_up_to_date() {
+    let dir = repo_root().join("crds");
+    let mut expected_files = BTreeSet::new();
+    for crd in api::crds() {
+        let file = api::crd_file_name(&crd);
+        let generated = api::crd_yaml(&crd).unwrap();
+        let checked_in = std::fs::read_to_string(dir.join(&file))
+            .unwrap_or_else(|e| panic!("crds/{file} is missing ({e}); {REGENERATE}"));
+        assert!(
+            checked_in == generated,
+            "crds/{file} is stale; {REGENERATE}"
+        );
+        expected_files.insert(file);
+    }
+    let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        on_disk, expected_files,
+        "crds/ holds files that no CRD generates"
+    );
+}
+
+#[test]
+fn crds_command_prints_every_crd() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ctrlplane-operator"))
+        .arg("crds")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let documents: Vec<serde_json::Value> = stdout
+        .split("\n---\n")
+        .map(|doc| doc.trim_start_matches("---\n"))
+        .filter(|doc| !doc.trim().is_empty())
+        .map(|doc| serde_saphyr::from_str(doc).unwrap())
+        .collect();
+    let names: Vec<&str> = documents
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "instances.ctrlplane.dev",
+            "sandboxes.ctrlplane.dev",
+            "webhooks.ctrlplane.dev",
+            "webhookdeliveries.ctrlplane.dev"
+        ]
+    );
+    for doc in &documents {
+        assert_eq!(doc["kind"], "CustomResourceDefinition");
+        assert_eq!(doc["spec"]["names"]["categories"][0], "ctrlplane");
+        assert_eq!(doc["spec"]["scope"], "Namespaced");
+    }
+}
+
+/// Reads the Markdown table that follows `<!-- lifecycle-table: KIND -->` in
+/// the README, as from -> set of allowed targets.
+fn readme_table(kind: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let marker = format!("<!-- lifecycle-table: {kind} -->");
+    let start = readme
+        .find(&marker)
+        .unwrap_or_else(|| panic!("README.md has no `{marker}` before the {kind} table"));
+    let mut table = BTreeMap::new();
+    for line in readme[start + marker.len()..]
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| l.trim_start().starts_with('|'))
+        .skip(2)
+    {
+        let cells: Vec<&str> = line
+            .trim()
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            cells.len(),
+            2,
+            "README {kind} table row has not two cells: {line}"
+        );
+        let to: BTreeSet<String> = if cells[1].contains("terminal") {
+            BTreeSet::new()
+        } else {
+            cells[1].split(',').map(|s| s.trim().to_string()).collect()
+        };
+        assert!(
+            table.insert(cells[0].to_string(), to).is_none(),
+            "README {kind} table lists {} twice",
+            cells[0]
+        );
+    }
+    table
+}
+
+fn code_table<S: Lifecycle>() -> BTreeMap<String, BTreeSet<String>> {
+    S::ALL
+        .iter()
+        .map(|from| {
+            let to = from.allowed_next().iter().map(|s| s.to_string()).collect();
+            (from.to_string(), to)
+        })
+        .collect()
+}
+
+#[test]
+fn readme_instance_table_matches_the_code() {
+    assert_eq!(
+        readme_table("Instance"),
+        code_table::<InstancePhase>(),
+        "the README's Instance table and lifecycle::InstancePhase disagree"
+    );
+}
+
+#[test]
+fn readme_sandbox_table_matches_the_code() {
+    assert_eq!(
+        readme_table("Sandbox"),
+        code_table::<SandboxPhase>(),
+        "the README's Sandbox table and lifecycle::SandboxPhase disagree"
+    );
+}
