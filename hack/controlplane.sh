@@ -109,7 +109,7 @@ gen_certs() {
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
     cat > apiserver.ext <<EOF
-subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 extendedKeyUsage=serverAuth
 keyUsage=digitalSignature,keyEncipherment
 EOF
@@ -226,7 +226,7 @@ cmd_up() {
     --client-ca-file="$pki/ca.crt" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-    --service-cluster-ip-range=10.0.0.0/24 \
+    --service-cluster-ip-range=10.96.0.0/16 \
     --authorization-mode=RBAC --anonymous-auth=false \
     --allow-privileged=true --endpoint-reconciler-type=none --profiling=false \
     --max-requests-inflight=800 --max-mutating-requests-inflight=400 \
@@ -253,7 +253,7 @@ cmd_up() {
   start kwok "$bin/kwok" --kubeconfig="$state_dir/kwok.kubeconfig" \
     --config="$modules_dir/kwok-stages.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-    --cidr=10.244.0.0/16 --node-ip=10.96.0.1 \
+    --cidr=10.244.0.0/16 --node-ip=10.240.0.1 --node-lease-duration-seconds=40 \
     --server-address="127.0.0.1:$kwok_port"
   wait_for kube-controller-manager 60 healthy kube-controller-manager "https://127.0.0.1:$kcm_port/healthz"
   wait_for kube-scheduler 60 healthy kube-scheduler "https://127.0.0.1:$scheduler_port/healthz"
@@ -270,21 +270,33 @@ cmd_up() {
 
 readonly STOP_ORDER=(kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
 
-cmd_down() {
-  local name pid
-  for name in "${STOP_ORDER[@]}"; do
-    is_running "$name" || { rm -f "$(pid_file "$name")"; continue; }
-    pid=$(cat "$(pid_file "$name")")
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + 20))
-    while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$name did not stop on SIGTERM; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+# stop_all NAME...: SIGTERM to each, wait for all (SIGKILL after 20s).
+stop_all() {
+  local name pid pids=() names=()
+  for name in "$@"; do
+    if is_running "$name"; then
+      pid=$(cat "$(pid_file "$name")")
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid"); names+=("$name")
     fi
     rm -f "$(pid_file "$name")"
   done
+  local deadline=$((SECONDS + 20)) i
+  for i in "${!pids[@]}"; do
+    while kill -0 "${pids[$i]}" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.1; done
+    if kill -0 "${pids[$i]}" 2>/dev/null; then
+      log "${names[$i]} did not stop on SIGTERM; killing it"
+      kill -KILL "${pids[$i]}" 2>/dev/null || true
+      while kill -0 "${pids[$i]}" 2>/dev/null; do sleep 0.1; done
+    fi
+  done
+}
+
+cmd_down() {
+  # Clients first (together), then the API server, then its storage.
+  stop_all kwok kube-scheduler kube-controller-manager
+  stop_all kube-apiserver
+  stop_all etcd
   log "stopped"
   if [[ ${1:-} == --purge ]]; then
     rm -rf "$state_dir"

@@ -171,8 +171,12 @@ pub type PositiveQuantity = Quantity;
 pub enum EventType {
     #[serde(rename = "instance.created")]
     InstanceCreated,
+    #[serde(rename = "instance.starting")]
+    InstanceStarting,
     #[serde(rename = "instance.started")]
     InstanceStarted,
+    #[serde(rename = "instance.stopping")]
+    InstanceStopping,
     #[serde(rename = "instance.stopped")]
     InstanceStopped,
     #[serde(rename = "instance.restarted")]
@@ -185,6 +189,8 @@ pub enum EventType {
     InstanceSuspended,
     #[serde(rename = "instance.unsuspended")]
     InstanceUnsuspended,
+    #[serde(rename = "instance.deleting")]
+    InstanceDeleting,
     #[serde(rename = "instance.deleted")]
     InstanceDeleted,
     #[serde(rename = "deploy.started")]
@@ -216,13 +222,16 @@ pub enum EventType {
 impl EventType {
     pub const ALL: &'static [EventType] = &[
         Self::InstanceCreated,
+        Self::InstanceStarting,
         Self::InstanceStarted,
+        Self::InstanceStopping,
         Self::InstanceStopped,
         Self::InstanceRestarted,
         Self::InstanceFailed,
         Self::InstanceScaled,
         Self::InstanceSuspended,
         Self::InstanceUnsuspended,
+        Self::InstanceDeleting,
         Self::InstanceDeleted,
         Self::DeployStarted,
         Self::DeploySucceeded,
@@ -242,13 +251,16 @@ impl EventType {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InstanceCreated => "instance.created",
+            Self::InstanceStarting => "instance.starting",
             Self::InstanceStarted => "instance.started",
+            Self::InstanceStopping => "instance.stopping",
             Self::InstanceStopped => "instance.stopped",
             Self::InstanceRestarted => "instance.restarted",
             Self::InstanceFailed => "instance.failed",
             Self::InstanceScaled => "instance.scaled",
             Self::InstanceSuspended => "instance.suspended",
             Self::InstanceUnsuspended => "instance.unsuspended",
+            Self::InstanceDeleting => "instance.deleting",
             Self::InstanceDeleted => "instance.deleted",
             Self::DeployStarted => "deploy.started",
             Self::DeploySucceeded => "deploy.succeeded",
@@ -320,13 +332,15 @@ pub struct HistoryEntry {
     pub time: DateTime<Utc>,
 }
 
-/// The schema of a `history` list: atomic, at most 100 entries.
+/// The schema of a `history` list: atomic. The operator keeps 50 dispatched
+/// entries; the hard limit is far above that because entries not yet
+/// dispatched to webhooks are never dropped.
 pub fn history_schema(generator: &mut SchemaGenerator) -> Schema {
     let item = generator.subschema_for::<HistoryEntry>();
     json_schema!({
         "type": "array",
         "items": item,
-        "maxItems": 100,
+        "maxItems": 1000,
         "x-kubernetes-list-type": "atomic",
     })
 }

@@ -1,7 +1,5 @@
 //! The Instance kind: a long-running application.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -338,9 +336,28 @@ pub struct InstanceStatus {
     /// The highest history sequence for which webhook deliveries exist.
     #[serde(default)]
     pub dispatched_seq: i64,
-    /// Provider-specific facts worth showing, e.g. the Deployment's revision.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub provider_status: BTreeMap<String, String>,
+    /// The replicas and resources last acted on, so that a scale can be told
+    /// apart from a re-apply of the same values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_scale: Option<AppliedScale>,
+    /// The metadata.generation at which the Instance last failed. A newer
+    /// generation (a changed spec) starts it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_generation: Option<i64>,
+}
+
+/// Replicas and resources as last acted on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedScale {
+    /// Replicas while running.
+    pub replicas: i32,
+    /// CPU per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    /// Memory per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
 }
 
 /// One port's in-cluster address.

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -157,6 +159,24 @@ pub fn ensure_crds() {
         if !wait.success {
             return Err(format!("CRDs did not become Established: {}", wait.stderr));
         }
+        // Established does not mean the schemas are published in the OpenAPI
+        // document yet, which `kubectl explain` and typed apply rely on.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for kind in ["instance", "sandbox", "webhook", "webhookdelivery"] {
+            loop {
+                let explain = kubectl(["explain", kind]);
+                if explain.success {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "`kubectl explain {kind}` never worked: {}",
+                        explain.stderr
+                    ));
+                }
+                std::thread::sleep(POLL_INTERVAL);
+            }
+        }
         Ok(())
     });
     if let Err(err) = result {
@@ -251,4 +271,156 @@ pub fn fixture_expectations(path: &Path) -> Vec<String> {
         })
         .map(|s| s.trim().to_string())
         .collect()
+}
+
+/// An operator process of the test's own, watching only the test's
+/// namespace, with its own metrics port and log file. Killed when dropped.
+pub struct Operator {
+    child: Option<std::process::Child>,
+    pub namespace: String,
+    pub metrics_address: std::net::SocketAddr,
+    pub log_path: PathBuf,
+    extra_args: Vec<String>,
+}
+
+impl Operator {
+    /// Starts the operator for `namespace` and waits until it is ready.
+    pub fn start(namespace: &str) -> Self {
+        Self::start_with(namespace, &[])
+    }
+
+    pub fn start_with(namespace: &str, extra_args: &[&str]) -> Self {
+        let log_dir = std::env::temp_dir().join("ctrlplane-operator-tests");
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let mut operator = Self {
+            child: None,
+            namespace: namespace.to_string(),
+            metrics_address: free_local_address(),
+            log_path: log_dir.join(format!("{namespace}.log")),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        operator.spawn();
+        operator
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ctrlplane-operator"))
+            .args([
+                "run",
+                "--namespace",
+                &self.namespace,
+                "--log-format",
+                "json",
+            ])
+            .arg("--metrics-address")
+            .arg(self.metrics_address.to_string())
+            .args(&self.extra_args)
+            .env("KUBECONFIG", kubeconfig())
+            .env("CTRLPLANE_LOG_LEVEL", "info,ctrlplane_operator=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting the operator");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Waits until /readyz answers 200 (caches synced).
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "the operator exited with {status}; log: {:?}",
+                    self.log_path
+                );
+            }
+            if http_get(self.metrics_address, "/readyz").is_some_and(|(code, _)| code == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the operator never became ready; log: {:?}",
+                self.log_path
+            );
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again after [`Operator::kill`].
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// The operator's /metrics text.
+    pub fn metrics(&self) -> String {
+        http_get(self.metrics_address, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// One counter or gauge from /metrics: the sum of every series whose
+    /// line starts with `prefix` (a metric name with or without labels).
+    pub fn metric(&self, prefix: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// The operator's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An address on loopback that nothing listens on right now.
+pub fn free_local_address() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A plain HTTP/1.1 GET; `None` when nothing answers.
+pub fn http_get(address: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
 }

@@ -1,0 +1,411 @@
+//! Benchmark: N Instances through the operator, against a baseline of the
+//! same Deployments and Services created by a plain client, in one run.
+//!
+//!   hack/bench.sh instances [N]      (N defaults to 1000)
+//!
+//! It needs the local control plane running (hack/bench.sh starts it) and
+//! the release build of the operator (hack/bench.sh builds it). It prints
+//! wall time, the operator's peak RSS and CPU seconds, the API requests each
+//! side made, reconciles per Instance (to Running, and per minute once
+//! settled), and the ratio operator/baseline. Nothing here is asserted: the
+//! machines are noisy, the figures are for people.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ctrlplane_operator::api::{Instance, InstancePhase, InstanceSpec};
+use ctrlplane_operator::provider::InstanceWorkload;
+use ctrlplane_operator::provider::kubernetes::{deployment_for, service_for};
+use ctrlplane_operator::runtime::metrics::{CountRequestsLayer, Metrics};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+
+/// Creates in flight at once, for both sides, like the operator's own
+/// reconcile concurrency.
+const CONCURRENCY: usize = 16;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let count: usize = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .and_then(|a| a.parse().ok())
+        .or_else(|| std::env::var("BENCH_COUNT").ok()?.parse().ok())
+        .unwrap_or(1000);
+    let operator_binary = std::env::var("CTRLPLANE_OPERATOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/ctrlplane-operator")
+        });
+    let metrics = Arc::new(Metrics::default());
+    let config = kube::Config::infer().await?;
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&CountRequestsLayer {
+            metrics: metrics.clone(),
+        })
+        .build();
+    let suffix = format!("{:x}", std::process::id());
+
+    println!("bench/instances: N = {count}, client concurrency {CONCURRENCY}");
+
+    // Baseline: the same Deployments and Services, no operator.
+    let baseline_ns = format!("bench-baseline-{suffix}");
+    create_namespace(&client, &baseline_ns).await?;
+    let before = metrics.api_request_total();
+    let started = Instant::now();
+    stream::iter(0..count)
+        .map(|i| {
+            let client = client.clone();
+            let ns = baseline_ns.clone();
+            async move {
+                let workload = workload(&ns, i);
+                let mut deployment = deployment_for(&workload);
+                deployment.metadata.owner_references = None;
+                Api::<Deployment>::namespaced(client.clone(), &ns)
+                    .create(&PostParams::default(), &deployment)
+                    .await?;
+                if let Some(mut service) = service_for(&workload) {
+                    service.metadata.owner_references = None;
+                    Api::<Service>::namespaced(client, &ns)
+                        .create(&PostParams::default(), &service)
+                        .await?;
+                }
+                Ok::<_, kube::Error>(())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<()>()
+        .await?;
+    let created = started.elapsed();
+    wait_until(count, Duration::from_secs(1800), || {
+        available_deployments(&client, &baseline_ns)
+    })
+    .await?;
+    let baseline_wall = started.elapsed();
+    let baseline_requests = metrics.api_request_total() - before;
+    println!(
+        "baseline: {count} Deployments+Services created in {:.1}s, all pods ready after {:.1}s, {baseline_requests} API requests",
+        created.as_secs_f64(),
+        baseline_wall.as_secs_f64()
+    );
+    let deleting = Instant::now();
+    delete_namespace(&client, &baseline_ns).await?;
+    let baseline_deleted = deleting.elapsed();
+
+    // The operator.
+    let operator_ns = format!("bench-operator-{suffix}");
+    create_namespace(&client, &operator_ns).await?;
+    let metrics_port = free_port();
+    let mut operator = start_operator(&operator_binary, &operator_ns, metrics_port)?;
+    wait_ready(metrics_port).await?;
+    let before_cpu = cpu_seconds(operator.id());
+    let started = Instant::now();
+    let instances: Api<Instance> = Api::namespaced(client.clone(), &operator_ns);
+    stream::iter(0..count)
+        .map(|i| {
+            let instances = instances.clone();
+            async move {
+                let mut instance = Instance::new(&format!("app-{i}"), instance_spec());
+                instance.metadata.labels =
+                    Some(BTreeMap::from([("bench".into(), "instances".into())]));
+                instances.create(&PostParams::default(), &instance).await
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .map_ok(|_| ())
+        .try_collect::<()>()
+        .await?;
+    let created = started.elapsed();
+    wait_until(count, Duration::from_secs(1800), || {
+        running_instances(&instances)
+    })
+    .await?;
+    let operator_wall = started.elapsed();
+    let scrape = scrape(metrics_port).await?;
+    let operator_requests = metric(&scrape, "ctrlplane_kube_api_requests_total");
+    let reconciles = metric(&scrape, "ctrlplane_reconciles_total");
+    let status_writes = metric(&scrape, "ctrlplane_status_writes_total");
+    let cpu = cpu_seconds(operator.id()) - before_cpu;
+
+    // Settled: how many reconciles per Instance per minute with nothing changing.
+    let window = Duration::from_secs(60);
+    tokio::time::sleep(window).await;
+    let settled = scrape_metric(metrics_port, "ctrlplane_reconciles_total").await? - reconciles;
+    let settled_requests =
+        scrape_metric(metrics_port, "ctrlplane_kube_api_requests_total").await? - operator_requests;
+    let rss = peak_rss_mib(operator.id());
+    let n = count as f64;
+    println!(
+        "operator: {count} Instances created in {:.1}s, all Running after {:.1}s",
+        created.as_secs_f64(),
+        operator_wall.as_secs_f64()
+    );
+    println!();
+    println!("| figure | operator | baseline | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| wall time to all ready | {:.1}s | {:.1}s | {:.2} |",
+        operator_wall.as_secs_f64(),
+        baseline_wall.as_secs_f64(),
+        operator_wall.as_secs_f64() / baseline_wall.as_secs_f64()
+    );
+    println!(
+        "| API requests (operator: its own, from /metrics; baseline: the plain client's) | {operator_requests} | {baseline_requests} | {:.2} |",
+        operator_requests / baseline_requests as f64
+    );
+    println!("| operator CPU seconds to all Running | {cpu:.1} | - | - |");
+    println!("| operator peak RSS | {rss:.1} MiB | - | - |");
+    println!(
+        "| reconciles per Instance to Running | {:.2} | - | - |",
+        reconciles / n
+    );
+    println!(
+        "| status writes per Instance to Running | {:.2} | - | - |",
+        status_writes / n
+    );
+    println!(
+        "| reconciles per Instance per minute, settled | {:.3} | - | - |",
+        settled / n / (window.as_secs_f64() / 60.0)
+    );
+    println!("| API requests per minute, settled | {settled_requests} | - | - |");
+
+    // Deleting goes through the operator too (finalizers): time it as well.
+    let deleting = Instant::now();
+    delete_namespace(&client, &operator_ns).await?;
+    let deleted = deleting.elapsed();
+    let cpu_total = cpu_seconds(operator.id()) - before_cpu;
+    let _ = operator.kill();
+    let _ = operator.wait();
+
+    println!(
+        "| delete all (namespace gone; operator: through its finalizers) | {:.1}s | {:.1}s | {:.2} |",
+        deleted.as_secs_f64(),
+        baseline_deleted.as_secs_f64(),
+        deleted.as_secs_f64() / baseline_deleted.as_secs_f64()
+    );
+    println!(
+        "| operator CPU seconds, whole run (create, settle, delete) | {cpu_total:.1} | - | - |"
+    );
+    Ok(())
+}
+
+fn workload(namespace: &str, i: usize) -> InstanceWorkload {
+    let spec = instance_spec();
+    InstanceWorkload {
+        namespace: namespace.into(),
+        name: format!("app-{i}"),
+        owner: OwnerReference::default(),
+        labels: BTreeMap::from([("bench".into(), "instances".into())]),
+        image: spec.image,
+        replicas: spec.replicas,
+        resources: spec.resources,
+        env: spec.env,
+        ports: spec.ports,
+        health_check: spec.health_check,
+        region: spec.region,
+        restart_token: None,
+        progress_deadline_seconds: spec.progress_deadline_seconds,
+    }
+}
+
+fn instance_spec() -> InstanceSpec {
+    serde_json::from_value(serde_json::json!({
+        "image": "nginx:1.27",
+        "replicas": 1,
+        "resources": {"cpu": "10m", "memory": "16Mi"},
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "state": "Running",
+        "rollback": "Manual",
+        "progressDeadlineSeconds": 600,
+    }))
+    .expect("a valid spec")
+}
+
+async fn create_namespace(client: &Client, name: &str) -> Result<(), kube::Error> {
+    let namespace: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
+            .expect("a namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await?;
+    Ok(())
+}
+
+async fn delete_namespace(client: &Client, name: &str) -> Result<(), kube::Error> {
+    let api = Api::<Namespace>::all(client.clone());
+    api.delete(name, &DeleteParams::default()).await?;
+    // Wait until it is gone, so the next phase does not share the machine
+    // with the namespace controller's clean-up.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while api.get_opt(name).await?.is_some() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
+async fn available_deployments(client: &Client, namespace: &str) -> Result<usize, kube::Error> {
+    let list = Api::<Deployment>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|d| {
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            d.status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0)
+                >= want
+        })
+        .count())
+}
+
+async fn running_instances(instances: &Api<Instance>) -> Result<usize, kube::Error> {
+    let list = instances.list(&ListParams::default()).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|i| i.status.as_ref().and_then(|s| s.phase) == Some(InstancePhase::Running))
+        .count())
+}
+
+async fn wait_until<F, Fut>(
+    count: usize,
+    timeout: Duration,
+    mut done: F,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, kube::Error>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let ready = done().await?;
+        if ready >= count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("only {ready} of {count} ready after {timeout:?}").into());
+        }
+    }
+}
+
+fn start_operator(binary: &PathBuf, namespace: &str, port: u16) -> std::io::Result<Child> {
+    Command::new(binary)
+        .args(["run", "--namespace", namespace, "--log-level", "warn"])
+        .arg("--metrics-address")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        code,
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    ))
+}
+
+async fn wait_ready(port: u16) -> Result<(), Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if http_get(port, "/readyz")
+            .await
+            .is_ok_and(|(code, _)| code == 200)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("the operator did not become ready".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn scrape(port: u16) -> std::io::Result<String> {
+    Ok(http_get(port, "/metrics").await?.1)
+}
+
+async fn scrape_metric(port: u16, name: &str) -> std::io::Result<f64> {
+    Ok(metric(&scrape(port).await?, name))
+}
+
+/// The sum of every series of one metric.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// utime + stime of a process, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r.split(' ').collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// VmHWM: the peak resident set size, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs a benchmark under bench/ against a fresh local control plane.
+#
+#   hack/bench.sh instances [N]     N Instances (default 1000) vs. a plain-client baseline
+#
+# Builds the operator in release mode, starts a control plane of its own
+# (state in .controlplane-bench/, its own ports), runs the benchmark, stops it.
+set -euo pipefail
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo_root"
+
+bench=${1:?usage: hack/bench.sh instances [N]}
+shift
+export CTRLPLANE_STATE_DIR=${CTRLPLANE_BENCH_STATE_DIR:-$repo_root/.controlplane-bench}
+export CTRLPLANE_PORT_BASE=${CTRLPLANE_BENCH_PORT_BASE:-16740}
+
+cargo build --locked --release --bin ctrlplane-operator
+cargo build --locked --release --bench "$bench"
+hack/controlplane.sh down --purge >/dev/null 2>&1 || true
+trap 'hack/controlplane.sh down' EXIT
+hack/controlplane.sh up
+eval "$(hack/controlplane.sh env)"
+kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
+kubectl wait --for=condition=Established --timeout=60s crd/instances.ctrlplane.dev >/dev/null
+cargo bench --locked --bench "$bench" -- "$@"

@@ -1,0 +1,160 @@
+//! Publishing Kubernetes Events (events.k8s.io/v1).
+//!
+//! kube's own Recorder folds every repeat of a reason into the first Event of
+//! that reason and keeps the first note, so "Stopped -> Starting" would show
+//! as the earlier "Provisioning -> Starting". Here the note is part of the
+//! key, as in client-go: a repeat of the very same message within the window
+//! bumps its series count, anything else is a new Event.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::{Event, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use tokio::sync::Mutex;
+
+/// Repeats of one message within this window count into one Event.
+const SERIES_WINDOW: Duration = Duration::from_secs(600);
+/// Longest note the API server accepts.
+const NOTE_LIMIT: usize = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    uid: String,
+    warning: bool,
+    reason: String,
+    note: String,
+}
+
+struct Seen {
+    name: String,
+    namespace: String,
+    count: i32,
+    at: Instant,
+}
+
+/// Publishes Events on behalf of the operator.
+pub struct EventPublisher {
+    client: Client,
+    controller: String,
+    instance: String,
+    seen: Mutex<HashMap<Key, Seen>>,
+}
+
+impl EventPublisher {
+    pub fn new(client: Client, controller: impl Into<String>, instance: impl Into<String>) -> Self {
+        Self {
+            client,
+            controller: controller.into(),
+            instance: instance.into(),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Publishes one Event about `regarding`.
+    pub async fn publish(
+        &self,
+        regarding: &ObjectReference,
+        warning: bool,
+        reason: &str,
+        note: &str,
+    ) -> Result<(), kube::Error> {
+        let note = truncate(note, NOTE_LIMIT);
+        let namespace = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        let key = Key {
+            uid: regarding.uid.clone().unwrap_or_default(),
+            warning,
+            reason: reason.to_string(),
+            note: note.clone(),
+        };
+        let now = Instant::now();
+        // The lock is held only around the map, never across an API call.
+        let repeat = {
+            let mut seen = self.seen.lock().await;
+            seen.retain(|_, s| now.duration_since(s.at) < SERIES_WINDOW);
+            seen.get_mut(&key).map(|previous| {
+                previous.count += 1;
+                previous.at = now;
+                (
+                    previous.name.clone(),
+                    previous.namespace.clone(),
+                    previous.count,
+                )
+            })
+        };
+        if let Some((name, namespace, count)) = repeat {
+            let patch = serde_json::json!({
+                "series": EventSeries { count, last_observed_time: MicroTime(Timestamp::now()) }
+            });
+            let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+            match events
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                // Expired or removed: publish it afresh below.
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(err) => return Err(err),
+            }
+        }
+        let mut object_name = regarding.name.clone().unwrap_or_default();
+        object_name.truncate(200);
+        let name = format!("{object_name}.{:x}", Timestamp::now().as_nanosecond());
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(Timestamp::now())),
+            action: Some("Reconcile".into()),
+            reason: Some(reason.to_string()),
+            note: Some(note),
+            type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+            regarding: Some(regarding.clone()),
+            reporting_controller: Some(self.controller.clone()),
+            reporting_instance: Some(self.instance.clone()),
+            ..Event::default()
+        };
+        match api.create(&PostParams::default(), &event).await {
+            Ok(_) => {}
+            // Nothing can be created in a namespace that is going away, and
+            // nobody will read an Event there.
+            Err(kube::Error::Api(status))
+                if status.code == 403 && status.message.contains("being terminated") =>
+            {
+                return Ok(());
+            }
+            Err(err) => return Err(err),
+        }
+        self.seen.lock().await.insert(
+            key,
+            Seen {
+                name,
+                namespace,
+                count: 1,
+                at: now,
+            },
+        );
+        Ok(())
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max - 3;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}

@@ -1,0 +1,339 @@
+//! Wiring: the watches, the reconcilers that act and record, finalizers and
+//! Events. Decisions are made by `plan`; this module does the I/O around them.
+//!
+//! One set of reflectors and controllers runs per watched namespace (or one
+//! for all namespaces). Reconciles wait until every cache of their set is
+//! synced, so the first pass after a start sees the whole world before it
+//! acts.
+
+pub mod delivery;
+pub mod dispatch;
+pub mod events;
+pub mod instance;
+pub mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+
+use crate::api::{Instance, MANAGED_BY, MANAGED_BY_LABEL, Webhook, WebhookDelivery};
+use crate::provider::ProviderRegistry;
+use crate::provider::kubernetes::{self, KubernetesProvider};
+use crate::runtime::metrics::Metrics;
+
+/// Where a set of controllers looks: every namespace, or one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Namespace(String),
+}
+
+impl Scope {
+    pub fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        match self {
+            Scope::All => Api::all(client.clone()),
+            Scope::Namespace(ns) => Api::namespaced(client.clone(), ns),
+        }
+    }
+}
+
+/// What every reconcile of one scope shares.
+pub struct Context {
+    pub client: Client,
+    pub registry: ProviderRegistry,
+    pub events: events::EventPublisher,
+    pub metrics: Arc<Metrics>,
+    pub webhooks: Store<Webhook>,
+    pub backoff: ErrorBackoff,
+    /// Resolves once every cache of the scope has synced.
+    pub caches_synced: futures::future::Shared<BoxFuture<'static, ()>>,
+}
+
+/// The label selector of every child the operator creates.
+pub fn managed_selector() -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY}")
+}
+
+/// A reflector-backed store plus the stream that feeds it (and the
+/// controller, for children).
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    tracker: &Arc<SyncTracker>,
+    name: &'static str,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    // Tracked after the reflector, so "synced" means the store holds the list.
+    let stream = tracker
+        .track(
+            name,
+            reflector::reflector(writer, watcher(api, config).default_backoff()),
+        )
+        .touched_objects();
+    (reader, stream)
+}
+
+/// Settings shared by every scope.
+#[derive(Clone)]
+pub struct ControllerConfig {
+    pub default_provider: String,
+    pub concurrency: u16,
+    pub reporter_instance: String,
+    pub delivery: delivery::DeliveryConfig,
+}
+
+/// Tells when every watch of a scope has delivered its first full list.
+///
+/// kube's `Store::wait_until_ready` sits on a oneshot that remembers only the
+/// last task waiting on it, and the Controller waits on the same stores: two
+/// waiters in different tasks can sleep through the wake-up. So readiness is
+/// taken from the watch streams themselves, as they pass their first
+/// `InitDone`.
+pub struct SyncTracker {
+    expected: usize,
+    synced: std::sync::Mutex<std::collections::HashSet<&'static str>>,
+    all_synced: tokio::sync::watch::Sender<bool>,
+}
+
+impl SyncTracker {
+    pub fn new(expected: usize) -> Arc<Self> {
+        Arc::new(Self {
+            expected,
+            synced: std::sync::Mutex::new(std::collections::HashSet::new()),
+            all_synced: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    fn mark(&self, watch: &'static str) {
+        let Ok(mut synced) = self.synced.lock() else {
+            return;
+        };
+        if synced.insert(watch) {
+            tracing::debug!(watch, "cache synced");
+            if synced.len() >= self.expected {
+                self.all_synced.send_replace(true);
+            }
+        }
+    }
+
+    /// Resolves once every watch has synced.
+    pub async fn wait(&self) {
+        let mut receiver = self.all_synced.subscribe();
+        let _ = receiver.wait_for(|synced| *synced).await;
+    }
+
+    /// Wraps a watch stream so its first full list marks it synced.
+    pub fn track<K, S>(
+        self: &Arc<Self>,
+        name: &'static str,
+        stream: S,
+    ) -> impl futures::Stream<Item = S::Item> + Send + 'static
+    where
+        K: Send + 'static,
+        S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    {
+        let tracker = self.clone();
+        stream.inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                tracker.mark(name);
+            }
+        })
+    }
+}
+
+/// Events a shared reflector buffers for its slowest subscriber.
+const SHARED_BUFFER: usize = 1024;
+
+/// Runs every controller of one scope until `shutdown` resolves: Instances,
+/// Webhooks and WebhookDeliveries.
+pub async fn run_scope(
+    client: Client,
+    scope: Scope,
+    config: ControllerConfig,
+    metrics: Arc<Metrics>,
+    on_synced: impl FnOnce() + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
+) {
+    let managed = watcher::Config::default().labels(&managed_selector());
+    let tracker = SyncTracker::new(6);
+    let (deployments, deployment_stream) = reflect(
+        scope.api::<Deployment>(&client),
+        managed.clone(),
+        &tracker,
+        "deployments",
+    );
+    let (services, service_stream) = reflect(
+        scope.api::<Service>(&client),
+        managed.clone(),
+        &tracker,
+        "services",
+    );
+    let (pods, pod_stream) = reflect(scope.api::<Pod>(&client), managed.clone(), &tracker, "pods");
+    let (instances, instance_stream) = reflect(
+        scope.api::<Instance>(&client),
+        watcher::Config::default(),
+        &tracker,
+        "instances",
+    );
+
+    // Webhooks and deliveries are each read by several controllers: one
+    // watch each, shared.
+    let (webhooks, webhook_writer) = reflector::store_shared::<Webhook>(SHARED_BUFFER);
+    let webhooks_for_webhook_controller = webhook_writer.subscribe().expect("a shared store");
+    let webhooks_for_delivery_controller = webhook_writer.subscribe().expect("a shared store");
+    let webhook_watch = tracker
+        .track(
+            "webhooks",
+            watcher(scope.api::<Webhook>(&client), watcher::Config::default())
+                .default_backoff()
+                .reflect_shared(webhook_writer),
+        )
+        .for_each(|_| futures::future::ready(()));
+    let (deliveries, delivery_writer) = reflector::store_shared::<WebhookDelivery>(SHARED_BUFFER);
+    let deliveries_for_delivery_controller = delivery_writer.subscribe().expect("a shared store");
+    let deliveries_for_webhook_controller = delivery_writer.subscribe().expect("a shared store");
+    let delivery_watch = tracker
+        .track(
+            "webhookdeliveries",
+            watcher(
+                scope.api::<WebhookDelivery>(&client),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .reflect_shared(delivery_writer),
+        )
+        .for_each(|_| futures::future::ready(()));
+
+    let caches_synced = {
+        let tracker = tracker.clone();
+        async move {
+            tracker.wait().await;
+            on_synced();
+        }
+        .boxed()
+        .shared()
+    };
+
+    let mut registry = ProviderRegistry::new(config.default_provider.clone());
+    registry.register(Arc::new(KubernetesProvider::new(
+        client.clone(),
+        kubernetes::Caches {
+            deployments: deployments.clone(),
+            services: services.clone(),
+            pods: pods.clone(),
+        },
+    )));
+    let events = events::EventPublisher::new(
+        client.clone(),
+        "ctrlplane-operator",
+        config.reporter_instance.clone(),
+    );
+    let context = Arc::new(Context {
+        client: client.clone(),
+        registry,
+        events,
+        metrics,
+        webhooks: webhooks.clone(),
+        backoff: ErrorBackoff::default(),
+        caches_synced: caches_synced.clone(),
+    });
+
+    let instance_controller = instance::controller(
+        instance_stream,
+        instances,
+        deployment_stream,
+        service_stream,
+        pod_stream,
+        config.concurrency,
+        context.clone(),
+        shutdown.clone(),
+    );
+    let webhook_controller = webhook::controller(
+        webhooks_for_webhook_controller,
+        webhooks,
+        deliveries_for_webhook_controller,
+        deliveries.clone(),
+        context.clone(),
+        config.delivery.allow_private_addresses,
+        shutdown.clone(),
+    );
+    let delivery_controller = delivery::controller(
+        deliveries_for_delivery_controller,
+        deliveries,
+        webhooks_for_delivery_controller,
+        context,
+        config.delivery.clone(),
+        shutdown,
+    );
+    tokio::spawn(caches_synced);
+    // The controllers end on shutdown; the shared watches never do.
+    tokio::select! {
+        _ = async { futures::join!(instance_controller, webhook_controller, delivery_controller) } => {}
+        _ = webhook_watch => {}
+        _ = delivery_watch => {}
+    }
+}
+
+/// Per-object exponential backoff for reconciles that fail: 1s, 2s, 4s, ...
+/// up to 5 minutes, reset by the first success. A fixed retry interval would
+/// turn a thousand failing objects into a request storm.
+#[derive(Default)]
+pub struct ErrorBackoff {
+    failures: std::sync::Mutex<
+        std::collections::HashMap<
+            kube::runtime::reflector::ObjectRef<kube::core::DynamicObject>,
+            u32,
+        >,
+    >,
+}
+
+impl ErrorBackoff {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(300);
+
+    /// Records a failure and returns how long to wait before the next try.
+    pub fn failed(
+        &self,
+        object: &kube::runtime::reflector::ObjectRef<kube::core::DynamicObject>,
+    ) -> Duration {
+        let Ok(mut failures) = self.failures.lock() else {
+            return Self::MAX;
+        };
+        let count = failures.entry(object.clone()).or_insert(0);
+        *count = count.saturating_add(1);
+        Self::FIRST
+            .saturating_mul(2u32.saturating_pow(count.saturating_sub(1).min(16)))
+            .min(Self::MAX)
+    }
+
+    /// Forgets an object's failures.
+    pub fn succeeded(
+        &self,
+        object: &kube::runtime::reflector::ObjectRef<kube::core::DynamicObject>,
+    ) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(object);
+        }
+    }
+}

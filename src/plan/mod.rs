@@ -1,0 +1,83 @@
+//! Planning: the pure step of a reconcile. A planner takes the object, what
+//! was observed of the world and the time, and decides everything: the next
+//! phase, the provider actions, the new status with its conditions, and the
+//! lifecycle events. No I/O happens here, so every decision can be tested
+//! without a cluster.
+
+pub mod conditions;
+pub mod dispatch;
+pub mod history;
+pub mod instance;
+pub mod webhook;
+
+use std::time::Duration;
+
+use crate::api::EventType;
+
+/// The finalizer that holds a deleted object until its children are gone and
+/// its final events are dispatched.
+pub const FINALIZER: &str = "ctrlplane.dev/cleanup";
+
+/// A Kubernetes Event the reconciler should publish about the object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEvent {
+    pub warning: bool,
+    /// A short CamelCase word, e.g. Started.
+    pub reason: String,
+    /// A sentence for people.
+    pub message: String,
+}
+
+/// What to do with the object's finalizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalizerAction {
+    /// Add it before anything is created.
+    Add,
+    /// Leave it as it is.
+    Keep,
+    /// Remove it: cleanup is done. The controller still waits until every
+    /// history entry is dispatched before it does.
+    Release,
+}
+
+/// How soon to look again when nothing else happens.
+pub const REQUEUE_SETTLED: Duration = Duration::from_secs(300);
+/// How soon to look again while something is under way. Watches on the
+/// children usually bring the next reconcile sooner.
+pub const REQUEUE_PROGRESSING: Duration = Duration::from_secs(30);
+
+/// The Kubernetes Event reason for a lifecycle event type.
+pub fn event_reason(type_: EventType) -> &'static str {
+    use EventType::*;
+    match type_ {
+        InstanceCreated | SandboxCreated => "Created",
+        InstanceStarting => "Starting",
+        InstanceStarted | SandboxStarted => "Started",
+        InstanceStopping => "Stopping",
+        InstanceStopped | SandboxStopped => "Stopped",
+        InstanceRestarted => "Restarted",
+        InstanceFailed | SandboxFailed => "Failed",
+        InstanceScaled => "Scaled",
+        InstanceSuspended => "Suspended",
+        InstanceUnsuspended => "Unsuspended",
+        InstanceDeleting => "Deleting",
+        InstanceDeleted => "Deleted",
+        DeployStarted => "DeployStarted",
+        DeploySucceeded => "DeploySucceeded",
+        DeployFailed => "DeployFailed",
+        DeployRolledBack => "RolledBack",
+        HealthHealthy => "Healthy",
+        HealthUnhealthy => "Unhealthy",
+        SandboxExpired => "Expired",
+        SandboxDestroyed => "Destroyed",
+    }
+}
+
+/// Whether a lifecycle event is published as a Warning.
+pub fn is_warning(type_: EventType) -> bool {
+    use EventType::*;
+    matches!(
+        type_,
+        InstanceFailed | DeployFailed | DeployRolledBack | HealthUnhealthy | SandboxFailed
+    )
+}

@@ -1,0 +1,769 @@
+//! The `kubernetes` provider: an Instance becomes a Deployment and, when it
+//! declares ports, a Service of the same name, owned by the Instance.
+//!
+//! Building the objects and reading their status are pure functions
+//! ([`deployment_for`], [`service_for`], [`workload_status`]); the provider
+//! itself only applies them (server-side apply, one field manager, forced, so
+//! hand edits of our fields are put back) and reads its reflector caches.
+//!
+//! It remembers, per object, the hash of what it last applied and the
+//! generation the API server answered with. A reconcile whose desired object
+//! hashes the same, against a cached object at that generation, makes no API
+//! call at all; a hand edit bumps the generation and is repaired, a deleted
+//! object is missing from the cache and is created again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar as KubeEnvVar, EnvVarSource, ExecAction, HTTPGetAction, Pod,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SecretKeySelector as KubeSecretKeySelector, Service, ServicePort, ServiceSpec, TCPSocketAction,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use super::{
+    ActionNote, Deprovision, InstanceProvider, InstanceWorkload, ProviderError, ProviderResult,
+    WorkloadId, WorkloadStatus,
+};
+use crate::api::{MANAGED_BY, MANAGED_BY_LABEL, Protocol, ProviderRef};
+use crate::plan::instance::INSTANCE_LABEL;
+
+/// The provider's name in spec.provider.
+pub const NAME: &str = "kubernetes";
+/// The field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "ctrlplane-operator";
+/// The pod-template annotation whose change rolls the replicas.
+pub const RESTART_ANNOTATION: &str = "ctrlplane.dev/restartedAt";
+/// The name of the one container of an Instance's pods.
+pub const CONTAINER_NAME: &str = "app";
+
+/// The labels that mark a child as ours and tie it to its Instance.
+pub fn child_labels(workload: &InstanceWorkload) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+        (INSTANCE_LABEL.to_string(), workload.name.clone()),
+    ])
+}
+
+/// The Instance's labels plus ours; ours win.
+fn object_labels(workload: &InstanceWorkload) -> BTreeMap<String, String> {
+    let mut labels = workload.labels.clone();
+    labels.extend(child_labels(workload));
+    labels
+}
+
+fn object_meta(workload: &InstanceWorkload) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(workload.name.clone()),
+        namespace: Some(workload.namespace.clone()),
+        labels: Some(object_labels(workload)),
+        owner_references: Some(vec![workload.owner.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The Deployment that runs an Instance. Pure.
+pub fn deployment_for(workload: &InstanceWorkload) -> Deployment {
+    let selector = BTreeMap::from([(INSTANCE_LABEL.to_string(), workload.name.clone())]);
+    let mut requests = BTreeMap::new();
+    let mut limits = BTreeMap::new();
+    if let Some(resources) = &workload.resources {
+        if let Some(cpu) = &resources.cpu {
+            requests.insert("cpu".to_string(), cpu.clone());
+        }
+        if let Some(memory) = &resources.memory {
+            // Memory is not compressible: the limit equals the request so a
+            // replica cannot take memory its node promised to others. CPU
+            // gets no limit, so idle capacity is not wasted.
+            requests.insert("memory".to_string(), memory.clone());
+            limits.insert("memory".to_string(), memory.clone());
+        }
+    }
+    let env = workload
+        .env
+        .iter()
+        .map(|e| KubeEnvVar {
+            name: e.name.clone(),
+            value: e.value.clone(),
+            value_from: e.secret_key_ref.as_ref().map(|s| EnvVarSource {
+                secret_key_ref: Some(KubeSecretKeySelector {
+                    name: s.name.clone(),
+                    key: s.key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+        })
+        .collect::<Vec<_>>();
+    let ports = workload
+        .ports
+        .iter()
+        .map(|p| ContainerPort {
+            name: Some(p.name.clone()),
+            container_port: p.port,
+            protocol: Some(protocol_name(p.protocol).to_string()),
+            ..ContainerPort::default()
+        })
+        .collect::<Vec<_>>();
+    let probe = workload.health_check.as_ref().map(|h| Probe {
+        http_get: h.http_get.as_ref().map(|g| HTTPGetAction {
+            path: Some(g.path.clone()),
+            port: IntOrString::String(g.port.clone()),
+            ..HTTPGetAction::default()
+        }),
+        tcp_socket: h.tcp_socket.as_ref().map(|t| TCPSocketAction {
+            port: IntOrString::String(t.port.clone()),
+            ..TCPSocketAction::default()
+        }),
+        exec: h.exec.as_ref().map(|e| ExecAction {
+            command: Some(e.command.clone()),
+        }),
+        initial_delay_seconds: h.initial_delay_seconds,
+        period_seconds: h.period_seconds,
+        timeout_seconds: h.timeout_seconds,
+        failure_threshold: h.failure_threshold,
+        ..Probe::default()
+    });
+    let annotations = workload
+        .restart_token
+        .as_ref()
+        .map(|token| BTreeMap::from([(RESTART_ANNOTATION.to_string(), token.clone())]));
+    let node_selector = workload.region.as_ref().map(|region| {
+        BTreeMap::from([("topology.kubernetes.io/region".to_string(), region.clone())])
+    });
+    Deployment {
+        metadata: object_meta(workload),
+        spec: Some(DeploymentSpec {
+            replicas: Some(workload.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            progress_deadline_seconds: Some(workload.progress_deadline_seconds),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(child_labels(workload)),
+                    annotations,
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: CONTAINER_NAME.to_string(),
+                        image: Some(workload.image.clone()),
+                        env: (!env.is_empty()).then_some(env),
+                        ports: (!ports.is_empty()).then_some(ports),
+                        resources: (!requests.is_empty()).then(|| ResourceRequirements {
+                            requests: Some(requests),
+                            limits: (!limits.is_empty()).then_some(limits),
+                            ..ResourceRequirements::default()
+                        }),
+                        readiness_probe: probe.clone(),
+                        liveness_probe: probe,
+                        ..Container::default()
+                    }],
+                    node_selector,
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The Service in front of an Instance, one port per declared port; `None`
+/// when it declares no ports (a Service needs at least one). Pure.
+pub fn service_for(workload: &InstanceWorkload) -> Option<Service> {
+    if workload.ports.is_empty() {
+        return None;
+    }
+    Some(Service {
+        metadata: object_meta(workload),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_string()),
+            selector: Some(BTreeMap::from([(
+                INSTANCE_LABEL.to_string(),
+                workload.name.clone(),
+            )])),
+            ports: Some(
+                workload
+                    .ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        name: Some(p.name.clone()),
+                        port: p.port,
+                        target_port: Some(IntOrString::String(p.name.clone())),
+                        protocol: Some(protocol_name(p.protocol).to_string()),
+                        ..ServicePort::default()
+                    })
+                    .collect(),
+            ),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+        Protocol::Sctp => "SCTP",
+    }
+}
+
+/// Whether a cached Service still says what we would apply.
+fn service_matches(cached: &Service, desired: &Service) -> bool {
+    let ours = |s: &Service| {
+        let spec = s.spec.clone().unwrap_or_default();
+        let ports: Vec<_> = spec
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (p.name, p.port, p.target_port, p.protocol))
+            .collect();
+        (spec.selector, spec.type_, ports)
+    };
+    let labels_kept = desired
+        .labels()
+        .iter()
+        .all(|(k, v)| cached.labels().get(k) == Some(v));
+    labels_kept
+        && ours(cached) == ours(desired)
+        && cached.owner_references() == desired.owner_references()
+}
+
+/// What an Instance's pods say about why they are not ready, in words a user
+/// can act on; at most a few, one per distinct reason. Pure.
+pub fn pod_problems(pods: &[Arc<Pod>]) -> Vec<String> {
+    let mut problems: Vec<(String, String)> = Vec::new();
+    for pod in pods {
+        let name = pod.name_any();
+        let Some(status) = &pod.status else { continue };
+        let mut found = Vec::new();
+        if status.phase.as_deref() == Some("Failed") {
+            found.push((
+                "PodFailed".to_string(),
+                format!(
+                    "pod {name} failed{}",
+                    status
+                        .message
+                        .as_ref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        for condition in status.conditions.iter().flatten() {
+            if condition.type_ == "PodScheduled"
+                && condition.status == "False"
+                && condition.reason.as_deref() == Some("Unschedulable")
+            {
+                found.push((
+                    "Unschedulable".to_string(),
+                    format!(
+                        "pod {name} cannot be scheduled: {}",
+                        condition.message.clone().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        for container in status.container_statuses.iter().flatten() {
+            if container.ready {
+                continue;
+            }
+            let state = container.state.as_ref();
+            if let Some(waiting) = state.and_then(|s| s.waiting.as_ref()) {
+                let reason = waiting.reason.clone().unwrap_or_else(|| "Waiting".into());
+                if matches!(reason.as_str(), "ContainerCreating" | "PodInitializing") {
+                    continue;
+                }
+                let exit = container
+                    .last_state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .map(|t| format!(", last exit code {}", t.exit_code))
+                    .unwrap_or_default();
+                let restarts = if container.restart_count > 0 {
+                    format!(" (restarted {} times{exit})", container.restart_count)
+                } else {
+                    String::new()
+                };
+                let message = waiting
+                    .message
+                    .as_ref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default();
+                found.push((
+                    reason.clone(),
+                    format!(
+                        "pod {name}: container {} is in {reason}{restarts}{message}",
+                        container.name
+                    ),
+                ));
+            } else if let Some(terminated) = state.and_then(|s| s.terminated.as_ref()) {
+                let reason = terminated
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "Terminated".into());
+                found.push((
+                    reason.clone(),
+                    format!(
+                        "pod {name}: container {} terminated ({reason}, exit code {})",
+                        container.name, terminated.exit_code
+                    ),
+                ));
+            } else if state.and_then(|s| s.running.as_ref()).is_some() {
+                found.push((
+                    "NotReady".to_string(),
+                    format!(
+                        "pod {name}: container {} is running but not ready",
+                        container.name
+                    ),
+                ));
+            }
+        }
+        for (reason, message) in found {
+            if !problems.iter().any(|(r, _)| *r == reason) {
+                problems.push((reason, message));
+            }
+        }
+    }
+    problems.sort();
+    problems.into_iter().take(3).map(|(_, m)| m).collect()
+}
+
+/// Reads a workload's status from its Deployment, Service and pods. Pure.
+pub fn workload_status(
+    deployment: &Deployment,
+    service: Option<&Service>,
+    pods: &[Arc<Pod>],
+    wants_service: bool,
+    caught_up: bool,
+) -> WorkloadStatus {
+    let spec = deployment.spec.clone().unwrap_or_default();
+    let status = deployment.status.clone().unwrap_or_default();
+    let generation = deployment.metadata.generation.unwrap_or_default();
+    let observed = status.observed_generation.unwrap_or_default() >= generation;
+    let template = &spec.template;
+    let image = template
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    let restart_token = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(RESTART_ANNOTATION).cloned());
+    let desired = spec.replicas.unwrap_or(1);
+    let replicas = status.replicas.unwrap_or_default();
+    let ready = status.ready_replicas.unwrap_or_default();
+    let updated = status.updated_replicas.unwrap_or_default();
+    let available = status.available_replicas.unwrap_or_default();
+    let progressing = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Progressing");
+    let progress_deadline_exceeded = progressing.is_some_and(|c| {
+        c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    let rollout_complete =
+        observed && updated == desired && available == desired && replicas == desired;
+    // Old replicas can keep `ready` up during a rollout, so the new pods'
+    // problems matter whenever the rollout is not complete.
+    let problems = if ready < desired || !rollout_complete {
+        pod_problems(pods)
+    } else {
+        Vec::new()
+    };
+    WorkloadStatus {
+        provider_ref: ProviderRef {
+            provider: NAME.to_string(),
+            kind: "Deployment".to_string(),
+            name: deployment.name_any(),
+        },
+        current: observed && caught_up,
+        image,
+        desired_replicas: desired,
+        replicas,
+        ready_replicas: ready,
+        restart_token,
+        rollout_complete,
+        progress_deadline_exceeded: observed && progress_deadline_exceeded,
+        problems,
+        endpoint_ready: !wants_service || service.is_some(),
+        terminating: deployment.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+/// What we last applied to one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Applied {
+    hash: u64,
+    uid: String,
+    generation: i64,
+}
+
+/// The caches the provider reads, filled by the controller's reflectors.
+#[derive(Clone)]
+pub struct Caches {
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub pods: Store<Pod>,
+}
+
+/// Runs Instances as Deployments and Services.
+pub struct KubernetesProvider {
+    client: Client,
+    caches: Caches,
+    applied: Mutex<HashMap<(String, String), Applied>>,
+}
+
+impl KubernetesProvider {
+    pub fn new(client: Client, caches: Caches) -> Self {
+        Self {
+            client,
+            caches,
+            applied: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn applied_record(&self, key: &(String, String)) -> Option<Applied> {
+        self.applied
+            .lock()
+            .map(|m| m.get(key).cloned())
+            .unwrap_or(None)
+    }
+
+    /// Makes the Deployment and Service match the workload, calling the API
+    /// only when the cache shows they do not already.
+    async fn ensure(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>> {
+        let mut notes = Vec::new();
+        let key = (workload.namespace.clone(), workload.name.clone());
+        let desired = deployment_for(workload);
+        let hash = hash_of(&desired);
+        let object = ObjectRef::<Deployment>::new(&workload.name).within(&workload.namespace);
+        let cached = self.caches.deployments.get(&object);
+        let record = self.applied_record(&key);
+        let up_to_date = match (&cached, &record) {
+            (Some(cached), Some(record)) => {
+                record.hash == hash
+                    && cached.uid().as_deref() == Some(record.uid.as_str())
+                    && cached.metadata.generation.unwrap_or_default() <= record.generation
+            }
+            _ => false,
+        };
+        if !up_to_date {
+            let api: Api<Deployment> = Api::namespaced(self.client.clone(), &workload.namespace);
+            match cached.as_deref() {
+                Some(existing) => self.check_ownership(existing, workload, "Deployment")?,
+                None => {
+                    if let Some(existing) = get_opt(&api, &workload.name).await? {
+                        self.check_ownership(&existing, workload, "Deployment")?;
+                    }
+                    if record.is_some() {
+                        notes.push(ActionNote {
+                            warning: true,
+                            reason: "DriftRepaired".into(),
+                            message: format!(
+                                "Deployment {} was missing and has been created again",
+                                workload.name
+                            ),
+                        });
+                    }
+                }
+            }
+            if let (Some(cached), Some(record)) = (&cached, &record)
+                && record.hash == hash
+                && cached.metadata.generation.unwrap_or_default() > record.generation
+            {
+                notes.push(ActionNote {
+                    warning: true,
+                    reason: "DriftRepaired".into(),
+                    message: format!(
+                        "Deployment {} was changed by hand; its spec has been put back",
+                        workload.name
+                    ),
+                });
+            }
+            let applied = api
+                .patch(&workload.name, &apply_params(), &Patch::Apply(&desired))
+                .await
+                .map_err(|source| {
+                    ProviderError::kube(
+                        format!("applying Deployment {}", workload.name),
+                        &workload.namespace,
+                        source,
+                    )
+                })?;
+            if let Ok(mut map) = self.applied.lock() {
+                map.insert(
+                    key,
+                    Applied {
+                        hash,
+                        uid: applied.uid().unwrap_or_default(),
+                        generation: applied.metadata.generation.unwrap_or_default(),
+                    },
+                );
+            }
+        }
+        self.ensure_service(workload, &mut notes).await?;
+        Ok(notes)
+    }
+
+    async fn ensure_service(
+        &self,
+        workload: &InstanceWorkload,
+        notes: &mut Vec<ActionNote>,
+    ) -> ProviderResult<()> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &workload.namespace);
+        let object = ObjectRef::<Service>::new(&workload.name).within(&workload.namespace);
+        let cached = self.caches.services.get(&object);
+        let Some(desired) = service_for(workload) else {
+            // No ports any more: a Service of ours has nothing to serve.
+            if let Some(existing) = cached
+                && is_owned_by(existing.as_ref(), workload)
+            {
+                delete_opt(&api, &workload.name, false).await?;
+            }
+            return Ok(());
+        };
+        match cached.as_deref() {
+            Some(existing) if service_matches(existing, &desired) => return Ok(()),
+            Some(existing) => {
+                self.check_ownership(existing, workload, "Service")?;
+                if is_owned_by(existing, workload) {
+                    notes.push(ActionNote {
+                        warning: false,
+                        reason: "ServiceUpdated".into(),
+                        message: format!("Service {} updated to match spec.ports", workload.name),
+                    });
+                }
+            }
+            None => {
+                if let Some(existing) = get_opt(&api, &workload.name).await? {
+                    self.check_ownership(&existing, workload, "Service")?;
+                }
+            }
+        }
+        api.patch(&workload.name, &apply_params(), &Patch::Apply(&desired))
+            .await
+            .map_err(|source| {
+                ProviderError::kube(
+                    format!("applying Service {}", workload.name),
+                    &workload.namespace,
+                    source,
+                )
+            })?;
+        Ok(())
+    }
+
+    /// An existing object is ours to manage when the Instance controls it,
+    /// or when it carries our labels and no controller (it is adopted).
+    fn check_ownership<K: Resource>(
+        &self,
+        existing: &K,
+        workload: &InstanceWorkload,
+        kind: &str,
+    ) -> ProviderResult<()> {
+        let controller = existing
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true));
+        let ours = match controller {
+            Some(owner) => owner.uid == workload.owner.uid,
+            None => {
+                let labels = existing.meta().labels.clone().unwrap_or_default();
+                labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+                    && labels.get(INSTANCE_LABEL) == Some(&workload.name)
+            }
+        };
+        if ours {
+            Ok(())
+        } else {
+            Err(ProviderError::Conflict {
+                kind: kind.to_string(),
+                name: workload.name.clone(),
+            })
+        }
+    }
+}
+
+fn is_owned_by<K: Resource>(existing: &K, workload: &InstanceWorkload) -> bool {
+    existing
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.uid == workload.owner.uid)
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+fn hash_of(object: &impl serde::Serialize) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(object)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
+async fn get_opt<K>(api: &Api<K>, name: &str) -> ProviderResult<Option<K>>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.get_opt(name)
+        .await
+        .map_err(|source| ProviderError::Kube {
+            action: format!("reading {name}"),
+            source,
+        })
+}
+
+/// Deletes an object; `Ok(true)` when it is already gone.
+async fn delete_opt<K>(api: &Api<K>, name: &str, foreground: bool) -> ProviderResult<bool>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = if foreground {
+        DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Foreground),
+            ..DeleteParams::default()
+        }
+    } else {
+        DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(false),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(true),
+        Err(source) => Err(ProviderError::Kube {
+            action: format!("deleting {name}"),
+            source,
+        }),
+    }
+}
+
+#[async_trait]
+impl InstanceProvider for KubernetesProvider {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn provision(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>> {
+        self.ensure(workload).await
+    }
+
+    async fn deprovision(&self, id: &WorkloadId) -> ProviderResult<Deprovision> {
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &id.namespace);
+        let services: Api<Service> = Api::namespaced(self.client.clone(), &id.namespace);
+        // Foreground: the Deployment is gone only once its pods are.
+        let deployment_gone = delete_opt(&deployments, &id.name, true).await?;
+        let service_gone = delete_opt(&services, &id.name, false).await?;
+        if let Ok(mut map) = self.applied.lock() {
+            map.remove(&(id.namespace.clone(), id.name.clone()));
+        }
+        Ok(if deployment_gone && service_gone {
+            Deprovision::Done
+        } else {
+            Deprovision::InProgress
+        })
+    }
+
+    async fn start(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>> {
+        self.ensure(workload).await
+    }
+
+    async fn stop(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>> {
+        self.ensure(workload).await
+    }
+
+    async fn restart(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>> {
+        self.ensure(workload).await
+    }
+
+    async fn scale(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>> {
+        self.ensure(workload).await
+    }
+
+    async fn deploy(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>> {
+        self.ensure(workload).await
+    }
+
+    async fn rollback(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>> {
+        self.ensure(workload).await
+    }
+
+    async fn status(&self, id: &WorkloadId) -> ProviderResult<Option<WorkloadStatus>> {
+        let deployment = self
+            .caches
+            .deployments
+            .get(&ObjectRef::new(&id.name).within(&id.namespace));
+        let service = self
+            .caches
+            .services
+            .get(&ObjectRef::new(&id.name).within(&id.namespace));
+        let Some(deployment) = deployment else {
+            // A Service without its Deployment still has to be cleaned up.
+            return Ok(service.map(|_| WorkloadStatus {
+                provider_ref: ProviderRef {
+                    provider: NAME.to_string(),
+                    kind: "Service".to_string(),
+                    name: id.name.clone(),
+                },
+                current: false,
+                image: String::new(),
+                desired_replicas: 0,
+                replicas: 0,
+                ready_replicas: 0,
+                restart_token: None,
+                rollout_complete: false,
+                progress_deadline_exceeded: false,
+                problems: Vec::new(),
+                endpoint_ready: true,
+                terminating: false,
+            }));
+        };
+        let pods: Vec<Arc<Pod>> = self
+            .caches
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.namespace().as_deref() == Some(id.namespace.as_str())
+                    && p.labels().get(INSTANCE_LABEL) == Some(&id.name)
+            })
+            .collect();
+        let record = self.applied_record(&(id.namespace.clone(), id.name.clone()));
+        let caught_up = record.is_none_or(|r| {
+            deployment.uid().as_deref() != Some(r.uid.as_str())
+                || deployment.metadata.generation.unwrap_or_default() >= r.generation
+        });
+        let wants_service = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.containers.first())
+            .is_some_and(|c| c.ports.as_ref().is_some_and(|p| !p.is_empty()));
+        Ok(Some(workload_status(
+            &deployment,
+            service.as_deref(),
+            &pods,
+            wants_service,
+            caught_up,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,374 @@
+//! Tests of the pure parts of the kubernetes provider: the objects it builds
+//! and how it reads their status.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, PodCondition,
+    PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+use super::*;
+use crate::api::{
+    EnvVar, ExecHealthCheck, HealthCheck, HttpHealthCheck, InstanceResources, PortSpec,
+    SecretKeySelector,
+};
+
+fn workload() -> InstanceWorkload {
+    InstanceWorkload {
+        namespace: "team-a".into(),
+        name: "web".into(),
+        owner: OwnerReference {
+            api_version: "ctrlplane.dev/v1alpha1".into(),
+            kind: "Instance".into(),
+            name: "web".into(),
+            uid: "uid-1".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        },
+        labels: [("app.kubernetes.io/part-of".to_string(), "shop".to_string())].into(),
+        image: "nginx:1.27".into(),
+        replicas: 3,
+        resources: Some(InstanceResources {
+            cpu: Some(Quantity("250m".into())),
+            memory: Some(Quantity("256Mi".into())),
+        }),
+        env: vec![
+            EnvVar {
+                name: "LOG_LEVEL".into(),
+                value: Some("info".into()),
+                secret_key_ref: None,
+            },
+            EnvVar {
+                name: "DB_PASSWORD".into(),
+                value: None,
+                secret_key_ref: Some(SecretKeySelector {
+                    name: "db".into(),
+                    key: "password".into(),
+                }),
+            },
+        ],
+        ports: vec![
+            PortSpec {
+                name: "http".into(),
+                port: 8080,
+                protocol: Protocol::Tcp,
+            },
+            PortSpec {
+                name: "metrics".into(),
+                port: 9090,
+                protocol: Protocol::Tcp,
+            },
+        ],
+        health_check: Some(HealthCheck {
+            http_get: Some(HttpHealthCheck {
+                path: "/healthz".into(),
+                port: "http".into(),
+            }),
+            tcp_socket: None,
+            exec: None,
+            initial_delay_seconds: None,
+            period_seconds: Some(5),
+            timeout_seconds: None,
+            failure_threshold: Some(2),
+        }),
+        region: Some("eu-west-1".into()),
+        restart_token: Some("2026-11-01T12:00:00+00:00".into()),
+        progress_deadline_seconds: 120,
+    }
+}
+
+#[test]
+fn the_deployment_carries_everything_the_instance_asks_for() {
+    let deployment = deployment_for(&workload());
+    let labels = deployment.metadata.labels.clone().unwrap();
+    assert_eq!(
+        labels
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("ctrlplane-operator")
+    );
+    assert_eq!(
+        labels.get("app.kubernetes.io/part-of").map(String::as_str),
+        Some("shop")
+    );
+    assert_eq!(
+        labels.get("ctrlplane.dev/instance").map(String::as_str),
+        Some("web")
+    );
+    let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.uid.as_str(), owner.controller),
+        ("uid-1", Some(true))
+    );
+
+    let spec = deployment.spec.unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    assert_eq!(spec.progress_deadline_seconds, Some(120));
+    assert_eq!(
+        spec.selector.match_labels.unwrap(),
+        [("ctrlplane.dev/instance".to_string(), "web".to_string())].into()
+    );
+    let template = spec.template;
+    assert_eq!(
+        template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()
+            .get(RESTART_ANNOTATION)
+            .map(String::as_str),
+        Some("2026-11-01T12:00:00+00:00")
+    );
+    let pod = template.spec.unwrap();
+    assert_eq!(
+        pod.node_selector
+            .unwrap()
+            .get("topology.kubernetes.io/region")
+            .map(String::as_str),
+        Some("eu-west-1")
+    );
+    let container = &pod.containers[0];
+    assert_eq!(container.image.as_deref(), Some("nginx:1.27"));
+    let resources = container.resources.clone().unwrap();
+    assert_eq!(
+        resources.requests.unwrap().get("cpu"),
+        Some(&Quantity("250m".into()))
+    );
+    assert_eq!(
+        resources.limits.unwrap().get("memory"),
+        Some(&Quantity("256Mi".into()))
+    );
+    let env = container.env.clone().unwrap();
+    assert_eq!(env[0].value.as_deref(), Some("info"));
+    let secret = env[1]
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (secret.name.as_str(), secret.key.as_str()),
+        ("db", "password")
+    );
+    assert!(
+        env[1].value.is_none(),
+        "a secret is referenced, never copied"
+    );
+    let ports = container.ports.clone().unwrap();
+    assert_eq!(ports.len(), 2);
+    let readiness = container.readiness_probe.clone().unwrap();
+    let http = readiness.http_get.unwrap();
+    assert_eq!(
+        (http.path.as_deref(), http.port),
+        (Some("/healthz"), IntOrString::String("http".into()))
+    );
+    assert_eq!(readiness.period_seconds, Some(5));
+    assert_eq!(
+        container.liveness_probe.as_ref().unwrap().failure_threshold,
+        Some(2)
+    );
+}
+
+#[test]
+fn an_exec_health_check_becomes_an_exec_probe() {
+    let mut w = workload();
+    w.health_check = Some(HealthCheck {
+        http_get: None,
+        tcp_socket: None,
+        exec: Some(ExecHealthCheck {
+            command: vec!["/bin/check".into()],
+        }),
+        initial_delay_seconds: None,
+        period_seconds: None,
+        timeout_seconds: None,
+        failure_threshold: None,
+    });
+    let deployment = deployment_for(&w);
+    let probe = deployment.spec.unwrap().template.spec.unwrap().containers[0]
+        .readiness_probe
+        .clone()
+        .unwrap();
+    assert_eq!(
+        probe.exec.unwrap().command,
+        Some(vec!["/bin/check".to_string()])
+    );
+}
+
+#[test]
+fn the_service_has_one_port_per_declared_port_and_none_without_ports() {
+    let service = service_for(&workload()).unwrap();
+    let spec = service.spec.unwrap();
+    let ports = spec.ports.unwrap();
+    assert_eq!(ports.len(), 2);
+    assert_eq!(ports[1].name.as_deref(), Some("metrics"));
+    assert_eq!(ports[1].port, 9090);
+    assert_eq!(
+        ports[1].target_port,
+        Some(IntOrString::String("metrics".into()))
+    );
+    assert_eq!(
+        spec.selector
+            .unwrap()
+            .get("ctrlplane.dev/instance")
+            .map(String::as_str),
+        Some("web")
+    );
+
+    let mut no_ports = workload();
+    no_ports.ports.clear();
+    assert!(service_for(&no_ports).is_none());
+}
+
+#[test]
+fn a_service_matches_itself_and_not_a_changed_one() {
+    let desired = service_for(&workload()).unwrap();
+    assert!(service_matches(&desired, &desired));
+    let mut edited = desired.clone();
+    edited.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 80;
+    assert!(!service_matches(&edited, &desired));
+}
+
+fn pod(name: &str, container: ContainerStatus) -> Arc<Pod> {
+    Arc::new(Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+        status: Some(PodStatus {
+            phase: Some("Running".into()),
+            container_statuses: Some(vec![container]),
+            ..PodStatus::default()
+        }),
+    })
+}
+
+#[test]
+fn pod_problems_say_what_a_user_can_act_on() {
+    let crashing = pod(
+        "web-1",
+        ContainerStatus {
+            name: "app".into(),
+            ready: false,
+            restart_count: 5,
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("CrashLoopBackOff".into()),
+                    message: Some("back-off 5m0s".into()),
+                }),
+                ..ContainerState::default()
+            }),
+            last_state: Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: 1,
+                    ..ContainerStateTerminated::default()
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        },
+    );
+    let problems = pod_problems(&[crashing.clone(), crashing]);
+    assert_eq!(
+        problems,
+        vec![
+            "pod web-1: container app is in CrashLoopBackOff (restarted 5 times, last exit code 1): back-off 5m0s"
+        ]
+    );
+
+    let unschedulable = Arc::new(Pod {
+        metadata: ObjectMeta {
+            name: Some("web-2".into()),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+        status: Some(PodStatus {
+            phase: Some("Pending".into()),
+            conditions: Some(vec![PodCondition {
+                type_: "PodScheduled".into(),
+                status: "False".into(),
+                reason: Some("Unschedulable".into()),
+                message: Some(
+                    "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector"
+                        .into(),
+                ),
+                ..PodCondition::default()
+            }]),
+            ..PodStatus::default()
+        }),
+    });
+    let problems = pod_problems(&[unschedulable]);
+    assert!(problems[0].contains("cannot be scheduled") && problems[0].contains("node affinity"));
+}
+
+fn deployment_with(status: DeploymentStatus, generation: i64) -> Deployment {
+    let mut deployment = deployment_for(&workload());
+    deployment.metadata.generation = Some(generation);
+    deployment.status = Some(status);
+    deployment
+}
+
+#[test]
+fn the_workload_status_reads_rollout_progress_and_the_deadline() {
+    let complete = deployment_with(
+        DeploymentStatus {
+            observed_generation: Some(2),
+            replicas: Some(3),
+            ready_replicas: Some(3),
+            updated_replicas: Some(3),
+            available_replicas: Some(3),
+            ..DeploymentStatus::default()
+        },
+        2,
+    );
+    let status = workload_status(&complete, None, &[], true, true);
+    assert!(status.current && status.rollout_complete && !status.progress_deadline_exceeded);
+    assert_eq!(status.image, "nginx:1.27");
+    assert_eq!(
+        status.restart_token.as_deref(),
+        Some("2026-11-01T12:00:00+00:00")
+    );
+    assert!(!status.endpoint_ready, "no Service yet");
+
+    // The controller has not seen generation 3 yet: nothing can be judged.
+    let behind = deployment_with(
+        DeploymentStatus {
+            observed_generation: Some(2),
+            replicas: Some(3),
+            ready_replicas: Some(3),
+            updated_replicas: Some(3),
+            available_replicas: Some(3),
+            ..DeploymentStatus::default()
+        },
+        3,
+    );
+    let status = workload_status(&behind, None, &[], false, true);
+    assert!(!status.current && !status.rollout_complete);
+
+    let stuck = deployment_with(
+        DeploymentStatus {
+            observed_generation: Some(2),
+            replicas: Some(3),
+            ready_replicas: Some(1),
+            updated_replicas: Some(3),
+            available_replicas: Some(1),
+            conditions: Some(vec![DeploymentCondition {
+                type_: "Progressing".into(),
+                status: "False".into(),
+                reason: Some("ProgressDeadlineExceeded".into()),
+                ..DeploymentCondition::default()
+            }]),
+            ..DeploymentStatus::default()
+        },
+        2,
+    );
+    let status = workload_status(&stuck, None, &[], false, true);
+    assert!(status.progress_deadline_exceeded && !status.rollout_complete);
+}

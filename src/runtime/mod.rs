@@ -1,0 +1,221 @@
+//! What the operator needs around its controllers: configuration, logging,
+//! the Kubernetes client, metrics, and the health and metrics endpoints.
+
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use metrics::{CountRequestsLayer, Metrics};
+
+/// A kube error in one line a person can read: for an API error, the API
+/// server's own message and code, without the debug dump of the response.
+pub fn describe_kube_error(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            format!("{} ({} {})", status.message, status.code, status.reason)
+        }
+        other => other.to_string(),
+    }
+}
+
+/// How logs are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, for log pipelines.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Settings of `ctrlplane-operator run`. Every flag has an environment
+/// variable, so the Helm chart and plain manifests can set them either way.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Kubeconfig to use. Without it: $KUBECONFIG, ~/.kube/config, then the
+    /// in-cluster service account.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Namespaces to watch, repeated or comma-separated. Empty: all namespaces.
+    #[arg(
+        long = "namespace",
+        env = "CTRLPLANE_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+
+    /// The provider for Instances that do not name one.
+    #[arg(long, env = "CTRLPLANE_DEFAULT_PROVIDER", default_value = "kubernetes")]
+    pub default_provider: String,
+
+    /// Log format.
+    #[arg(long, env = "CTRLPLANE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log level or filter, e.g. `info` or `info,ctrlplane_operator=debug`.
+    #[arg(long, env = "CTRLPLANE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(
+        long,
+        env = "CTRLPLANE_METRICS_ADDRESS",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub metrics_address: SocketAddr,
+
+    /// Objects of one kind reconciled at the same time.
+    #[arg(long, env = "CTRLPLANE_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+
+    /// Let webhook URLs reach loopback, link-local and private addresses.
+    /// Off by default: a Webhook must not become a way into the cluster's
+    /// own network. Tests turn it on for their loopback receiver.
+    #[arg(long, env = "CTRLPLANE_ALLOW_PRIVATE_WEBHOOK_ADDRESSES")]
+    pub allow_private_webhook_addresses: bool,
+
+    /// Seconds a completed WebhookDelivery is kept before it is deleted.
+    #[arg(
+        long,
+        env = "CTRLPLANE_WEBHOOK_DELIVERY_TTL_SECONDS",
+        default_value_t = 86400
+    )]
+    pub webhook_delivery_ttl_seconds: u64,
+
+    /// Delivery attempts in flight at once per Webhook, so one slow
+    /// receiver cannot hold up the others.
+    #[arg(
+        long,
+        env = "CTRLPLANE_WEBHOOK_CONCURRENCY_PER_ENDPOINT",
+        default_value_t = 8
+    )]
+    pub webhook_concurrency_per_endpoint: usize,
+}
+
+/// Errors while starting up.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("reading kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("finding cluster configuration: {0}")]
+    InferConfig(#[from] kube::config::InferConfigError),
+    #[error("building the Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+    #[error("serving {address}: {source}")]
+    Serve {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid log level {level:?}: {message}")]
+    LogLevel { level: String, message: String },
+}
+
+/// Sets up logging to stderr in the chosen format.
+pub fn init_logging(format: LogFormat, level: &str) -> Result<(), RuntimeError> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).map_err(|e| RuntimeError::LogLevel {
+            level: level.to_string(),
+            message: e.to_string(),
+        })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (in tests) keeps the first.
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    Ok(())
+}
+
+/// A Kubernetes client whose every request is counted in the metrics.
+pub async fn client(
+    kubeconfig: Option<&PathBuf>,
+    metrics: Arc<Metrics>,
+) -> Result<Client, RuntimeError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path).map_err(|source| RuntimeError::Kubeconfig {
+                path: path.clone(),
+                source,
+            })?;
+            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| RuntimeError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?
+        }
+        None => Config::infer().await?,
+    };
+    let builder = kube::client::ClientBuilder::try_from(config)?;
+    Ok(builder.with_layer(&CountRequestsLayer { metrics }).build())
+}
+
+/// Readiness, as /readyz reports it.
+#[derive(Default)]
+pub struct Readiness {
+    ready: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves /metrics, /healthz (the process answers) and /readyz (caches
+/// synced, controllers running) until the process ends.
+pub async fn serve(
+    address: SocketAddr,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+) -> Result<(), RuntimeError> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| RuntimeError::Serve { address, source })?;
+    tracing::info!(%address, "serving /metrics, /healthz and /readyz");
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.encode() }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move {
+                    if readiness.is_ready() {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "caches are not synced yet")
+                    }
+                }
+            }),
+        );
+    axum::serve(listener, app)
+        .await
+        .map_err(|source| RuntimeError::Serve { address, source })
+}

@@ -1,0 +1,177 @@
+//! A webhook receiver for the tests: a real HTTP server on loopback that
+//! verifies every request with an independent Standard Webhooks
+//! implementation (the `standardwebhooks` crate, not our signing code),
+//! records what arrived, and answers as the test tells it to.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use tokio::sync::oneshot;
+
+/// How the receiver answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// 200 OK.
+    Accept,
+    /// This status code, for every request.
+    Answer(u16),
+}
+
+/// One request that arrived.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub id: String,
+    pub type_: String,
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub sequence: i64,
+    /// Which of the receiver's secrets verify the signature (by index).
+    pub verified_with: Vec<usize>,
+    pub body: serde_json::Value,
+    pub at: Instant,
+    pub status: u16,
+}
+
+struct Shared {
+    mode: Mode,
+    secrets: Vec<String>,
+    received: Vec<Received>,
+}
+
+/// A receiver listening on 127.0.0.1.
+pub struct Receiver {
+    pub address: SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Receiver {
+    /// Starts a receiver that accepts events signed with any of `secrets`.
+    pub async fn start(secrets: &[&str]) -> Self {
+        let mut receiver = Self {
+            address: "127.0.0.1:0".parse().unwrap(),
+            shared: Arc::new(Mutex::new(Shared {
+                mode: Mode::Accept,
+                secrets: secrets.iter().map(|s| s.to_string()).collect(),
+                received: Vec::new(),
+            })),
+            stop: None,
+            task: None,
+        };
+        receiver.listen().await;
+        receiver
+    }
+
+    async fn listen(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.address).await.unwrap();
+        self.address = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route("/hook", post(handle))
+            .with_state(self.shared.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.stop = Some(stop);
+        self.task = Some(tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        }));
+    }
+
+    /// The URL a Webhook points at.
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.address)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.shared.lock().unwrap().mode = mode;
+    }
+
+    /// Stops listening: connections are refused until [`Receiver::resume`].
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Listens again on the same address.
+    pub async fn resume(&mut self) {
+        self.listen().await;
+    }
+
+    /// Everything that arrived so far, in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.lock().unwrap().received.clone()
+    }
+
+    /// Requests that were answered 2xx.
+    pub fn accepted(&self) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn handle(
+    State(shared): State<Arc<Mutex<Shared>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut shared = shared.lock().unwrap();
+    let verified_with = shared
+        .secrets
+        .iter()
+        .enumerate()
+        .filter(|(_, secret)| {
+            standardwebhooks::Webhook::new(secret)
+                .map(|w| w.verify(&body, &headers).is_ok())
+                .unwrap_or(false)
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let status = match shared.mode {
+        Mode::Accept => 200,
+        Mode::Answer(code) => code,
+    };
+    let data = &parsed["data"];
+    shared.received.push(Received {
+        id: headers
+            .get("webhook-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        type_: parsed["type"].as_str().unwrap_or_default().to_string(),
+        uid: data["uid"].as_str().unwrap_or_default().to_string(),
+        name: data["name"].as_str().unwrap_or_default().to_string(),
+        namespace: data["namespace"].as_str().unwrap_or_default().to_string(),
+        sequence: data["sequence"].as_i64().unwrap_or_default(),
+        verified_with,
+        body: parsed.clone(),
+        at: Instant::now(),
+        status,
+    });
+    (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), "").into_response()
+}

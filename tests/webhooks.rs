@@ -1,0 +1,658 @@
+//! End-to-end tests of webhook delivery: a real receiver on loopback that
+//! verifies signatures with an independent implementation, an operator of
+//! the test's own, and Instances changing on the real control plane.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::receiver::{Mode, Receiver};
+use common::*;
+use ctrlplane_operator::api::{DeliveryPhase, Instance, InstancePhase, Webhook, WebhookDelivery};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+
+const WAIT: Duration = Duration::from_secs(120);
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const NEW_SECRET: &str = "whsec_bmV3LXNpZ25pbmcta2V5LWZvci1yb3RhdGlvbg==";
+
+struct Fixture {
+    ns: TestNamespace,
+    operator: Operator,
+    instances: Api<Instance>,
+    webhooks: Api<Webhook>,
+    deliveries: Api<WebhookDelivery>,
+}
+
+async fn fixture(prefix: &str) -> Fixture {
+    ensure_crds();
+    let ns = TestNamespace::create(prefix);
+    let operator = Operator::start_with(&ns.name, &["--allow-private-webhook-addresses"]);
+    let client = client().await;
+    Fixture {
+        instances: Api::namespaced(client.clone(), &ns.name),
+        webhooks: Api::namespaced(client.clone(), &ns.name),
+        deliveries: Api::namespaced(client, &ns.name),
+        operator,
+        ns,
+    }
+}
+
+fn secret_manifest(name: &str, current: &str, previous: Option<&str>) -> String {
+    let previous = previous
+        .map(|p| format!("  previous-secret: \"{p}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\nstringData:\n  secret: \"{current}\"\n{previous}"
+    )
+}
+
+fn webhook_manifest(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: ctrlplane.dev/v1alpha1\nkind: Webhook\nmetadata:\n  name: {name}\nspec:\n  url: {url}\n  allowInsecureHttp: true\n  secretRef:\n    name: signing\n{extra}"
+    )
+}
+
+fn instance_manifest(name: &str) -> String {
+    format!(
+        "apiVersion: ctrlplane.dev/v1alpha1\nkind: Instance\nmetadata:\n  name: {name}\nspec:\n  image: nginx:1.27\n  replicas: 1\n"
+    )
+}
+
+impl Fixture {
+    fn apply(&self, manifest: &str) {
+        apply_manifest(&self.ns.name, manifest).expect_success("applying");
+    }
+
+    async fn wait_webhook_ready(&self, name: &str) -> Webhook {
+        wait_until(&format!("Webhook {name} Ready"), WAIT, || async {
+            let webhook = self.webhooks.get(name).await.map_err(|e| e.to_string())?;
+            let ready = webhook
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                .cloned();
+            match ready {
+                Some(c) if serde_json::to_value(c.status).unwrap() == "True" => Ok(Some(webhook)),
+                Some(c) => Err(format!("{}: {}", c.reason, c.message)),
+                None => Err("no Ready condition".into()),
+            }
+        })
+        .await
+    }
+
+    async fn running(&self, name: &str) -> Instance {
+        wait_until(&format!("Instance {name} Running"), WAIT, || async {
+            let instance = self.instances.get(name).await.map_err(|e| e.to_string())?;
+            Ok(
+                (instance.status.as_ref().and_then(|s| s.phase) == Some(InstancePhase::Running))
+                    .then_some(instance),
+            )
+        })
+        .await
+    }
+
+    /// Every (uid, sequence) the Instances' histories hold, with the type.
+    async fn expected_events(&self) -> BTreeMap<(String, i64), String> {
+        let list = self.instances.list(&ListParams::default()).await.unwrap();
+        let mut expected = BTreeMap::new();
+        for instance in list.items {
+            let uid = instance.uid().unwrap();
+            for entry in instance.status.map(|s| s.history).unwrap_or_default() {
+                expected.insert(
+                    (uid.clone(), entry.sequence),
+                    entry.type_.as_str().to_string(),
+                );
+            }
+        }
+        expected
+    }
+
+    async fn patch_instance(&self, name: &str, spec: serde_json::Value) {
+        self.instances
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&serde_json::json!({ "spec": spec })),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Waits until the receiver has accepted every event the Instances recorded.
+async fn wait_all_delivered(f: &Fixture, receiver: &Receiver) -> BTreeMap<(String, i64), String> {
+    wait_until("every recorded event to be delivered", WAIT, || async {
+        let expected = f.expected_events().await;
+        let got: BTreeSet<(String, i64)> = receiver
+            .accepted()
+            .into_iter()
+            .map(|r| (r.uid, r.sequence))
+            .collect();
+        let missing: Vec<_> = expected.keys().filter(|k| !got.contains(*k)).collect();
+        if missing.is_empty() && !expected.is_empty() {
+            Ok(Some(expected))
+        } else {
+            Err(format!(
+                "{} of {} missing, e.g. {:?}",
+                missing.len(),
+                expected.len(),
+                missing.first()
+            ))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn lifecycle_events_arrive_signed_and_in_order_per_object() {
+    let f = fixture("wh-order").await;
+    let receiver = Receiver::start(&[SECRET]).await;
+    f.apply(&secret_manifest("signing", SECRET, None));
+    f.apply(&webhook_manifest(
+        "hooks",
+        &receiver.url(),
+        "  events: [\"instance.*\", \"deploy.*\"]\n  headers:\n    X-Team: platform\n",
+    ));
+    f.wait_webhook_ready("hooks").await;
+    for name in ["a", "b"] {
+        f.apply(&instance_manifest(name));
+    }
+    for name in ["a", "b"] {
+        f.running(name).await;
+    }
+    f.patch_instance("a", serde_json::json!({"replicas": 2}))
+        .await;
+    f.patch_instance("b", serde_json::json!({"image": "nginx:1.28"}))
+        .await;
+    f.patch_instance("a", serde_json::json!({"state": "Stopped"}))
+        .await;
+    wait_until("a Stopped", WAIT, || async {
+        let a = f.instances.get("a").await.map_err(|e| e.to_string())?;
+        Ok((a.status.and_then(|s| s.phase) == Some(InstancePhase::Stopped)).then_some(()))
+    })
+    .await;
+    let expected = wait_all_delivered(&f, &receiver).await;
+
+    let received = receiver.accepted();
+    assert!(
+        received.iter().all(|r| r.verified_with == [0]),
+        "every request verifies: {received:?}"
+    );
+    // Per object, arrival order is sequence order, with no gaps.
+    let mut by_object: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for r in &received {
+        by_object.entry(r.uid.clone()).or_default().push(r.sequence);
+    }
+    for (uid, sequences) in &by_object {
+        let mut sorted = sequences.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sequences, &sorted, "{uid}: events out of order or repeated");
+    }
+    for r in &received {
+        assert_eq!(
+            expected.get(&(r.uid.clone(), r.sequence)),
+            Some(&r.type_),
+            "type matches the history"
+        );
+        assert_eq!(r.namespace, f.ns.name);
+        assert!(r.id.starts_with("evt_"));
+        assert!(r.body["timestamp"].is_string() && r.body["data"]["reason"].is_string());
+    }
+    let types: BTreeSet<&str> = received.iter().map(|r| r.type_.as_str()).collect();
+    for wanted in [
+        "instance.created",
+        "instance.started",
+        "instance.scaled",
+        "instance.stopped",
+        "deploy.started",
+        "deploy.succeeded",
+    ] {
+        assert!(types.contains(wanted), "{wanted} was delivered: {types:?}");
+    }
+
+    // Delivery status can be seen through kubectl.
+    let table = kubectl(["get", "whd", "-n", &f.ns.name]).expect_success("kubectl get whd");
+    assert!(
+        table.stdout.contains("Succeeded") && table.stdout.contains("instance.created"),
+        "{}",
+        table.stdout
+    );
+    let webhook = wait_until("the webhook's counts", WAIT, || async {
+        let w = f.webhooks.get("hooks").await.map_err(|e| e.to_string())?;
+        let status = w.status.clone().unwrap_or_default();
+        Ok((status.succeeded as usize == expected.len() && status.pending == 0).then_some(w))
+    })
+    .await;
+    let status = webhook.status.unwrap();
+    assert_eq!(status.consecutive_failures, 0);
+    assert!(
+        status
+            .last_delivery
+            .is_some_and(|l| l.succeeded && l.status_code == Some(200))
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_that_is_down_for_a_while_gets_every_event_once_it_is_back() {
+    let f = fixture("wh-down").await;
+    let mut receiver = Receiver::start(&[SECRET]).await;
+    f.apply(&secret_manifest("signing", SECRET, None));
+    f.apply(&webhook_manifest(
+        "hooks",
+        &receiver.url(),
+        "  retryPolicy: {maxAttempts: 20, backoffBaseSeconds: 1, backoffCapSeconds: 2}\n",
+    ));
+    f.wait_webhook_ready("hooks").await;
+    receiver.stop().await;
+    f.apply(&instance_manifest("web"));
+    f.running("web").await;
+    f.patch_instance("web", serde_json::json!({"replicas": 3}))
+        .await;
+    // Deliveries fail and are retried while it is down.
+    wait_until("failed attempts to be recorded", WAIT, || async {
+        let list = f
+            .deliveries
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let retrying = list.items.iter().any(|d| {
+            d.status.as_ref().is_some_and(|s| {
+                s.attempts >= 2
+                    && s.phase == Some(DeliveryPhase::Pending)
+                    && s.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("connect"))
+            })
+        });
+        Ok(retrying.then_some(()))
+    })
+    .await;
+    receiver.resume().await;
+    wait_all_delivered(&f, &receiver).await;
+    assert!(receiver.accepted().iter().all(|r| r.verified_with == [0]));
+}
+
+#[tokio::test]
+async fn an_endpoint_that_answers_410_is_switched_off() {
+    let f = fixture("wh-gone").await;
+    let receiver = Receiver::start(&[SECRET]).await;
+    receiver.set_mode(Mode::Answer(410));
+    f.apply(&secret_manifest("signing", SECRET, None));
+    f.apply(&webhook_manifest("hooks", &receiver.url(), ""));
+    f.wait_webhook_ready("hooks").await;
+    f.apply(&instance_manifest("web"));
+    let webhook = wait_until("the webhook to be switched off", WAIT, || async {
+        let w = f.webhooks.get("hooks").await.map_err(|e| e.to_string())?;
+        Ok(w.status
+            .as_ref()
+            .and_then(|s| s.disabled.as_ref())
+            .is_some()
+            .then_some(w))
+    })
+    .await;
+    let disabled = webhook.status.as_ref().unwrap().disabled.clone().unwrap();
+    assert_eq!(disabled.reason, "EndpointGone");
+    wait_until("Ready=False EndpointGone", WAIT, || async {
+        let w = f.webhooks.get("hooks").await.map_err(|e| e.to_string())?;
+        let ready = w
+            .status
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"));
+        Ok(ready.filter(|c| c.reason == "EndpointGone").map(|_| ()))
+    })
+    .await;
+    let events = kubectl([
+        "get",
+        "events",
+        "-n",
+        &f.ns.name,
+        "--field-selector",
+        "involvedObject.name=hooks",
+    ])
+    .expect_success("events");
+    assert!(events.stdout.contains("EndpointGone"), "{}", events.stdout);
+
+    // Nothing more is sent to it.
+    f.running("web").await;
+    let count = receiver.received().len();
+    f.patch_instance("web", serde_json::json!({"replicas": 2}))
+        .await;
+    wait_until("the scale to be recorded", WAIT, || async {
+        let i = f.instances.get("web").await.map_err(|e| e.to_string())?;
+        let scaled = i.status.is_some_and(|s| {
+            s.history
+                .iter()
+                .any(|e| e.type_.as_str() == "instance.scaled")
+                && s.dispatched_seq >= s.history.last().map_or(0, |e| e.sequence)
+        });
+        Ok(scaled.then_some(()))
+    })
+    .await;
+    assert_eq!(
+        receiver.received().len(),
+        count,
+        "a switched-off webhook gets nothing"
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_that_always_fails_ends_in_failed_deliveries_after_the_last_attempt() {
+    let f = fixture("wh-500").await;
+    let receiver = Receiver::start(&[SECRET]).await;
+    receiver.set_mode(Mode::Answer(500));
+    f.apply(&secret_manifest("signing", SECRET, None));
+    f.apply(&webhook_manifest(
+        "hooks",
+        &receiver.url(),
+        "  events: [\"instance.created\"]\n  retryPolicy: {maxAttempts: 3, backoffBaseSeconds: 1, backoffCapSeconds: 2}\n",
+    ));
+    f.wait_webhook_ready("hooks").await;
+    f.apply(&instance_manifest("web"));
+    let failed = wait_until("the delivery to fail for good", WAIT, || async {
+        let list = f
+            .deliveries
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(list
+            .items
+            .into_iter()
+            .find(|d| d.status.as_ref().and_then(|s| s.phase) == Some(DeliveryPhase::Failed)))
+    })
+    .await;
+    let status = failed.status.clone().unwrap();
+    assert_eq!(status.attempts, 3);
+    assert_eq!(status.last_status_code, Some(500));
+    assert_eq!(status.attempt_log.len(), 3);
+    assert!(status.next_attempt_at.is_none() && status.completed_at.is_some());
+    assert_eq!(receiver.received().len(), 3, "exactly maxAttempts attempts");
+    let ids: BTreeSet<String> = receiver.received().into_iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), 1, "webhook-id is the same on every retry");
+    let events = kubectl([
+        "get",
+        "events",
+        "-n",
+        &f.ns.name,
+        "--field-selector",
+        &format!("involvedObject.name={}", failed.name_any()),
+    ])
+    .expect_success("events");
+    assert!(
+        events.stdout.contains("DeliveryFailed"),
+        "{}",
+        events.stdout
+    );
+    let webhook = wait_until("the webhook to count it", WAIT, || async {
+        let w = f.webhooks.get("hooks").await.map_err(|e| e.to_string())?;
+        Ok(w.status.clone().filter(|s| s.failed == 1).map(|_| w))
+    })
+    .await;
+    assert!(webhook.status.unwrap().consecutive_failures >= 3);
+}
+
+#[tokio::test]
+async fn a_webhook_never_receives_events_from_another_namespace() {
+    ensure_crds();
+    let mine = TestNamespace::create("wh-mine");
+    let other = TestNamespace::create("wh-other");
+    let _operator = Operator::start_with(
+        &format!("{},{}", mine.name, other.name),
+        &["--allow-private-webhook-addresses"],
+    );
+    let receiver = Receiver::start(&[SECRET]).await;
+    apply_manifest(&mine.name, &secret_manifest("signing", SECRET, None)).expect_success("secret");
+    apply_manifest(&mine.name, &webhook_manifest("hooks", &receiver.url(), ""))
+        .expect_success("webhook");
+    apply_manifest(&other.name, &instance_manifest("stranger")).expect_success("other instance");
+    apply_manifest(&mine.name, &instance_manifest("local")).expect_success("own instance");
+    let client = client().await;
+    let mine_instances: Api<Instance> = Api::namespaced(client.clone(), &mine.name);
+    let other_instances: Api<Instance> = Api::namespaced(client, &other.name);
+    for api in [&mine_instances, &other_instances] {
+        wait_until("Running", WAIT, || async {
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(list
+                .items
+                .iter()
+                .all(|i| i.status.as_ref().and_then(|s| s.phase) == Some(InstancePhase::Running))
+                .then_some(()))
+        })
+        .await;
+    }
+    let local = mine_instances.get("local").await.unwrap();
+    wait_until("the local Instance's events", WAIT, || async {
+        Ok(receiver
+            .accepted()
+            .iter()
+            .any(|r| r.type_ == "instance.started" && Some(&r.uid) == local.uid().as_ref())
+            .then_some(()))
+    })
+    .await;
+    let stranger = other_instances.get("stranger").await.unwrap();
+    assert!(
+        receiver
+            .received()
+            .iter()
+            .all(|r| Some(&r.uid) != stranger.uid().as_ref() && r.namespace == mine.name),
+        "events of another namespace arrived"
+    );
+}
+
+#[tokio::test]
+async fn a_rotating_secret_signs_with_both_keys() {
+    let f = fixture("wh-rotate").await;
+    // index 0: the old key, index 1: the new one.
+    let receiver = Receiver::start(&[SECRET, NEW_SECRET]).await;
+    f.apply(&secret_manifest("signing", SECRET, None));
+    f.apply(&webhook_manifest("hooks", &receiver.url(), ""));
+    f.wait_webhook_ready("hooks").await;
+    f.apply(&instance_manifest("web"));
+    f.running("web").await;
+    wait_all_delivered(&f, &receiver).await;
+    assert!(receiver.accepted().iter().all(|r| r.verified_with == [0]));
+
+    // Rotate: the new key is current, the old one is still sent alongside.
+    f.apply(&secret_manifest("signing", NEW_SECRET, Some(SECRET)));
+    // The operator reads Secrets fresh within a couple of seconds; keep
+    // changing the Instance until an event signed with both keys arrives.
+    let mut replicas = 1;
+    let (f, receiver) = (&f, &receiver);
+    wait_until("an event signed with both keys", WAIT, || {
+        replicas += 1;
+        let replicas = replicas;
+        async move {
+            if receiver
+                .accepted()
+                .iter()
+                .any(|r| r.verified_with == [0, 1])
+            {
+                return Ok(Some(()));
+            }
+            f.patch_instance("web", serde_json::json!({"replicas": replicas % 4 + 1}))
+                .await;
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    // Rotation done: only the new key.
+    f.apply(&secret_manifest("signing", NEW_SECRET, None));
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client().await, &f.ns.name);
+    secrets
+        .patch(
+            "signing",
+            &PatchParams::default(),
+            &Patch::Json::<()>(
+                serde_json::from_value(
+                    serde_json::json!([{"op": "remove", "path": "/data/previous-secret"}]),
+                )
+                .unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_until("an event signed with the new key only", WAIT, || {
+        replicas += 1;
+        let replicas = replicas;
+        async move {
+            if receiver.accepted().iter().any(|r| r.verified_with == [1]) {
+                return Ok(Some(()));
+            }
+            f.patch_instance("web", serde_json::json!({"replicas": replicas % 4 + 1}))
+                .await;
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    assert!(
+        receiver
+            .received()
+            .iter()
+            .all(|r| !r.verified_with.is_empty()),
+        "every request verified"
+    );
+}
+
+#[tokio::test]
+async fn the_operator_killed_at_random_moments_loses_no_event() {
+    let mut f = fixture("wh-crash").await;
+    let receiver = Receiver::start(&[SECRET]).await;
+    f.apply(&secret_manifest("signing", SECRET, None));
+    f.apply(&webhook_manifest(
+        "hooks",
+        &receiver.url(),
+        "  retryPolicy: {maxAttempts: 50, backoffBaseSeconds: 1, backoffCapSeconds: 2}\n",
+    ));
+    f.wait_webhook_ready("hooks").await;
+    let names: Vec<String> = (0..6).map(|i| format!("app-{i}")).collect();
+    // A burst of changes, with the operator killed (SIGKILL) at random
+    // moments in between and started again.
+    for round in 0..5 {
+        for (i, name) in names.iter().enumerate() {
+            if round == 0 {
+                f.apply(&instance_manifest(name));
+            } else {
+                let spec = match (round + i) % 3 {
+                    0 => serde_json::json!({"replicas": round % 3 + 1}),
+                    1 => {
+                        serde_json::json!({"state": if round % 2 == 0 { "Running" } else { "Stopped" }})
+                    }
+                    _ => serde_json::json!({"image": format!("nginx:1.{}", 20 + round)}),
+                };
+                f.patch_instance(name, spec).await;
+            }
+        }
+        let pause = Duration::from_millis(fastrand::u64(50..1500));
+        // The random moment is the thing under test here.
+        tokio::time::sleep(pause).await;
+        f.operator.kill();
+        f.operator.restart();
+    }
+    // Settle: everything the Instances recorded reaches the receiver.
+    for name in &names {
+        wait_until(&format!("{name} to settle"), WAIT, || async {
+            let i = f.instances.get(name).await.map_err(|e| e.to_string())?;
+            let status = i.status.clone().unwrap_or_default();
+            let settled = matches!(
+                status.phase,
+                Some(InstancePhase::Running | InstancePhase::Stopped)
+            ) && status.observed_generation == i.metadata.generation
+                && status.dispatched_seq >= status.history.last().map_or(0, |e| e.sequence);
+            Ok(settled.then_some(()))
+        })
+        .await;
+    }
+    let expected = wait_all_delivered(&f, &receiver).await;
+    assert!(
+        expected.len() >= names.len() * 3,
+        "a burst of events: {}",
+        expected.len()
+    );
+    // History sequences have no gaps: nothing was recorded twice or skipped.
+    for name in &names {
+        let i = f.instances.get(name).await.unwrap();
+        let sequences: Vec<i64> = i
+            .status
+            .unwrap()
+            .history
+            .iter()
+            .map(|e| e.sequence)
+            .collect();
+        assert!(
+            sequences.windows(2).all(|w| w[1] == w[0] + 1),
+            "{name}: {sequences:?}"
+        );
+    }
+    assert!(receiver.accepted().iter().all(|r| r.verified_with == [0]));
+}
+
+#[tokio::test]
+async fn no_secret_value_appears_in_logs_events_or_status() {
+    let f = fixture("wh-secret").await;
+    let receiver = Receiver::start(&[SECRET]).await;
+    receiver.set_mode(Mode::Answer(503));
+    f.apply(&secret_manifest("signing", SECRET, None));
+    f.apply(&webhook_manifest(
+        "hooks",
+        &receiver.url(),
+        "  retryPolicy: {maxAttempts: 2, backoffBaseSeconds: 1, backoffCapSeconds: 1}\n",
+    ));
+    // A Webhook whose Secret has a key that is not valid: its error must not quote it.
+    f.apply("apiVersion: v1\nkind: Secret\nmetadata:\n  name: broken\nstringData:\n  secret: \"whsec_not!base64-secret-value\"\n");
+    f.apply(
+        &webhook_manifest("broken", &receiver.url(), "").replace("name: signing", "name: broken"),
+    );
+    f.wait_webhook_ready("hooks").await;
+    f.apply(&instance_manifest("web"));
+    f.running("web").await;
+    wait_until("failed deliveries", WAIT, || async {
+        let list = f
+            .deliveries
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(list
+            .items
+            .iter()
+            .any(|d| d.status.as_ref().and_then(|s| s.phase) == Some(DeliveryPhase::Failed))
+            .then_some(()))
+    })
+    .await;
+    let webhook = f.webhooks.get("broken").await.unwrap();
+    let ready = webhook
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.reason, "SecretNotUsable");
+
+    let secret_values = [
+        SECRET.to_string(),
+        SECRET.trim_start_matches("whsec_").to_string(),
+        "not!base64-secret-value".to_string(),
+    ];
+    let mut haystacks = vec![("operator log", f.operator.log())];
+    for kind in ["events", "instances", "webhooks", "webhookdeliveries"] {
+        let out = kubectl(["get", kind, "-n", &f.ns.name, "-o", "yaml"]).expect_success(kind);
+        haystacks.push((kind, out.stdout));
+    }
+    for (what, text) in &haystacks {
+        assert!(
+            !text.is_empty() || *what == "operator log",
+            "{what} is empty"
+        );
+        for value in &secret_values {
+            assert!(
+                !text.contains(value.as_str()),
+                "{what} contains a secret value"
+            );
+        }
+    }
+}
