@@ -2,6 +2,8 @@
 # Runs a benchmark under bench/ against a fresh local control plane.
 #
 #   hack/bench.sh instances [N]     N Instances (default 1000) vs. a plain-client baseline
+#   hack/bench.sh webhooks [N]      N lifecycle events (default 2000) to 1 and 10 receivers,
+#                                   vs. signed POSTs from a plain client and bare object creates
 #
 # Builds the operator in release mode, starts a control plane of its own
 # (state in .controlplane-bench/, its own ports), runs the benchmark, stops it.
@@ -9,7 +11,7 @@ set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 
-bench=${1:?usage: hack/bench.sh instances [N]}
+bench=${1:?usage: hack/bench.sh instances|webhooks [N]}
 shift
 export CTRLPLANE_STATE_DIR=${CTRLPLANE_BENCH_STATE_DIR:-$repo_root/.controlplane-bench}
 export CTRLPLANE_PORT_BASE=${CTRLPLANE_BENCH_PORT_BASE:-16740}

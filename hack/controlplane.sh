@@ -260,7 +260,8 @@ cmd_up() {
   wait_for kwok 60 healthy kwok "http://127.0.0.1:$kwok_port/healthz"
 
   local kubectl=("$bin/kubectl" --kubeconfig="$state_dir/kubeconfig")
-  "${kubectl[@]}" apply --server-side --field-manager=ctrlplane-controlplane -f "$modules_dir/nodes.yaml" >/dev/null
+  "${kubectl[@]}" apply --server-side --field-manager=ctrlplane-controlplane \
+    -f "$modules_dir/nodes.yaml" -f "$modules_dir/storage.yaml" >/dev/null
   "${kubectl[@]}" wait --for=condition=Ready node -l type=kwok --timeout=60s >/dev/null
   # Pods need their namespace's `default` ServiceAccount, which the controller
   # manager creates; waiting for it means the controllers are really working.

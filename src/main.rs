@@ -68,6 +68,8 @@ fn print_crds(output_dir: Option<PathBuf>) -> Result<(), Box<dyn std::error::Err
 
 fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     runtime::init_logging(args.log_format, &args.log_level)?;
+    // One TLS crypto provider for every client in the process (ring, as kube uses).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -519,6 +519,91 @@ async fn a_rotating_secret_signs_with_both_keys() {
 }
 
 #[tokio::test]
+async fn a_slow_receiver_does_not_hold_up_the_others() {
+    ensure_crds();
+    let ns = TestNamespace::create("wh-slow");
+    // Few reconcile slots (4) and two attempts in flight per endpoint: were
+    // the bound not there, the slow endpoint would take every slot.
+    let _operator = Operator::start_with(
+        &ns.name,
+        &[
+            "--allow-private-webhook-addresses",
+            "--concurrency",
+            "1",
+            "--webhook-concurrency-per-endpoint",
+            "2",
+        ],
+    );
+    let slow = Receiver::start(&[SECRET]).await;
+    slow.set_mode(Mode::Slow(Duration::from_secs(4)));
+    let fast = Receiver::start(&[SECRET]).await;
+    apply_manifest(&ns.name, &secret_manifest("signing", SECRET, None)).expect_success("secret");
+    apply_manifest(
+        &ns.name,
+        &webhook_manifest(
+            "slow",
+            &slow.url(),
+            "  timeoutSeconds: 30
+",
+        ),
+    )
+    .expect_success("slow");
+    apply_manifest(&ns.name, &webhook_manifest("fast", &fast.url(), "")).expect_success("fast");
+    let client = client().await;
+    let webhooks: Api<Webhook> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["slow", "fast"] {
+        wait_until("both webhooks Ready", WAIT, || async {
+            let w = webhooks.get(name).await.map_err(|e| e.to_string())?;
+            Ok(w.status
+                .is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.reason == "Ready")
+                })
+                .then_some(()))
+        })
+        .await;
+    }
+    for i in 0..6 {
+        apply_manifest(&ns.name, &instance_manifest(&format!("app-{i}")))
+            .expect_success("instance");
+    }
+    let instances: Api<Instance> = Api::namespaced(client, &ns.name);
+    let expected = wait_until("every Instance Running", WAIT, || async {
+        let list = instances
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let running = list
+            .items
+            .iter()
+            .filter(|i| i.status.as_ref().and_then(|s| s.phase) == Some(InstancePhase::Running))
+            .count();
+        let events: usize = list
+            .items
+            .iter()
+            .map(|i| i.status.as_ref().map_or(0, |s| s.history.len()))
+            .sum();
+        Ok((running == 6).then_some(events))
+    })
+    .await;
+    wait_until("the fast receiver to get every event", WAIT, || async {
+        Ok((fast.accepted().len() >= expected).then_some(()))
+    })
+    .await;
+    assert!(
+        slow.accepted().len() < expected / 2,
+        "the fast receiver finished while the slow one had {} of {expected}",
+        slow.accepted().len()
+    );
+    assert!(
+        slow.max_in_flight() <= 2,
+        "{} attempts at once to one endpoint",
+        slow.max_in_flight()
+    );
+}
+
+#[tokio::test]
 async fn the_operator_killed_at_random_moments_loses_no_event() {
     let mut f = fixture("wh-crash").await;
     let receiver = Receiver::start(&[SECRET]).await;
@@ -589,6 +674,35 @@ async fn the_operator_killed_at_random_moments_loses_no_event() {
         );
     }
     assert!(receiver.accepted().iter().all(|r| r.verified_with == [0]));
+}
+
+/// Deleting a namespace deletes its Webhooks with it: the final events of
+/// its Instances have nowhere to go, and must not hold the namespace forever.
+#[tokio::test]
+async fn a_namespace_with_webhooks_and_instances_can_be_deleted() {
+    let f = fixture("wh-nsdel").await;
+    let receiver = Receiver::start(&[SECRET]).await;
+    f.apply(&secret_manifest("signing", SECRET, None));
+    f.apply(&webhook_manifest("hooks", &receiver.url(), ""));
+    f.wait_webhook_ready("hooks").await;
+    for name in ["a", "b", "c"] {
+        f.apply(&instance_manifest(name));
+    }
+    for name in ["a", "b", "c"] {
+        f.running(name).await;
+    }
+    kubectl(["delete", "namespace", &f.ns.name, "--wait=false"])
+        .expect_success("deleting the namespace");
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client().await);
+    wait_until("the namespace to be gone", WAIT, || async {
+        Ok(namespaces
+            .get_opt(&f.ns.name)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none()
+            .then_some(()))
+    })
+    .await;
 }
 
 #[tokio::test]

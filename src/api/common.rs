@@ -207,6 +207,8 @@ pub enum EventType {
     HealthUnhealthy,
     #[serde(rename = "sandbox.created")]
     SandboxCreated,
+    #[serde(rename = "sandbox.starting")]
+    SandboxStarting,
     #[serde(rename = "sandbox.started")]
     SandboxStarted,
     #[serde(rename = "sandbox.stopped")]
@@ -240,6 +242,7 @@ impl EventType {
         Self::HealthHealthy,
         Self::HealthUnhealthy,
         Self::SandboxCreated,
+        Self::SandboxStarting,
         Self::SandboxStarted,
         Self::SandboxStopped,
         Self::SandboxExpired,
@@ -269,6 +272,7 @@ impl EventType {
             Self::HealthHealthy => "health.healthy",
             Self::HealthUnhealthy => "health.unhealthy",
             Self::SandboxCreated => "sandbox.created",
+            Self::SandboxStarting => "sandbox.starting",
             Self::SandboxStarted => "sandbox.started",
             Self::SandboxStopped => "sandbox.stopped",
             Self::SandboxExpired => "sandbox.expired",

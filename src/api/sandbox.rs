@@ -60,7 +60,7 @@ pub const MIN_TTL_SECONDS: i64 = 60;
     ),
     printcolumn(
         name = "Expires",
-        type_ = "date",
+        type_ = "string",
         json_path = ".status.expiresAt",
         description = "When the sandbox expires"
     ),

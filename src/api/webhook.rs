@@ -339,7 +339,7 @@ pub struct Disabled {
     ),
     printcolumn(
         name = "Next-Retry",
-        type_ = "date",
+        type_ = "string",
         json_path = ".status.nextAttemptAt",
         priority = 1,
         description = "When the next attempt is due"

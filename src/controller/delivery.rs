@@ -348,7 +348,7 @@ async fn reconcile_inner(
     if blocked_by(&context.deliveries, delivery).is_some() {
         // An earlier event of the same object goes first; its completion
         // wakes this one.
-        return Ok(Action::requeue(Duration::from_secs(60)));
+        return Ok(Action::requeue(Duration::from_secs(2)));
     }
     if let Some(due) = status.next_attempt_at
         && due > now

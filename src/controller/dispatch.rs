@@ -13,6 +13,10 @@ use crate::plan::dispatch::deliveries_for;
 /// Errors while dispatching.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
+    /// The namespace is being deleted, and its Webhooks with it: nothing can
+    /// be created there any more, and nobody is left to deliver to.
+    #[error("namespace {namespace} is being deleted; its webhooks go with it")]
+    NamespaceTerminating { namespace: String },
     #[error(
         "creating WebhookDelivery {name}: {}",
         crate::runtime::describe_kube_error(source)
@@ -33,20 +37,34 @@ pub fn subject<K: Resource<DynamicType = ()>>(object: &K) -> EventSubject {
     }
 }
 
-/// Status fields dispatch reads, common to every kind with a history.
+/// Status fields dispatch works with, common to every kind with a history.
 pub trait HasHistory {
     fn history(&self) -> &[HistoryEntry];
+    fn history_mut(&mut self) -> &mut Vec<HistoryEntry>;
     fn dispatched_seq(&self) -> i64;
+    fn set_dispatched_seq(&mut self, sequence: i64);
 }
 
-impl HasHistory for crate::api::InstanceStatus {
-    fn history(&self) -> &[HistoryEntry] {
-        &self.history
-    }
-    fn dispatched_seq(&self) -> i64 {
-        self.dispatched_seq
-    }
+macro_rules! has_history {
+    ($($status:ty),*) => {$(
+        impl HasHistory for $status {
+            fn history(&self) -> &[HistoryEntry] {
+                &self.history
+            }
+            fn history_mut(&mut self) -> &mut Vec<HistoryEntry> {
+                &mut self.history
+            }
+            fn dispatched_seq(&self) -> i64 {
+                self.dispatched_seq
+            }
+            fn set_dispatched_seq(&mut self, sequence: i64) {
+                self.dispatched_seq = sequence;
+            }
+        }
+    )*};
 }
+
+has_history!(crate::api::InstanceStatus, crate::api::SandboxStatus);
 
 /// The deliveries that the status's undispatched entries call for, given the
 /// Webhooks now in the subject's namespace.
@@ -81,6 +99,11 @@ pub async fn create_deliveries(
         match api.create(&PostParams::default(), delivery).await {
             Ok(_) => {}
             Err(kube::Error::Api(response)) if response.code == 409 => {}
+            Err(kube::Error::Api(response))
+                if response.code == 403 && response.message.contains("being terminated") =>
+            {
+                return Err(DispatchError::NamespaceTerminating { namespace });
+            }
             Err(source) => {
                 return Err(DispatchError::Create {
                     name: delivery.name_any(),

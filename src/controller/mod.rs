@@ -10,6 +10,8 @@ pub mod delivery;
 pub mod dispatch;
 pub mod events;
 pub mod instance;
+pub mod record;
+pub mod sandbox;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -17,15 +19,16 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
-use crate::api::{Instance, MANAGED_BY, MANAGED_BY_LABEL, Webhook, WebhookDelivery};
-use crate::provider::ProviderRegistry;
+use crate::api::{Instance, MANAGED_BY, MANAGED_BY_LABEL, Sandbox, Webhook, WebhookDelivery};
 use crate::provider::kubernetes::{self, KubernetesProvider};
+use crate::provider::pod::{self, PodProvider};
+use crate::provider::{ProviderRegistry, SandboxProviderRegistry};
 use crate::runtime::metrics::Metrics;
 
 /// Where a set of controllers looks: every namespace, or one.
@@ -55,6 +58,7 @@ impl Scope {
 pub struct Context {
     pub client: Client,
     pub registry: ProviderRegistry,
+    pub sandboxes: SandboxProviderRegistry,
     pub events: events::EventPublisher,
     pub metrics: Arc<Metrics>,
     pub webhooks: Store<Webhook>,
@@ -111,15 +115,16 @@ pub struct ControllerConfig {
 /// taken from the watch streams themselves, as they pass their first
 /// `InitDone`.
 pub struct SyncTracker {
-    expected: usize,
+    /// How many watches were handed out by `track`.
+    expected: std::sync::atomic::AtomicUsize,
     synced: std::sync::Mutex<std::collections::HashSet<&'static str>>,
     all_synced: tokio::sync::watch::Sender<bool>,
 }
 
 impl SyncTracker {
-    pub fn new(expected: usize) -> Arc<Self> {
+    pub fn new() -> Arc<Self> {
         Arc::new(Self {
-            expected,
+            expected: std::sync::atomic::AtomicUsize::new(0),
             synced: std::sync::Mutex::new(std::collections::HashSet::new()),
             all_synced: tokio::sync::watch::channel(false).0,
         })
@@ -131,7 +136,7 @@ impl SyncTracker {
         };
         if synced.insert(watch) {
             tracing::debug!(watch, "cache synced");
-            if synced.len() >= self.expected {
+            if synced.len() >= self.expected.load(std::sync::atomic::Ordering::SeqCst) {
                 self.all_synced.send_replace(true);
             }
         }
@@ -153,6 +158,8 @@ impl SyncTracker {
         K: Send + 'static,
         S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     {
+        self.expected
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let tracker = self.clone();
         stream.inspect(move |event| {
             if matches!(event, Ok(watcher::Event::InitDone)) {
@@ -160,6 +167,39 @@ impl SyncTracker {
             }
         })
     }
+}
+
+/// A reflector whose store and events two controllers share: one watch,
+/// two subscribers. The returned future drives the watch; poll it.
+#[allow(clippy::type_complexity)]
+fn reflect_shared2<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    tracker: &Arc<SyncTracker>,
+    name: &'static str,
+) -> (
+    Store<K>,
+    reflector::ReflectHandle<K>,
+    reflector::ReflectHandle<K>,
+    futures::future::BoxFuture<'static, ()>,
+)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store_shared::<K>(SHARED_BUFFER);
+    let first = writer.subscribe().expect("a shared store");
+    let second = writer.subscribe().expect("a shared store");
+    let watch = tracker
+        .track(
+            name,
+            watcher(api, config)
+                .default_backoff()
+                .reflect_shared(writer),
+        )
+        .for_each(|_| futures::future::ready(()))
+        .boxed();
+    (store, first, second, watch)
 }
 
 /// Events a shared reflector buffers for its slowest subscriber.
@@ -176,54 +216,82 @@ pub async fn run_scope(
     shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     let managed = watcher::Config::default().labels(&managed_selector());
-    let tracker = SyncTracker::new(6);
+    // Every watch handed out below counts; all must sync before reconciling.
+    let tracker = SyncTracker::new();
     let (deployments, deployment_stream) = reflect(
         scope.api::<Deployment>(&client),
         managed.clone(),
         &tracker,
         "deployments",
     );
-    let (services, service_stream) = reflect(
-        scope.api::<Service>(&client),
+    let (claims, claim_stream) = reflect(
+        scope.api::<PersistentVolumeClaim>(&client),
         managed.clone(),
         &tracker,
-        "services",
+        "claims",
     );
-    let (pods, pod_stream) = reflect(scope.api::<Pod>(&client), managed.clone(), &tracker, "pods");
     let (instances, instance_stream) = reflect(
         scope.api::<Instance>(&client),
         watcher::Config::default(),
         &tracker,
         "instances",
     );
+    let (sandboxes, sandbox_stream) = reflect(
+        scope.api::<Sandbox>(&client),
+        watcher::Config::default(),
+        &tracker,
+        "sandboxes",
+    );
+    // Cluster-wide, read-only: the capacity check needs every node and
+    // every pod, whatever namespaces the operator manages.
+    let (nodes, node_stream) = reflect(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        &tracker,
+        "nodes",
+    );
+    let (all_pods, all_pod_stream) = reflect(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
+        &tracker,
+        "all-pods",
+    );
+    let cluster_watches = futures::future::join(
+        node_stream.for_each(|_| futures::future::ready(())),
+        all_pod_stream.for_each(|_| futures::future::ready(())),
+    );
 
-    // Webhooks and deliveries are each read by several controllers: one
-    // watch each, shared.
-    let (webhooks, webhook_writer) = reflector::store_shared::<Webhook>(SHARED_BUFFER);
-    let webhooks_for_webhook_controller = webhook_writer.subscribe().expect("a shared store");
-    let webhooks_for_delivery_controller = webhook_writer.subscribe().expect("a shared store");
-    let webhook_watch = tracker
-        .track(
-            "webhooks",
-            watcher(scope.api::<Webhook>(&client), watcher::Config::default())
-                .default_backoff()
-                .reflect_shared(webhook_writer),
-        )
-        .for_each(|_| futures::future::ready(()));
-    let (deliveries, delivery_writer) = reflector::store_shared::<WebhookDelivery>(SHARED_BUFFER);
-    let deliveries_for_delivery_controller = delivery_writer.subscribe().expect("a shared store");
-    let deliveries_for_webhook_controller = delivery_writer.subscribe().expect("a shared store");
-    let delivery_watch = tracker
-        .track(
-            "webhookdeliveries",
-            watcher(
-                scope.api::<WebhookDelivery>(&client),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .reflect_shared(delivery_writer),
-        )
-        .for_each(|_| futures::future::ready(()));
+    // Read by several controllers: one watch each, shared.
+    let (pods, pods_for_instances, pods_for_sandboxes, pod_watch) =
+        reflect_shared2(scope.api::<Pod>(&client), managed.clone(), &tracker, "pods");
+    let (services, services_for_instances, services_for_sandboxes, service_watch) = reflect_shared2(
+        scope.api::<Service>(&client),
+        managed.clone(),
+        &tracker,
+        "services",
+    );
+    let (
+        webhooks,
+        webhooks_for_webhook_controller,
+        webhooks_for_delivery_controller,
+        webhook_watch,
+    ) = reflect_shared2(
+        scope.api::<Webhook>(&client),
+        watcher::Config::default(),
+        &tracker,
+        "webhooks",
+    );
+    let (
+        deliveries,
+        deliveries_for_delivery_controller,
+        deliveries_for_webhook_controller,
+        delivery_watch,
+    ) = reflect_shared2(
+        scope.api::<WebhookDelivery>(&client),
+        watcher::Config::default(),
+        &tracker,
+        "webhookdeliveries",
+    );
 
     let caches_synced = {
         let tracker = tracker.clone();
@@ -244,6 +312,17 @@ pub async fn run_scope(
             pods: pods.clone(),
         },
     )));
+    let mut sandbox_registry = SandboxProviderRegistry::new(pod::NAME);
+    sandbox_registry.register(Arc::new(PodProvider::new(
+        client.clone(),
+        pod::Caches {
+            pods: pods.clone(),
+            claims,
+            services: services.clone(),
+            nodes,
+            all_pods,
+        },
+    )));
     let events = events::EventPublisher::new(
         client.clone(),
         "ctrlplane-operator",
@@ -252,6 +331,7 @@ pub async fn run_scope(
     let context = Arc::new(Context {
         client: client.clone(),
         registry,
+        sandboxes: sandbox_registry,
         events,
         metrics,
         webhooks: webhooks.clone(),
@@ -263,8 +343,18 @@ pub async fn run_scope(
         instance_stream,
         instances,
         deployment_stream,
-        service_stream,
-        pod_stream,
+        services_for_instances,
+        pods_for_instances,
+        config.concurrency,
+        context.clone(),
+        shutdown.clone(),
+    );
+    let sandbox_controller = sandbox::controller(
+        sandbox_stream,
+        sandboxes,
+        pods_for_sandboxes,
+        services_for_sandboxes,
+        claim_stream,
         config.concurrency,
         context.clone(),
         shutdown.clone(),
@@ -289,9 +379,8 @@ pub async fn run_scope(
     tokio::spawn(caches_synced);
     // The controllers end on shutdown; the shared watches never do.
     tokio::select! {
-        _ = async { futures::join!(instance_controller, webhook_controller, delivery_controller) } => {}
-        _ = webhook_watch => {}
-        _ = delivery_watch => {}
+        _ = async { futures::join!(instance_controller, sandbox_controller, webhook_controller, delivery_controller) } => {}
+        _ = async { futures::join!(webhook_watch, delivery_watch, pod_watch, service_watch, cluster_watches) } => {}
     }
 }
 

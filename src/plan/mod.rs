@@ -4,10 +4,12 @@
 //! lifecycle events. No I/O happens here, so every decision can be tested
 //! without a cluster.
 
+pub mod capacity;
 pub mod conditions;
 pub mod dispatch;
 pub mod history;
 pub mod instance;
+pub mod sandbox;
 pub mod webhook;
 
 use std::time::Duration;
@@ -51,7 +53,7 @@ pub fn event_reason(type_: EventType) -> &'static str {
     use EventType::*;
     match type_ {
         InstanceCreated | SandboxCreated => "Created",
-        InstanceStarting => "Starting",
+        InstanceStarting | SandboxStarting => "Starting",
         InstanceStarted | SandboxStarted => "Started",
         InstanceStopping => "Stopping",
         InstanceStopped | SandboxStopped => "Stopped",

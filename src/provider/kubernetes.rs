@@ -654,12 +654,14 @@ where
     }
 }
 
-#[async_trait]
-impl InstanceProvider for KubernetesProvider {
+impl super::Named for KubernetesProvider {
     fn name(&self) -> &str {
         NAME
     }
+}
 
+#[async_trait]
+impl InstanceProvider for KubernetesProvider {
     async fn provision(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>> {
         self.ensure(workload).await
     }

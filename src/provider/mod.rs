@@ -12,6 +12,7 @@
 //! without any change to them.
 
 pub mod kubernetes;
+pub mod pod;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +21,8 @@ use async_trait::async_trait;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use crate::api::{EnvVar, HealthCheck, InstanceResources, PortSpec, ProviderRef};
+use crate::plan::capacity::Host;
+use crate::plan::sandbox::{SandboxObserved, SandboxWorkload};
 
 /// Everything a provider needs to run an Instance, as the planner decided it.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,10 +169,7 @@ pub type ProviderResult<T> = Result<T, ProviderError>;
 
 /// A provider of Instances. Every call is idempotent.
 #[async_trait]
-pub trait InstanceProvider: Send + Sync {
-    /// The name users put in spec.provider.
-    fn name(&self) -> &str;
-
+pub trait InstanceProvider: Named + Send + Sync {
     /// Creates whatever the Instance needs, or repairs it to match.
     async fn provision(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>>;
     /// Removes everything the Instance had.
@@ -190,13 +190,42 @@ pub trait InstanceProvider: Send + Sync {
     async fn status(&self, id: &WorkloadId) -> ProviderResult<Option<WorkloadStatus>>;
 }
 
-/// The providers known to the operator, by name, with a default for objects
-/// that do not name one.
-#[derive(Clone)]
-pub struct ProviderRegistry {
-    providers: BTreeMap<String, Arc<dyn InstanceProvider>>,
+/// A provider of Sandboxes. Every call is idempotent. Scaling, deploying and
+/// rolling back belong to long-running applications; a sandbox is made
+/// again from its spec instead.
+#[async_trait]
+pub trait SandboxProvider: Named + Send + Sync {
+    /// Creates what outlives a stop (the sandbox's data) and its network
+    /// endpoint, or repairs them.
+    async fn provision(&self, workload: &SandboxWorkload) -> ProviderResult<Vec<ActionNote>>;
+    /// Runs the sandbox on `workload.host`.
+    async fn start(&self, workload: &SandboxWorkload) -> ProviderResult<Vec<ActionNote>>;
+    /// Stops it; its data stays.
+    async fn stop(&self, id: &WorkloadId) -> ProviderResult<()>;
+    /// Removes everything, data included.
+    async fn deprovision(&self, id: &WorkloadId) -> ProviderResult<Deprovision>;
+    /// What exists now.
+    async fn status(&self, id: &WorkloadId) -> ProviderResult<SandboxObserved>;
+    /// The hosts a sandbox could run on, with what they have free.
+    async fn hosts(&self) -> ProviderResult<Vec<Host>>;
+}
+
+/// Every provider has a name, the one users put in spec.provider.
+pub trait Named {
+    fn name(&self) -> &str;
+}
+
+/// The providers of one kind known to the operator, by name, with a default
+/// for objects that do not name one.
+pub struct Registry<P: ?Sized> {
+    providers: BTreeMap<String, Arc<P>>,
     default: String,
 }
+
+/// The Instance providers.
+pub type ProviderRegistry = Registry<dyn InstanceProvider>;
+/// The Sandbox providers.
+pub type SandboxProviderRegistry = Registry<dyn SandboxProvider>;
 
 /// A provider name that is not registered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -206,7 +235,7 @@ pub struct UnknownProvider {
     pub known: String,
 }
 
-impl ProviderRegistry {
+impl<P: ?Sized + Named> Registry<P> {
     pub fn new(default: impl Into<String>) -> Self {
         Self {
             providers: BTreeMap::new(),
@@ -214,7 +243,7 @@ impl ProviderRegistry {
         }
     }
 
-    pub fn register(&mut self, provider: Arc<dyn InstanceProvider>) {
+    pub fn register(&mut self, provider: Arc<P>) {
         self.providers.insert(provider.name().to_string(), provider);
     }
 
@@ -224,10 +253,7 @@ impl ProviderRegistry {
     }
 
     /// The provider for a spec.provider value (`None` means the default).
-    pub fn resolve(
-        &self,
-        requested: Option<&str>,
-    ) -> Result<Arc<dyn InstanceProvider>, UnknownProvider> {
+    pub fn resolve(&self, requested: Option<&str>) -> Result<Arc<P>, UnknownProvider> {
         let name = requested.unwrap_or(&self.default);
         self.providers
             .get(name)

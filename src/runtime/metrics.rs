@@ -52,6 +52,7 @@ pub struct Metrics {
     pub api_requests: Family<RequestLabels, Counter>,
     pub deliveries: Family<DeliveryLabels, Counter>,
     pub delivery_latency: Histogram,
+    pub events_dropped: Counter,
     pub ready: Gauge,
 }
 
@@ -104,6 +105,12 @@ impl Default for Metrics {
             "From the lifecycle event to its successful delivery",
             delivery_latency.clone(),
         );
+        let events_dropped = Counter::default();
+        registry.register(
+            "webhook_events_dropped",
+            "Deliveries not created because their namespace (and its Webhooks) was being deleted",
+            events_dropped.clone(),
+        );
         let ready = Gauge::default();
         registry.register(
             "ready",
@@ -120,6 +127,7 @@ impl Default for Metrics {
             api_requests,
             deliveries,
             delivery_latency,
+            events_dropped,
             ready,
         }
     }

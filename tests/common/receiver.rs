@@ -22,6 +22,8 @@ pub enum Mode {
     Accept,
     /// This status code, for every request.
     Answer(u16),
+    /// 200 OK, after this long: a slow receiver.
+    Slow(std::time::Duration),
 }
 
 /// One request that arrived.
@@ -42,6 +44,8 @@ pub struct Received {
 
 struct Shared {
     mode: Mode,
+    in_flight: usize,
+    max_in_flight: usize,
     secrets: Vec<String>,
     received: Vec<Received>,
 }
@@ -61,6 +65,8 @@ impl Receiver {
             address: "127.0.0.1:0".parse().unwrap(),
             shared: Arc::new(Mutex::new(Shared {
                 mode: Mode::Accept,
+                in_flight: 0,
+                max_in_flight: 0,
                 secrets: secrets.iter().map(|s| s.to_string()).collect(),
                 received: Vec::new(),
             })),
@@ -117,6 +123,11 @@ impl Receiver {
         self.shared.lock().unwrap().received.clone()
     }
 
+    /// The most requests it was handling at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.lock().unwrap().max_in_flight
+    }
+
     /// Requests that were answered 2xx.
     pub fn accepted(&self) -> Vec<Received> {
         self.received()
@@ -139,7 +150,18 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let mode = {
+        let mut shared = shared.lock().unwrap();
+        shared.in_flight += 1;
+        shared.max_in_flight = shared.max_in_flight.max(shared.in_flight);
+        shared.mode
+    };
+    if let Mode::Slow(delay) = mode {
+        // Being slow is this receiver's whole behaviour.
+        tokio::time::sleep(delay).await;
+    }
     let mut shared = shared.lock().unwrap();
+    shared.in_flight -= 1;
     let verified_with = shared
         .secrets
         .iter()
@@ -153,7 +175,7 @@ async fn handle(
         .collect();
     let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let status = match shared.mode {
-        Mode::Accept => 200,
+        Mode::Accept | Mode::Slow(_) => 200,
         Mode::Answer(code) => code,
     };
     let data = &parsed["data"];

@@ -1,0 +1,879 @@
+//! The Sandbox planner: `plan(&sandbox, &observation, now) -> SandboxPlan`.
+//!
+//! A sandbox is a claim (its data, kept across stops), a Pod while it runs,
+//! and a Service when it declares ports. The planner decides, from the
+//! spec, the status and what the provider reports:
+//! - expiry: when the TTL or `expiresAt` passes, the sandbox is stopped or
+//!   deleted as its policy says, once, with a `sandbox.expired` event;
+//! - placement: the host with room for it, or why there is none;
+//! - the phase, one table-checked step at a time, and the provider actions.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+
+use super::capacity::{Host, Request, choose_host};
+use super::conditions::{self, DesiredCondition, types};
+use super::history::{self, NewEvent};
+use super::{
+    FINALIZER, FinalizerAction, PlannedEvent, REQUEUE_PROGRESSING, REQUEUE_SETTLED, event_reason,
+    is_warning,
+};
+use crate::api::{
+    DesiredState, EnvVar, EventType, ExpiryPolicy, PortSpec, ProviderRef, Sandbox, SandboxPhase,
+    SandboxStatus,
+};
+use crate::lifecycle::{Lifecycle, TransitionError, validate_transition};
+use crate::provider::UnknownProvider;
+
+/// The label that ties a sandbox's children to it.
+pub const SANDBOX_LABEL: &str = "ctrlplane.dev/sandbox";
+/// The label that carries spec.agentId, on the Sandbox and its Pod.
+pub const AGENT_LABEL: &str = "ctrlplane.dev/agent-id";
+/// The label that carries spec.jobId, on the Sandbox and its Pod.
+pub const JOB_LABEL: &str = "ctrlplane.dev/job-id";
+/// While waiting for room, look again this often.
+pub const REQUEUE_WAITING_FOR_ROOM: Duration = Duration::from_secs(5);
+
+/// Everything a provider needs to run a sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxWorkload {
+    pub namespace: String,
+    pub name: String,
+    pub owner: OwnerReference,
+    pub labels: BTreeMap<String, String>,
+    pub image: String,
+    pub cpu: String,
+    pub memory: String,
+    pub storage: String,
+    pub storage_class: Option<String>,
+    pub env: Vec<EnvVar>,
+    pub ports: Vec<PortSpec>,
+    /// The host the Pod goes to, when one is to be created.
+    pub host: Option<String>,
+    /// Changes whenever the Pod must be made again (image, resources, env,
+    /// ports, placement, a restart request).
+    pub revision: String,
+    /// Name of the claim that holds the sandbox's data.
+    pub claim_name: String,
+}
+
+/// What the provider reports about a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SandboxObserved {
+    pub claim: Option<ClaimObserved>,
+    pub pod: Option<PodObserved>,
+    pub service: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimObserved {
+    pub name: String,
+    pub bound: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodObserved {
+    pub name: String,
+    /// The revision the Pod was made from.
+    pub revision: Option<String>,
+    pub ready: bool,
+    pub ip: Option<String>,
+    pub host: Option<String>,
+    /// It failed or cannot start: crash, image pull, unschedulable, exited.
+    pub failed: bool,
+    pub problems: Vec<String>,
+    pub terminating: bool,
+}
+
+/// What the reconciler observed before planning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxObservation {
+    pub provider: Result<String, UnknownProvider>,
+    pub observed: SandboxObserved,
+    /// The hosts and what they have free, for placing a new Pod.
+    pub hosts: Vec<Host>,
+}
+
+/// A provider call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxAction {
+    /// Create or repair the claim (and the Service).
+    Provision,
+    /// Create the Pod on the workload's host.
+    Start,
+    /// Delete the Pod; the claim stays.
+    Stop,
+    /// Delete everything.
+    Deprovision,
+}
+
+/// Everything the reconciler has to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxPlan {
+    pub status: SandboxStatus,
+    pub workload: Option<SandboxWorkload>,
+    pub actions: Vec<SandboxAction>,
+    pub events: Vec<PlannedEvent>,
+    pub requeue_after: Duration,
+    pub finalizer: FinalizerAction,
+    /// The sandbox expired with policy Delete: delete the Sandbox itself.
+    pub delete_sandbox: bool,
+    /// Labels the Sandbox itself should carry (agent and job), when they differ.
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intent {
+    Running,
+    Stopped,
+    Gone,
+}
+
+/// Decides what should happen to a Sandbox. Pure.
+pub fn plan(
+    sandbox: &Sandbox,
+    observation: &SandboxObservation,
+    now: DateTime<Utc>,
+) -> SandboxPlan {
+    Planner::new(sandbox, observation, now).run()
+}
+
+/// When a sandbox expires: spec.expiresAt, or creation plus ttlSeconds.
+pub fn expiry(sandbox: &Sandbox) -> Option<DateTime<Utc>> {
+    if let Some(at) = sandbox.spec.expires_at {
+        return Some(at);
+    }
+    let created = sandbox.metadata.creation_timestamp.as_ref()?;
+    let created = DateTime::<Utc>::from_timestamp(
+        created.0.as_second(),
+        created.0.subsec_nanosecond().max(0) as u32,
+    )?;
+    Some(created + chrono::Duration::seconds(sandbox.spec.ttl_seconds?))
+}
+
+struct Planner<'a> {
+    sandbox: &'a Sandbox,
+    observation: &'a SandboxObservation,
+    now: DateTime<Utc>,
+    generation: Option<i64>,
+    status: SandboxStatus,
+    events: Vec<PlannedEvent>,
+    actions: Vec<SandboxAction>,
+    refused: Option<TransitionError>,
+    expired: bool,
+    retry: bool,
+    no_room: Option<String>,
+    waiting_for_claim: bool,
+    requeue_after: Duration,
+}
+
+impl<'a> Planner<'a> {
+    fn new(sandbox: &'a Sandbox, observation: &'a SandboxObservation, now: DateTime<Utc>) -> Self {
+        Self {
+            sandbox,
+            observation,
+            now,
+            generation: sandbox.metadata.generation,
+            status: sandbox.status.clone().unwrap_or_default(),
+            events: Vec::new(),
+            actions: Vec::new(),
+            refused: None,
+            expired: false,
+            retry: false,
+            no_room: None,
+            waiting_for_claim: false,
+            requeue_after: REQUEUE_SETTLED,
+        }
+    }
+
+    fn deleting(&self) -> bool {
+        self.sandbox.metadata.deletion_timestamp.is_some()
+    }
+
+    fn intent(&self) -> Intent {
+        let expired_for_deletion =
+            self.expired && self.sandbox.spec.expiry_policy == ExpiryPolicy::Delete;
+        if self.deleting() || expired_for_deletion {
+            Intent::Gone
+        } else if self.expired || self.sandbox.spec.state == DesiredState::Stopped {
+            Intent::Stopped
+        } else {
+            Intent::Running
+        }
+    }
+
+    fn pod(&self) -> Option<&'a PodObserved> {
+        self.observation.observed.pod.as_ref()
+    }
+
+    fn everything_gone(&self) -> bool {
+        let o = &self.observation.observed;
+        o.pod.is_none() && o.claim.is_none() && !o.service
+    }
+
+    fn run(mut self) -> SandboxPlan {
+        let has_finalizer = self.sandbox.finalizers().iter().any(|f| f == FINALIZER);
+        let provider = match &self.observation.provider {
+            Ok(name) => name.clone(),
+            Err(unknown) => return self.unknown_provider(unknown.clone(), has_finalizer),
+        };
+        self.plan_expiry();
+        self.plan_restart();
+        let mut workload =
+            (!self.deleting() && self.intent() != Intent::Gone).then(|| self.workload(None));
+        let revision = workload.as_ref().map(|w| w.revision.clone());
+        // A Pod made from an older revision, or one that failed and is to
+        // be tried again, is replaced.
+        let stale_pod = self
+            .pod()
+            .is_some_and(|p| revision.is_some() && p.revision != revision);
+
+        // Where a new Pod would go.
+        let needs_pod = self.intent() == Intent::Running && (self.pod().is_none() || stale_pod);
+        // The Pod waits for its claim: a Pod on an unbound claim is only
+        // unschedulable for a while, and would look like a failure.
+        let claim_bound = self
+            .observation
+            .observed
+            .claim
+            .as_ref()
+            .is_some_and(|c| c.bound);
+        if needs_pod && workload.is_some() && !claim_bound {
+            self.waiting_for_claim = true;
+        } else if needs_pod && workload.is_some() {
+            let request = self.request();
+            match choose_host(
+                &self.observation.hosts,
+                request,
+                self.sandbox.spec.placement.as_ref(),
+            ) {
+                Ok(host) => workload = Some(self.workload(Some(host))),
+                Err(no_room) => self.no_room = Some(no_room.message),
+            }
+        }
+
+        self.advance_phase(stale_pod);
+        self.plan_actions(workload.as_ref(), stale_pod);
+        self.update_status(&provider, workload.as_ref());
+        history::trim(&mut self.status.history, self.status.dispatched_seq);
+        self.status.observed_generation = self.generation;
+
+        let finalizer = if self.deleting() {
+            if self.status.phase == Some(SandboxPhase::Destroyed) || !has_finalizer {
+                FinalizerAction::Release
+            } else {
+                FinalizerAction::Keep
+            }
+        } else if has_finalizer {
+            FinalizerAction::Keep
+        } else {
+            FinalizerAction::Add
+        };
+        let settled = matches!(
+            self.status.phase,
+            Some(SandboxPhase::Running | SandboxPhase::Stopped | SandboxPhase::Error)
+        ) && self
+            .pod()
+            .is_none_or(|p| p.ready || self.status.phase != Some(SandboxPhase::Running));
+        if self.no_room.is_some() || self.waiting_for_claim {
+            self.requeue_after = self.requeue_after.min(REQUEUE_WAITING_FOR_ROOM);
+        } else if !settled {
+            self.requeue_after = self.requeue_after.min(REQUEUE_PROGRESSING);
+        }
+        let delete_sandbox = self.expired
+            && self.sandbox.spec.expiry_policy == ExpiryPolicy::Delete
+            && !self.deleting();
+        SandboxPlan {
+            labels: self.wanted_labels(),
+            status: self.status,
+            workload,
+            actions: self.actions,
+            events: self.events,
+            requeue_after: self.requeue_after,
+            finalizer,
+            delete_sandbox,
+        }
+    }
+
+    fn unknown_provider(mut self, unknown: UnknownProvider, has_finalizer: bool) -> SandboxPlan {
+        let message = unknown.to_string();
+        let synced = conditions::find(&self.status.conditions, types::SYNCED);
+        if synced.is_none_or(|c| c.reason != "UnknownProvider" || c.message != message) {
+            self.events.push(PlannedEvent {
+                warning: true,
+                reason: "UnknownProvider".into(),
+                message: message.clone(),
+            });
+        }
+        self.set(types::SYNCED, false, "UnknownProvider", message);
+        self.status.observed_generation = self.generation;
+        let finalizer = match (self.deleting(), has_finalizer) {
+            (true, _) if self.status.provider_ref.is_none() => FinalizerAction::Release,
+            (_, true) => FinalizerAction::Keep,
+            (false, false) => FinalizerAction::Add,
+            (true, false) => FinalizerAction::Release,
+        };
+        SandboxPlan {
+            labels: self.wanted_labels(),
+            status: self.status,
+            workload: None,
+            actions: Vec::new(),
+            events: self.events,
+            requeue_after: REQUEUE_SETTLED,
+            finalizer,
+            delete_sandbox: false,
+        }
+    }
+
+    /// The agent and job labels the Sandbox should carry, if they are not
+    /// there yet.
+    fn wanted_labels(&self) -> Option<BTreeMap<String, String>> {
+        let current = self.sandbox.labels();
+        let mut wanted = BTreeMap::new();
+        for (key, value) in [
+            (AGENT_LABEL, &self.sandbox.spec.agent_id),
+            (JOB_LABEL, &self.sandbox.spec.job_id),
+        ] {
+            if let Some(value) = value
+                && current.get(key) != Some(value)
+            {
+                wanted.insert(key.to_string(), value.clone());
+            }
+        }
+        (!wanted.is_empty() && !self.deleting()).then_some(wanted)
+    }
+
+    // ----------------------------------------------------------------- spec
+
+    fn plan_expiry(&mut self) {
+        let expires_at = expiry(self.sandbox);
+        self.status.expires_at = expires_at;
+        let Some(at) = expires_at else {
+            if conditions::is_true(&self.status.conditions, types::EXPIRED) {
+                self.set(
+                    types::EXPIRED,
+                    false,
+                    "NoExpiry",
+                    "the sandbox has no TTL or expiry time any more",
+                );
+            }
+            return;
+        };
+        let was_expired = conditions::is_true(&self.status.conditions, types::EXPIRED);
+        self.expired = at <= self.now;
+        if self.expired && !was_expired {
+            let (reason, what) = match self.sandbox.spec.expiry_policy {
+                ExpiryPolicy::Delete => ("ExpiredDelete", "deleting it"),
+                ExpiryPolicy::Stop => ("ExpiredStop", "stopping it; its data is kept"),
+            };
+            let message = format!("expired at {}; {what}", at.to_rfc3339());
+            self.record(
+                NewEvent::new(EventType::SandboxExpired, reason, message.clone())
+                    .detail("expiresAt", at.to_rfc3339()),
+            );
+            self.set(types::EXPIRED, true, reason, message);
+        } else if !self.expired {
+            let left = (at - self.now).to_std().unwrap_or_default();
+            // Look again exactly at the deadline: no polling in between.
+            self.requeue_after = self.requeue_after.min(left + Duration::from_millis(50));
+            if was_expired {
+                self.set(
+                    types::EXPIRED,
+                    false,
+                    "Extended",
+                    format!("expires at {}", at.to_rfc3339()),
+                );
+            } else {
+                self.set(
+                    types::EXPIRED,
+                    false,
+                    "NotExpired",
+                    format!("expires at {}", at.to_rfc3339()),
+                );
+            }
+        }
+    }
+
+    fn plan_restart(&mut self) {
+        let requested = self.sandbox.spec.restarted_at;
+        if requested.is_some() && requested != self.status.restarted_at {
+            // One restart per value; a value present at creation asks for nothing.
+            self.retry = self.status.phase.is_some();
+            self.status.restarted_at = requested;
+        }
+        // A changed spec is another reason to leave Error.
+        let failed_generation = conditions::find(&self.status.conditions, types::READY)
+            .filter(|c| c.reason == "Error")
+            .and_then(|c| c.observed_generation);
+        if let (Some(failed), Some(generation)) = (failed_generation, self.generation)
+            && generation > failed
+        {
+            self.retry = true;
+        }
+    }
+
+    fn request(&self) -> Request {
+        let resources = &self.sandbox.spec.resources;
+        let cpu = kube_quantity::ParsedQuantity::try_from(&resources.cpu)
+            .ok()
+            .and_then(|q| milli(&q, true))
+            .unwrap_or(0);
+        let memory = kube_quantity::ParsedQuantity::try_from(&resources.memory)
+            .ok()
+            .and_then(|q| milli(&q, false))
+            .unwrap_or(0);
+        Request { cpu, memory }
+    }
+
+    fn workload(&self, host: Option<String>) -> SandboxWorkload {
+        let spec = &self.sandbox.spec;
+        let meta = &self.sandbox.metadata;
+        let name = meta.name.clone().unwrap_or_default();
+        let mut labels = BTreeMap::from([(SANDBOX_LABEL.to_string(), name.clone())]);
+        if let Some(agent) = &spec.agent_id {
+            labels.insert(AGENT_LABEL.to_string(), agent.clone());
+        }
+        if let Some(job) = &spec.job_id {
+            labels.insert(JOB_LABEL.to_string(), job.clone());
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (
+            &spec.image,
+            &spec.resources.cpu.0,
+            &spec.resources.memory.0,
+            serde_json::to_string(&spec.env).unwrap_or_default(),
+            serde_json::to_string(&spec.ports).unwrap_or_default(),
+            serde_json::to_string(&spec.placement).unwrap_or_default(),
+            self.status.restarted_at,
+        )
+            .hash(&mut hasher);
+        SandboxWorkload {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: name.clone(),
+            owner: owner_reference(self.sandbox),
+            labels,
+            image: spec.image.clone(),
+            cpu: spec.resources.cpu.0.clone(),
+            memory: spec.resources.memory.0.clone(),
+            storage: spec.resources.storage.0.clone(),
+            storage_class: spec.resources.storage_class_name.clone(),
+            env: spec.env.clone(),
+            ports: spec.ports.clone(),
+            host,
+            revision: format!("{:016x}", hasher.finish()),
+            claim_name: claim_name(&name),
+        }
+    }
+
+    // ----------------------------------------------------------------- phase
+
+    fn advance_phase(&mut self, stale_pod: bool) {
+        use SandboxPhase::*;
+        let mut visited = Vec::new();
+        for _ in 0..SandboxPhase::ALL.len() {
+            let pod = self.pod();
+            let intent = self.intent();
+            let pod_gone = pod.is_none();
+            let current_pod = pod.filter(|p| !stale_pod && !p.terminating);
+            let next: Option<(SandboxPhase, String, String)> = match self.status.phase {
+                None => Some((Created, "Created".into(), "the sandbox was created".into())),
+                Some(Destroyed) => None,
+                Some(_) if intent == Intent::Gone && self.deleting() => {
+                    self.everything_gone().then(|| {
+                        (
+                            Destroyed,
+                            "Deleted".into(),
+                            "the pod, its claim and its service are gone".into(),
+                        )
+                    })
+                }
+                Some(Created) => match intent {
+                    Intent::Stopped | Intent::Gone => pod_gone.then(|| {
+                        (
+                            Stopped,
+                            self.stop_reason(),
+                            "the sandbox is stopped; its data is kept".into(),
+                        )
+                    }),
+                    Intent::Running => current_pod
+                        .map(|_| (Starting, "PodCreated".into(), "its pod was created".into())),
+                },
+                Some(Starting) => match intent {
+                    Intent::Stopped | Intent::Gone => pod_gone.then(|| {
+                        (
+                            Stopped,
+                            self.stop_reason(),
+                            "the sandbox is stopped; its data is kept".into(),
+                        )
+                    }),
+                    Intent::Running => match current_pod {
+                        Some(p) if p.failed => Some((Error, "PodFailed".into(), failure(p))),
+                        Some(p) if p.ready => {
+                            Some((Running, "PodReady".into(), "the sandbox is running".into()))
+                        }
+                        _ => None,
+                    },
+                },
+                Some(Running) => match intent {
+                    Intent::Stopped | Intent::Gone => pod_gone.then(|| {
+                        (
+                            Stopped,
+                            self.stop_reason(),
+                            "the sandbox is stopped; its data is kept".into(),
+                        )
+                    }),
+                    Intent::Running => match pod {
+                        // Gone from under it (deleted, evicted) or to be
+                        // replaced: it stops, then starts again.
+                        None => Some((
+                            Stopped,
+                            "PodGone".into(),
+                            "its pod is gone; starting it again".into(),
+                        )),
+                        Some(p) if stale_pod && p.terminating => None,
+                        Some(_) if stale_pod => None,
+                        Some(p) if p.failed => Some((Error, "PodFailed".into(), failure(p))),
+                        _ => None,
+                    },
+                },
+                Some(Stopped) => match intent {
+                    Intent::Running => current_pod
+                        .map(|_| (Starting, "PodCreated".into(), "its pod was created".into())),
+                    _ => None,
+                },
+                Some(Error) => match intent {
+                    Intent::Stopped | Intent::Gone => pod_gone.then(|| {
+                        (
+                            Stopped,
+                            self.stop_reason(),
+                            "the sandbox is stopped; its data is kept".into(),
+                        )
+                    }),
+                    Intent::Running if self.retry || stale_pod => current_pod
+                        .map(|_| (Starting, "Retrying".into(), "a new pod was created".into())),
+                    // A pod that got better on its own (a passing crash):
+                    // through Starting, back to Running.
+                    Intent::Running => current_pod
+                        .filter(|p| p.ready && !p.failed)
+                        .map(|_| (Starting, "Recovered".into(), "its pod recovered".into())),
+                },
+            };
+            let Some((to, reason, message)) = next else {
+                break;
+            };
+            if visited.contains(&to) || !self.transition(to, &reason, message) {
+                break;
+            }
+            visited.push(to);
+            if to == Running {
+                self.status.started_at = Some(self.now);
+            }
+        }
+    }
+
+    fn stop_reason(&self) -> String {
+        if self.expired {
+            "Expired".into()
+        } else if self.deleting() {
+            "Deleted".into()
+        } else {
+            "StopRequested".into()
+        }
+    }
+
+    fn transition(&mut self, to: SandboxPhase, reason: &str, message: String) -> bool {
+        let from = self.status.phase;
+        if let Some(from) = from
+            && let Err(refused) = validate_transition(from, to)
+        {
+            self.refused = Some(refused);
+            return false;
+        }
+        self.status.phase = Some(to);
+        let type_ = match to {
+            SandboxPhase::Created => EventType::SandboxCreated,
+            SandboxPhase::Starting => EventType::SandboxStarting,
+            SandboxPhase::Running => EventType::SandboxStarted,
+            SandboxPhase::Stopped => EventType::SandboxStopped,
+            SandboxPhase::Error => EventType::SandboxFailed,
+            SandboxPhase::Destroyed => EventType::SandboxDestroyed,
+        };
+        self.record(NewEvent::new(type_, reason, message).transition(from, to));
+        true
+    }
+
+    fn record(&mut self, event: NewEvent) {
+        let entry = history::append(
+            &mut self.status.history,
+            self.status.dispatched_seq,
+            event,
+            self.now,
+        );
+        let message = match (&entry.from, &entry.to) {
+            (Some(from), Some(to)) => format!("{from} -> {to}: {}", entry.message),
+            (None, Some(to)) => format!("-> {to}: {}", entry.message),
+            _ => entry.message.clone(),
+        };
+        self.events.push(PlannedEvent {
+            warning: is_warning(entry.type_),
+            reason: event_reason(entry.type_).to_string(),
+            message,
+        });
+    }
+
+    // --------------------------------------------------------------- actions
+
+    fn plan_actions(&mut self, workload: Option<&SandboxWorkload>, stale_pod: bool) {
+        if self.deleting() {
+            if self.status.phase != Some(SandboxPhase::Destroyed) {
+                self.actions.push(SandboxAction::Deprovision);
+            }
+            return;
+        }
+        if self.intent() == Intent::Gone {
+            // Expired with policy Delete: the Sandbox itself is deleted,
+            // and the finalizer does the rest.
+            return;
+        }
+        self.actions.push(SandboxAction::Provision);
+        let pod = self.pod();
+        let failed_pod_to_retry = pod.is_some_and(|p| p.failed) && self.retry;
+        match self.intent() {
+            Intent::Running => {
+                if pod.is_some_and(|p| !p.terminating) && (stale_pod || failed_pod_to_retry) {
+                    self.actions.push(SandboxAction::Stop);
+                } else if pod.is_none() && workload.is_some_and(|w| w.host.is_some()) {
+                    self.actions.push(SandboxAction::Start);
+                }
+            }
+            Intent::Stopped | Intent::Gone => {
+                if pod.is_some_and(|p| !p.terminating) {
+                    self.actions.push(SandboxAction::Stop);
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- status
+
+    fn update_status(&mut self, provider: &str, workload: Option<&SandboxWorkload>) {
+        use SandboxPhase::*;
+        let name = self.sandbox.name_any();
+        let observed = &self.observation.observed;
+        let pod = observed.pod.as_ref();
+        self.status.pod_ip = pod
+            .and_then(|p| p.ip.clone())
+            .filter(|_| self.status.phase == Some(Running));
+        // Where it runs now; a stopped sandbox runs nowhere.
+        self.status.host = pod.and_then(|p| p.host.clone());
+        self.status.claim_name = observed
+            .claim
+            .as_ref()
+            .map(|c| c.name.clone())
+            .or_else(|| Some(claim_name(&name)));
+        self.status.provider_ref = match (pod, self.status.phase) {
+            (_, Some(Destroyed)) => None,
+            (Some(p), _) => Some(ProviderRef {
+                provider: provider.to_string(),
+                kind: "Pod".into(),
+                name: p.name.clone(),
+            }),
+            (None, _) => self
+                .status
+                .provider_ref
+                .clone()
+                .filter(|r| r.provider == provider),
+        };
+        let phase = self.status.phase;
+        let last_failure = self
+            .status
+            .history
+            .iter()
+            .rev()
+            .find(|e| e.type_ == EventType::SandboxFailed)
+            .map(|e| e.message.clone())
+            .unwrap_or_default();
+        let ready = match phase {
+            Some(Running) if pod.is_some_and(|p| p.ready) => DesiredCondition::new(
+                types::READY,
+                true,
+                "Running",
+                "the sandbox is running and ready",
+            ),
+            Some(Running) => DesiredCondition::new(
+                types::READY,
+                false,
+                "NotReady",
+                pod.map(|p| p.problems.join("; "))
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| "its pod is not ready".into()),
+            ),
+            Some(Created) if self.no_room.is_some() => DesiredCondition::new(
+                types::READY,
+                false,
+                "WaitingForRoom",
+                self.no_room.clone().unwrap_or_default(),
+            ),
+            Some(Created) if self.waiting_for_claim => DesiredCondition::new(
+                types::READY,
+                false,
+                "WaitingForClaim",
+                format!(
+                    "waiting for claim {} to bind to a PersistentVolume",
+                    self.status.claim_name.clone().unwrap_or_default()
+                ),
+            ),
+            Some(Created) => {
+                DesiredCondition::new(types::READY, false, "Created", "creating its pod")
+            }
+            Some(Starting) => DesiredCondition::new(
+                types::READY,
+                false,
+                "Starting",
+                pod.map(|p| p.problems.join("; "))
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| "its pod is starting".into()),
+            ),
+            Some(Stopped) if self.expired => DesiredCondition::new(
+                types::READY,
+                false,
+                "Expired",
+                "the sandbox expired and was stopped",
+            ),
+            Some(Stopped) => {
+                DesiredCondition::new(types::READY, false, "Stopped", "stopped; its data is kept")
+            }
+            Some(Error) => DesiredCondition::new(types::READY, false, "Error", last_failure),
+            Some(Destroyed) => {
+                DesiredCondition::new(types::READY, false, "Destroyed", "the sandbox is gone")
+            }
+            None => DesiredCondition::new(types::READY, false, "Pending", "not reconciled yet"),
+        };
+        // The Ready condition's generation is also how a failure remembers
+        // the spec it failed with; keep it while Error stays.
+        let keep_generation = phase == Some(Error)
+            && conditions::find(&self.status.conditions, types::READY)
+                .is_some_and(|c| c.reason == "Error");
+        let ready_generation = if keep_generation {
+            conditions::find(&self.status.conditions, types::READY)
+                .and_then(|c| c.observed_generation)
+        } else {
+            self.generation
+        };
+        conditions::set_condition(
+            &mut self.status.conditions,
+            ready,
+            ready_generation,
+            self.now,
+        );
+
+        let scheduled = match (
+            &self.no_room,
+            pod.and_then(|p| p.host.clone()),
+            workload.and_then(|w| w.host.clone()),
+        ) {
+            (Some(message), _, _) => DesiredCondition::new(
+                types::SCHEDULED,
+                false,
+                "InsufficientCapacity",
+                message.clone(),
+            ),
+            (None, Some(host), _) => DesiredCondition::new(
+                types::SCHEDULED,
+                true,
+                "Scheduled",
+                format!("runs on {host}"),
+            ),
+            (None, None, Some(host)) => DesiredCondition::new(
+                types::SCHEDULED,
+                true,
+                "HostChosen",
+                format!("placed on {host}"),
+            ),
+            (None, None, None) => {
+                DesiredCondition::new(types::SCHEDULED, false, "NotRunning", "no pod runs now")
+            }
+        };
+        self.set_desired(scheduled);
+        if conditions::find(&self.status.conditions, types::EXPIRED).is_none() {
+            self.set(
+                types::EXPIRED,
+                false,
+                "NoExpiry",
+                "the sandbox has no TTL or expiry time",
+            );
+        }
+        let synced = match self.refused.clone() {
+            Some(refused) => {
+                let message = format!("refused to change phase: {refused}");
+                self.events.push(PlannedEvent {
+                    warning: true,
+                    reason: "TransitionRefused".into(),
+                    message: message.clone(),
+                });
+                DesiredCondition::new(types::SYNCED, false, "TransitionRefused", message)
+            }
+            None => DesiredCondition::new(
+                types::SYNCED,
+                true,
+                "Reconciled",
+                "the last reconcile succeeded",
+            ),
+        };
+        self.set_desired(synced);
+    }
+
+    fn set(&mut self, type_: &'static str, status: bool, reason: &str, message: impl Into<String>) {
+        self.set_desired(DesiredCondition::new(type_, status, reason, message));
+    }
+
+    fn set_desired(&mut self, desired: DesiredCondition) {
+        conditions::set_condition(
+            &mut self.status.conditions,
+            desired,
+            self.generation,
+            self.now,
+        );
+    }
+}
+
+fn failure(pod: &PodObserved) -> String {
+    if pod.problems.is_empty() {
+        format!("pod {} failed", pod.name)
+    } else {
+        pod.problems.join("; ")
+    }
+}
+
+/// The claim that keeps a sandbox's data.
+pub fn claim_name(sandbox: &str) -> String {
+    format!("{sandbox}-data")
+}
+
+/// A quantity in thousandths (CPU: millicores) or units (memory: bytes),
+/// rounded up.
+pub fn milli(quantity: &kube_quantity::ParsedQuantity, thousandths: bool) -> Option<i64> {
+    let value = quantity.to_bytes_f64()?;
+    let value = if thousandths { value * 1000.0 } else { value };
+    value.is_finite().then(|| value.ceil() as i64)
+}
+
+/// The Sandbox as the controlling owner of its children.
+pub fn owner_reference(sandbox: &Sandbox) -> OwnerReference {
+    OwnerReference {
+        api_version: Sandbox::api_version(&()).into_owned(),
+        kind: Sandbox::kind(&()).into_owned(),
+        name: sandbox.name_any(),
+        uid: sandbox.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+#[cfg(test)]
+mod tests;
