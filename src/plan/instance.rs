@@ -520,12 +520,14 @@ impl<'a> Planner<'a> {
         if self.instance.spec.rollback != RollbackPolicy::Auto {
             return;
         }
+        // The last good release with another image: rolling back to the
+        // image that just failed would only fail again.
         let last_good = self
             .status
             .releases
             .iter()
             .rev()
-            .find(|r| r.outcome == ReleaseOutcome::Succeeded && r.version != release.version)
+            .find(|r| r.outcome == ReleaseOutcome::Succeeded && r.image != release.image)
             .cloned();
         if let Some(good) = last_good {
             self.set_release_outcome(release.version, ReleaseOutcome::RolledBack);
