@@ -28,11 +28,15 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
 use chrono::{DateTime, Utc};
+#[path = "common.rs"]
+mod common;
+
+use common::*;
 use ctrlplane_operator::api::{Instance, InstanceSpec};
 use ctrlplane_operator::delivery::signing::{SigningKey, signature_header};
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::api::{DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::PostParams;
 use kube::{Api, Client};
 
 const CONCURRENCY: usize = 16;
@@ -348,59 +352,4 @@ fn apply_webhook(namespace: &str, url: &str) -> Result<(), Box<dyn std::error::E
         return Err("applying the Webhook failed".into());
     }
     Ok(())
-}
-
-async fn create_namespace(client: &Client, name: &str) -> Result<(), kube::Error> {
-    let namespace: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
-            .expect("a namespace");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await?;
-    Ok(())
-}
-
-async fn delete_namespace(client: &Client, name: &str) -> Result<(), kube::Error> {
-    let api = Api::<Namespace>::all(client.clone());
-    api.delete(name, &DeleteParams::default()).await?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while api.get_opt(name).await?.is_some() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    Ok(())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-async fn wait_ready(port: u16) -> Result<(), Box<dyn std::error::Error>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let http = reqwest::Client::new();
-    loop {
-        let ready = http
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if ready {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err("the operator did not become ready".into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
 }

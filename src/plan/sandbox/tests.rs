@@ -1,1 +1,521 @@
+//! Tests of the Sandbox planner: scenarios, and properties that must hold
+//! for any spec, status and observation.
 
+use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use proptest::prelude::*;
+
+use super::*;
+use crate::api::{ConditionStatus, SandboxResources, SandboxSpec};
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 1, 12, 0, 0).unwrap()
+}
+
+fn spec() -> SandboxSpec {
+    SandboxSpec {
+        image: "ghcr.io/acme/devbox:1".into(),
+        resources: SandboxResources {
+            cpu: Quantity("1".into()),
+            memory: Quantity("2Gi".into()),
+            storage: Quantity("10Gi".into()),
+            storage_class_name: None,
+        },
+        ttl_seconds: None,
+        expires_at: None,
+        expiry_policy: ExpiryPolicy::Delete,
+        state: DesiredState::Running,
+        placement: None,
+        agent_id: Some("agent-a1".into()),
+        job_id: None,
+        env: Vec::new(),
+        ports: Vec::new(),
+        provider: None,
+        restarted_at: None,
+    }
+}
+
+fn sandbox(spec: SandboxSpec) -> Sandbox {
+    let mut sandbox = Sandbox::new("box", spec);
+    sandbox.metadata.namespace = Some("agents".into());
+    sandbox.metadata.uid = Some("0a1b2c3d-0000-4000-8000-000000000001".into());
+    sandbox.metadata.generation = Some(1);
+    sandbox.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    sandbox.metadata.creation_timestamp = Some(Time(
+        k8s_openapi::jiff::Timestamp::from_second(t0().timestamp()).unwrap(),
+    ));
+    sandbox
+}
+
+fn host(name: &str, free_cpu: i64) -> Host {
+    Host {
+        name: name.into(),
+        labels: [("kubernetes.io/hostname".to_string(), name.to_string())].into(),
+        allocatable_cpu: free_cpu,
+        allocatable_memory: 64 << 30,
+        requested_cpu: 0,
+        requested_memory: 0,
+        schedulable: true,
+        blocking_taints: Vec::new(),
+    }
+}
+
+fn observation(observed: SandboxObserved) -> SandboxObservation {
+    SandboxObservation {
+        provider: Ok("pod".into()),
+        observed,
+        hosts: vec![host("node-a", 8000), host("node-b", 4000)],
+    }
+}
+
+/// What the provider would report once it did what the plan asked.
+fn world_after(plan: &SandboxPlan, before: &SandboxObserved) -> SandboxObserved {
+    let mut world = before.clone();
+    for action in &plan.actions {
+        match action {
+            SandboxAction::Provision => {
+                if let Some(w) = &plan.workload {
+                    world.claim = Some(ClaimObserved {
+                        name: w.claim_name.clone(),
+                        bound: true,
+                    });
+                    world.service = !w.ports.is_empty();
+                }
+            }
+            SandboxAction::Start => {
+                if let Some(w) = &plan.workload {
+                    world.pod = Some(ready_pod(w));
+                }
+            }
+            SandboxAction::Stop => world.pod = None,
+            SandboxAction::Deprovision => world = SandboxObserved::default(),
+        }
+    }
+    world
+}
+
+fn ready_pod(workload: &SandboxWorkload) -> PodObserved {
+    PodObserved {
+        name: workload.name.clone(),
+        revision: Some(workload.revision.clone()),
+        ready: true,
+        ip: Some("10.244.0.7".into()),
+        host: workload.host.clone(),
+        failed: false,
+        problems: Vec::new(),
+        terminating: false,
+    }
+}
+
+/// Plans, stores the status, and applies the plan to the world.
+fn step(sandbox: &mut Sandbox, world: &mut SandboxObserved, now: DateTime<Utc>) -> SandboxPlan {
+    let plan = plan(sandbox, &observation(world.clone()), now);
+    sandbox.status = Some(plan.status.clone());
+    *world = world_after(&plan, world);
+    plan
+}
+
+fn phase(sandbox: &Sandbox) -> Option<SandboxPhase> {
+    sandbox.status.as_ref().and_then(|s| s.phase)
+}
+
+fn types_of(sandbox: &Sandbox) -> Vec<EventType> {
+    sandbox
+        .status
+        .as_ref()
+        .map(|s| s.history.iter().map(|e| e.type_).collect())
+        .unwrap_or_default()
+}
+
+fn run_to_running(sandbox: &mut Sandbox, world: &mut SandboxObserved) {
+    for _ in 0..4 {
+        step(sandbox, world, t0());
+    }
+    assert_eq!(phase(sandbox), Some(SandboxPhase::Running));
+}
+
+#[test]
+fn a_new_sandbox_gets_a_claim_then_a_pod_on_the_roomiest_host_then_runs() {
+    let mut sandbox = sandbox(spec());
+    let mut world = SandboxObserved::default();
+    let first = step(&mut sandbox, &mut world, t0());
+    assert_eq!(first.status.phase, Some(SandboxPhase::Created));
+    assert_eq!(first.actions, vec![SandboxAction::Provision]);
+    assert_eq!(
+        first.labels,
+        Some([(AGENT_LABEL.to_string(), "agent-a1".to_string())].into())
+    );
+    let ready = conditions::find(&first.status.conditions, types::READY).unwrap();
+    assert_eq!(ready.reason, "WaitingForClaim");
+
+    let second = step(&mut sandbox, &mut world, t0());
+    assert_eq!(
+        second.actions,
+        vec![SandboxAction::Provision, SandboxAction::Start]
+    );
+    assert_eq!(
+        second.workload.as_ref().unwrap().host.as_deref(),
+        Some("node-a")
+    );
+
+    run_to_running(&mut sandbox, &mut world);
+    let status = sandbox.status.clone().unwrap();
+    assert_eq!(status.pod_ip.as_deref(), Some("10.244.0.7"));
+    assert_eq!(status.host.as_deref(), Some("node-a"));
+    assert_eq!(status.started_at, Some(t0()));
+    assert_eq!(status.claim_name.as_deref(), Some("box-data"));
+    assert!(conditions::is_true(&status.conditions, types::READY));
+    assert!(conditions::is_true(&status.conditions, types::SCHEDULED));
+    assert_eq!(
+        types_of(&sandbox),
+        [
+            EventType::SandboxCreated,
+            EventType::SandboxStarting,
+            EventType::SandboxStarted
+        ]
+    );
+}
+
+#[test]
+fn stop_keeps_the_claim_and_start_reuses_it() {
+    let mut sandbox = sandbox(spec());
+    let mut world = SandboxObserved::default();
+    run_to_running(&mut sandbox, &mut world);
+    sandbox.spec.state = DesiredState::Stopped;
+    sandbox.metadata.generation = Some(2);
+    let stopping = step(&mut sandbox, &mut world, t0());
+    assert!(stopping.actions.contains(&SandboxAction::Stop));
+    step(&mut sandbox, &mut world, t0());
+    assert_eq!(phase(&sandbox), Some(SandboxPhase::Stopped));
+    assert!(world.claim.is_some() && world.pod.is_none());
+    sandbox.spec.state = DesiredState::Running;
+    sandbox.metadata.generation = Some(3);
+    for _ in 0..3 {
+        step(&mut sandbox, &mut world, t0());
+    }
+    assert_eq!(phase(&sandbox), Some(SandboxPhase::Running));
+    assert_eq!(world.claim.as_ref().unwrap().name, "box-data");
+}
+
+#[test]
+fn expiry_with_stop_stops_once_and_keeps_the_data() {
+    let mut s = spec();
+    s.expires_at = Some(t0() + ChronoDuration::minutes(10));
+    s.expiry_policy = ExpiryPolicy::Stop;
+    let mut sandbox = sandbox(s);
+    let mut world = SandboxObserved::default();
+    run_to_running(&mut sandbox, &mut world);
+    // Before the deadline: requeued for exactly then, nothing else.
+    let before = plan(
+        &sandbox,
+        &observation(world.clone()),
+        t0() + ChronoDuration::minutes(9),
+    );
+    assert!(before.requeue_after <= std::time::Duration::from_secs(61));
+    assert!(before.requeue_after >= std::time::Duration::from_secs(59));
+    let later = t0() + ChronoDuration::minutes(10);
+    step(&mut sandbox, &mut world, later);
+    step(&mut sandbox, &mut world, later);
+    assert_eq!(phase(&sandbox), Some(SandboxPhase::Stopped));
+    assert!(world.claim.is_some());
+    let expired = types_of(&sandbox)
+        .iter()
+        .filter(|t| **t == EventType::SandboxExpired)
+        .count();
+    assert_eq!(expired, 1, "sandbox.expired is recorded once");
+    // Again and again: no second expiry.
+    step(&mut sandbox, &mut world, later + ChronoDuration::minutes(5));
+    let expired = types_of(&sandbox)
+        .iter()
+        .filter(|t| **t == EventType::SandboxExpired)
+        .count();
+    assert_eq!(expired, 1);
+}
+
+#[test]
+fn expiry_with_delete_deletes_the_sandbox_once() {
+    let mut s = spec();
+    s.expires_at = Some(t0() + ChronoDuration::minutes(10));
+    let mut sandbox = sandbox(s);
+    let mut world = SandboxObserved::default();
+    run_to_running(&mut sandbox, &mut world);
+    let at = t0() + ChronoDuration::minutes(11);
+    let expiring = step(&mut sandbox, &mut world, at);
+    assert!(expiring.delete_sandbox);
+    assert!(expiring.actions.is_empty(), "the deletion does the rest");
+    assert_eq!(types_of(&sandbox).last(), Some(&EventType::SandboxExpired));
+    // The API server marks it deleted; the finalizer drives the clean-up.
+    sandbox.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    let deleting = step(&mut sandbox, &mut world, at);
+    assert!(!deleting.delete_sandbox);
+    assert_eq!(deleting.actions, vec![SandboxAction::Deprovision]);
+    let done = step(&mut sandbox, &mut world, at);
+    assert_eq!(done.status.phase, Some(SandboxPhase::Destroyed));
+    assert_eq!(done.finalizer, FinalizerAction::Release);
+    let expired = types_of(&sandbox)
+        .iter()
+        .filter(|t| **t == EventType::SandboxExpired)
+        .count();
+    assert_eq!(expired, 1);
+    assert_eq!(
+        types_of(&sandbox).last(),
+        Some(&EventType::SandboxDestroyed)
+    );
+}
+
+#[test]
+fn extending_the_ttl_before_the_deadline_postpones_it() {
+    let mut s = spec();
+    s.ttl_seconds = Some(600);
+    let mut sandbox = sandbox(s);
+    let mut world = SandboxObserved::default();
+    run_to_running(&mut sandbox, &mut world);
+    sandbox.spec.ttl_seconds = Some(3600);
+    sandbox.metadata.generation = Some(2);
+    let later = t0() + ChronoDuration::minutes(20);
+    let plan = step(&mut sandbox, &mut world, later);
+    assert!(!plan.delete_sandbox);
+    assert_eq!(
+        plan.status.expires_at,
+        Some(t0() + ChronoDuration::hours(1))
+    );
+    assert_eq!(phase(&sandbox), Some(SandboxPhase::Running));
+}
+
+#[test]
+fn a_sandbox_that_fits_nowhere_waits_and_says_why() {
+    let mut s = spec();
+    s.resources.cpu = Quantity("16".into());
+    let mut sandbox = sandbox(s);
+    let mut world = SandboxObserved::default();
+    step(&mut sandbox, &mut world, t0());
+    let waiting = step(&mut sandbox, &mut world, t0());
+    assert_eq!(waiting.status.phase, Some(SandboxPhase::Created));
+    assert!(!waiting.actions.contains(&SandboxAction::Start));
+    let scheduled = conditions::find(&waiting.status.conditions, types::SCHEDULED).unwrap();
+    assert_eq!(
+        (scheduled.status, scheduled.reason.as_str()),
+        (ConditionStatus::False, "InsufficientCapacity")
+    );
+    assert!(
+        scheduled.message.contains("asked for 16 CPU")
+            && scheduled.message.contains("8 CPU (node-a)")
+    );
+    assert_eq!(waiting.requeue_after, REQUEUE_WAITING_FOR_ROOM);
+}
+
+#[test]
+fn a_failing_pod_is_an_error_until_a_restart_or_a_fixed_spec() {
+    let mut sandbox = sandbox(spec());
+    let mut world = SandboxObserved::default();
+    step(&mut sandbox, &mut world, t0());
+    step(&mut sandbox, &mut world, t0());
+    let pod = world.pod.as_mut().unwrap();
+    pod.ready = false;
+    pod.failed = true;
+    pod.problems = vec!["pod box: container sandbox is in ImagePullBackOff".into()];
+    step(&mut sandbox, &mut world, t0());
+    assert_eq!(phase(&sandbox), Some(SandboxPhase::Error));
+    let ready = conditions::find(&sandbox.status.as_ref().unwrap().conditions, types::READY)
+        .unwrap()
+        .clone();
+    assert!(ready.message.contains("ImagePullBackOff"));
+    // Nothing happens by itself.
+    let again = step(&mut sandbox, &mut world, t0());
+    assert!(again.events.is_empty());
+    assert_eq!(phase(&sandbox), Some(SandboxPhase::Error));
+    // A restart request replaces the pod.
+    sandbox.spec.restarted_at = Some(t0());
+    sandbox.metadata.generation = Some(2);
+    let restart = step(&mut sandbox, &mut world, t0());
+    assert!(restart.actions.contains(&SandboxAction::Stop));
+    for _ in 0..3 {
+        step(&mut sandbox, &mut world, t0());
+    }
+    assert_eq!(phase(&sandbox), Some(SandboxPhase::Running));
+}
+
+#[test]
+fn a_pod_deleted_by_hand_is_made_again() {
+    let mut sandbox = sandbox(spec());
+    let mut world = SandboxObserved::default();
+    run_to_running(&mut sandbox, &mut world);
+    world.pod = None;
+    for _ in 0..3 {
+        step(&mut sandbox, &mut world, t0());
+    }
+    assert_eq!(phase(&sandbox), Some(SandboxPhase::Running));
+    let path: Vec<_> = sandbox
+        .status
+        .as_ref()
+        .unwrap()
+        .history
+        .iter()
+        .filter_map(|e| e.to.clone())
+        .collect();
+    assert_eq!(path[3..], ["Stopped", "Starting", "Running"]);
+}
+
+#[test]
+fn pinned_placement_goes_to_that_host_or_waits() {
+    let mut s = spec();
+    s.placement = Some(Placement {
+        host: Some("node-b".into()),
+        node_selector: Default::default(),
+    });
+    let mut sandbox = sandbox(s);
+    let mut world = SandboxObserved::default();
+    step(&mut sandbox, &mut world, t0());
+    let placed = step(&mut sandbox, &mut world, t0());
+    assert_eq!(placed.workload.unwrap().host.as_deref(), Some("node-b"));
+}
+
+use crate::api::Placement;
+
+// ------------------------------------------------------------- properties
+
+fn world_strategy() -> impl Strategy<Value = SandboxObserved> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        proptest::option::of((any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>())),
+        any::<bool>(),
+    )
+        .prop_map(|(claim, bound, pod, service)| SandboxObserved {
+            claim: claim.then(|| ClaimObserved {
+                name: "box-data".into(),
+                bound,
+            }),
+            pod: pod.map(|(ready, failed, terminating, current)| PodObserved {
+                name: "box".into(),
+                revision: current.then(|| "stale-or-not".into()),
+                ready,
+                ip: ready.then(|| "10.244.0.9".into()),
+                host: Some("node-a".into()),
+                failed,
+                problems: if failed {
+                    vec!["crash".into()]
+                } else {
+                    Vec::new()
+                },
+                terminating,
+            }),
+            service,
+        })
+}
+
+prop_compose! {
+    fn case_strategy()(
+        phase in proptest::option::of(proptest::sample::select(SandboxPhase::ALL.to_vec())),
+        stopped in any::<bool>(),
+        deleting in any::<bool>(),
+        expires in proptest::option::of(-600i64..600),
+        stop_policy in any::<bool>(),
+        restart in any::<bool>(),
+        world in world_strategy(),
+        generation in 1i64..4,
+        expired_before in any::<bool>(),
+    ) -> (Sandbox, SandboxObserved) {
+        let mut s = spec();
+        s.state = if stopped { DesiredState::Stopped } else { DesiredState::Running };
+        s.expires_at = expires.map(|secs| t0() + ChronoDuration::seconds(secs));
+        s.expiry_policy = if stop_policy { ExpiryPolicy::Stop } else { ExpiryPolicy::Delete };
+        s.restarted_at = restart.then(t0);
+        let mut sandbox = sandbox(s);
+        sandbox.metadata.generation = Some(generation);
+        let destroyed = phase == Some(SandboxPhase::Destroyed);
+        if deleting || destroyed {
+            sandbox.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        }
+        let mut status = SandboxStatus { phase, ..SandboxStatus::default() };
+        if expired_before {
+            conditions::set_condition(
+                &mut status.conditions,
+                DesiredCondition::new(types::EXPIRED, true, "ExpiredStop", ""),
+                Some(1),
+                t0(),
+            );
+        }
+        sandbox.status = Some(status);
+        (sandbox, world)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// No plan records a phase change the Sandbox table forbids.
+    #[test]
+    fn no_plan_holds_a_forbidden_transition((sandbox, world) in case_strategy()) {
+        let before = phase(&sandbox);
+        let plan = plan(&sandbox, &observation(world), t0());
+        let mut current = before;
+        for entry in plan.status.history.iter() {
+            let Some(to) = &entry.to else { continue };
+            let to: SandboxPhase = serde_json::from_value(serde_json::json!(to)).unwrap();
+            if let Some(from) = current {
+                prop_assert!(validate_transition(from, to).is_ok(), "{} -> {}", from, to);
+            } else {
+                prop_assert_eq!(to, SandboxPhase::Created);
+            }
+            current = Some(to);
+        }
+        prop_assert_eq!(current, plan.status.phase);
+        prop_assert_ne!(conditions::find(&plan.status.conditions, types::SYNCED).unwrap().reason.as_str(), "TransitionRefused");
+    }
+
+    /// Planning again on the plan's own result changes nothing.
+    #[test]
+    fn planning_again_changes_nothing((mut sandbox, world) in case_strategy()) {
+        let first = plan(&sandbox, &observation(world.clone()), t0());
+        sandbox.status = Some(first.status.clone());
+        if let Some(labels) = &first.labels {
+            sandbox.metadata.labels = Some(labels.clone());
+        }
+        let second = plan(&sandbox, &observation(world), t0());
+        prop_assert_eq!(&second.status, &first.status);
+        prop_assert!(second.events.is_empty(), "{:?}", second.events);
+    }
+
+    /// With a provider that does what it is told, every sandbox ends where
+    /// its spec says within a few reconciles (or in Error, if the first
+    /// world failed it and nothing asks to retry).
+    #[test]
+    fn a_healthy_world_brings_every_sandbox_where_its_spec_says((mut sandbox, world) in case_strategy()) {
+        let mut world = world;
+        let mut failed_first = false;
+        for round in 0..10 {
+            let plan = step(&mut sandbox, &mut world, t0());
+            if round == 0 && plan.status.phase == Some(SandboxPhase::Error) {
+                failed_first = true;
+            }
+            // A healthy provider heals what the random world broke.
+            if let Some(pod) = world.pod.as_mut() {
+                pod.failed = false;
+                pod.terminating = false;
+                pod.ready = true;
+            }
+            if let Some(claim) = world.claim.as_mut() {
+                claim.bound = true;
+            }
+            if plan.delete_sandbox {
+                sandbox.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+            }
+        }
+        let status = sandbox.status.clone().unwrap();
+        let deleting = sandbox.metadata.deletion_timestamp.is_some();
+        let expired = sandbox.spec.expires_at.is_some_and(|at| at <= t0());
+        let expected = if deleting {
+            SandboxPhase::Destroyed
+        } else if sandbox.spec.state == DesiredState::Stopped || expired {
+            SandboxPhase::Stopped
+        } else {
+            SandboxPhase::Running
+        };
+        if failed_first && status.phase == Some(SandboxPhase::Error) {
+            return Ok(());
+        }
+        prop_assert_eq!(status.phase, Some(expected), "{:?}", status.history.iter().map(|e| (e.to.clone(), e.reason.clone())).collect::<Vec<_>>());
+    }
+}

@@ -1,1 +1,229 @@
+//! Tests of the pure parts of the pod provider.
 
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateWaiting, ContainerStatus, NodeCondition, NodeSpec, NodeStatus,
+    PodCondition, PodStatus, Taint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+use super::*;
+use crate::api::PortSpec;
+
+fn workload() -> SandboxWorkload {
+    SandboxWorkload {
+        namespace: "agents".into(),
+        name: "box".into(),
+        owner: OwnerReference {
+            api_version: "ctrlplane.dev/v1alpha1".into(),
+            kind: "Sandbox".into(),
+            name: "box".into(),
+            uid: "uid-1".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        },
+        labels: [("ctrlplane.dev/agent-id".to_string(), "a1".to_string())].into(),
+        image: "ghcr.io/acme/devbox:1".into(),
+        cpu: "500m".into(),
+        memory: "1Gi".into(),
+        storage: "10Gi".into(),
+        storage_class: Some("fast".into()),
+        env: Vec::new(),
+        ports: vec![PortSpec {
+            name: "ssh".into(),
+            port: 2222,
+            protocol: Protocol::Tcp,
+        }],
+        host: Some("node-a".into()),
+        revision: "rev-1".into(),
+        claim_name: "box-data".into(),
+    }
+}
+
+#[test]
+fn the_pod_is_restricted_pinned_and_mounts_the_claim() {
+    let pod = pod_for(&workload(), "node-a", "node-a");
+    let annotations = pod.metadata.annotations.clone().unwrap();
+    assert_eq!(
+        annotations.get(REVISION_ANNOTATION).map(String::as_str),
+        Some("rev-1")
+    );
+    assert_eq!(
+        annotations.get(HOST_ANNOTATION).map(String::as_str),
+        Some("node-a")
+    );
+    let labels = pod.metadata.labels.clone().unwrap();
+    assert_eq!(
+        labels.get("ctrlplane.dev/agent-id").map(String::as_str),
+        Some("a1")
+    );
+    assert_eq!(labels.get(SANDBOX_LABEL).map(String::as_str), Some("box"));
+    let spec = pod.spec.unwrap();
+    assert_eq!(
+        spec.node_selector
+            .unwrap()
+            .get("kubernetes.io/hostname")
+            .map(String::as_str),
+        Some("node-a")
+    );
+    let security = spec.security_context.unwrap();
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(security.seccomp_profile.unwrap().type_, "RuntimeDefault");
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let container = &spec.containers[0];
+    let container_security = container.security_context.clone().unwrap();
+    assert_eq!(container_security.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        container_security.capabilities.unwrap().drop,
+        Some(vec!["ALL".to_string()])
+    );
+    let resources = container.resources.clone().unwrap();
+    assert_eq!(
+        resources.requests, resources.limits,
+        "Guaranteed QoS: requests equal limits"
+    );
+    assert_eq!(
+        container.volume_mounts.as_ref().unwrap()[0].mount_path,
+        DATA_PATH
+    );
+    let volume = &spec.volumes.unwrap()[0];
+    assert_eq!(
+        volume.persistent_volume_claim.as_ref().unwrap().claim_name,
+        "box-data"
+    );
+    assert_eq!(
+        spec.tolerations.unwrap()[0].key.as_deref(),
+        Some(SANDBOX_HOST_TAINT)
+    );
+}
+
+#[test]
+fn the_claim_asks_for_the_storage_in_the_class() {
+    let claim = claim_for(&workload());
+    let spec = claim.spec.unwrap();
+    assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(
+        spec.resources.unwrap().requests.unwrap().get("storage"),
+        Some(&Quantity("10Gi".into()))
+    );
+    assert_eq!(claim.metadata.owner_references.unwrap()[0].uid, "uid-1");
+}
+
+#[test]
+fn a_service_only_with_ports() {
+    assert_eq!(
+        service_for(&workload())
+            .unwrap()
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()[0]
+            .port,
+        2222
+    );
+    let mut no_ports = workload();
+    no_ports.ports.clear();
+    assert!(service_for(&no_ports).is_none());
+}
+
+fn pod(status: PodStatus) -> Pod {
+    let mut pod = pod_for(&workload(), "node-a", "node-a");
+    pod.status = Some(status);
+    pod
+}
+
+#[test]
+fn pods_that_cannot_start_are_failed_with_the_reason() {
+    let pulling = pod(PodStatus {
+        phase: Some("Pending".into()),
+        container_statuses: Some(vec![ContainerStatus {
+            name: "sandbox".into(),
+            ready: false,
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("ImagePullBackOff".into()),
+                    message: Some("not found".into()),
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        }]),
+        ..PodStatus::default()
+    });
+    let observed = pod_observed(&pulling);
+    assert!(observed.failed && !observed.ready);
+    assert!(observed.problems[0].contains("ImagePullBackOff"));
+    assert_eq!(observed.revision.as_deref(), Some("rev-1"));
+
+    let running = pod(PodStatus {
+        phase: Some("Running".into()),
+        pod_ip: Some("10.244.0.3".into()),
+        conditions: Some(vec![PodCondition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            ..PodCondition::default()
+        }]),
+        ..PodStatus::default()
+    });
+    let observed = pod_observed(&running);
+    assert!(observed.ready && !observed.failed && observed.problems.is_empty());
+    assert_eq!(observed.ip.as_deref(), Some("10.244.0.3"));
+}
+
+fn node(name: &str, cpu: &str, memory: &str, taint: Option<&str>) -> Arc<Node> {
+    Arc::new(Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NodeSpec {
+            taints: taint.map(|key| {
+                vec![Taint {
+                    key: key.into(),
+                    effect: "NoSchedule".into(),
+                    ..Taint::default()
+                }]
+            }),
+            ..NodeSpec::default()
+        }),
+        status: Some(NodeStatus {
+            allocatable: Some(
+                [
+                    ("cpu".to_string(), Quantity(cpu.into())),
+                    ("memory".to_string(), Quantity(memory.into())),
+                ]
+                .into(),
+            ),
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..NodeCondition::default()
+            }]),
+            ..NodeStatus::default()
+        }),
+    })
+}
+
+#[test]
+fn hosts_count_bound_pods_pods_on_their_way_and_reservations() {
+    let nodes = [
+        node("node-a", "4", "8Gi", None),
+        node("node-b", "2", "4Gi", Some(SANDBOX_HOST_TAINT)),
+    ];
+    let mut bound = pod_for(&workload(), "node-a", "node-a");
+    bound.spec.as_mut().unwrap().node_name = Some("node-a".into());
+    let on_its_way = pod_for(&workload(), "node-b", "node-b");
+    let mut finished = pod_for(&workload(), "node-a", "node-a");
+    finished.status = Some(PodStatus {
+        phase: Some("Succeeded".into()),
+        ..PodStatus::default()
+    });
+    let pods = [Arc::new(bound), Arc::new(on_its_way), Arc::new(finished)];
+    let hosts = hosts_from(&nodes, &pods, &[("node-a".into(), 1000, 1 << 30)]);
+    let a = hosts.iter().find(|h| h.name == "node-a").unwrap();
+    assert_eq!((a.allocatable_cpu, a.requested_cpu), (4000, 1500));
+    assert_eq!(a.requested_memory, 2 << 30);
+    let b = hosts.iter().find(|h| h.name == "node-b").unwrap();
+    assert_eq!(b.requested_cpu, 500);
+    assert_eq!(b.blocking_taints, vec![SANDBOX_HOST_TAINT.to_string()]);
+    assert!(a.schedulable && b.schedulable);
+}

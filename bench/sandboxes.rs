@@ -1,0 +1,296 @@
+//! Benchmark: N Sandboxes created at once until all are Running, then all
+//! deleted, against a baseline of the same claims and Pods created and
+//! deleted by a plain client, in one run.
+//!
+//!   hack/bench.sh sandboxes [N]      (N defaults to 500)
+//!
+//! Static PersistentVolumes (2N, in a StorageClass of the benchmark's own)
+//! are created first and are not timed. Nothing is asserted.
+
+#[path = "common.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ctrlplane_operator::api::{Sandbox, SandboxPhase, SandboxSpec};
+use ctrlplane_operator::plan::sandbox::{SandboxWorkload, claim_name};
+use ctrlplane_operator::provider::pod::{claim_for, pod_for};
+use ctrlplane_operator::runtime::metrics::{CountRequestsLayer, Metrics};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+
+const CONCURRENCY: usize = 16;
+const CLASS: &str = "bench-sandboxes";
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let count: usize = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(500);
+    let operator_binary = std::env::var("CTRLPLANE_OPERATOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/ctrlplane-operator")
+        });
+    let metrics = Arc::new(Metrics::default());
+    let config = kube::Config::infer().await?;
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&CountRequestsLayer {
+            metrics: metrics.clone(),
+        })
+        .build();
+    println!("bench/sandboxes: N = {count}, client concurrency {CONCURRENCY}");
+    prepare_volumes(&client, count * 2).await?;
+
+    // Baseline: the same claims and Pods from a plain client.
+    let baseline_ns = "bench-sbx-baseline";
+    create_namespace(&client, baseline_ns).await?;
+    let before = metrics.api_request_total();
+    let started = Instant::now();
+    let hosts = ["kwok-node-0", "kwok-node-1"];
+    stream::iter(0..count)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let workload = workload(baseline_ns, i, Some(hosts[i % 2].to_string()));
+                let mut claim = claim_for(&workload);
+                claim.metadata.owner_references = None;
+                Api::<PersistentVolumeClaim>::namespaced(client.clone(), baseline_ns)
+                    .create(&PostParams::default(), &claim)
+                    .await?;
+                let mut pod = pod_for(&workload, hosts[i % 2], hosts[i % 2]);
+                pod.metadata.owner_references = None;
+                Api::<Pod>::namespaced(client, baseline_ns)
+                    .create(&PostParams::default(), &pod)
+                    .await?;
+                Ok::<_, kube::Error>(())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<()>()
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), baseline_ns);
+    wait_until(count, Duration::from_secs(1800), || ready_pods(&pods)).await?;
+    let baseline_up = started.elapsed();
+    let started = Instant::now();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), baseline_ns);
+    stream::iter(0..count)
+        .map(|i| {
+            let (pods, claims) = (pods.clone(), claims.clone());
+            async move {
+                pods.delete(&format!("sbx-{i}"), &DeleteParams::default())
+                    .await?;
+                claims
+                    .delete(&claim_name(&format!("sbx-{i}")), &DeleteParams::default())
+                    .await?;
+                Ok::<_, kube::Error>(())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<()>()
+        .await?;
+    wait_until(count, Duration::from_secs(1800), || async {
+        let left = pods.list(&ListParams::default()).await?.items.len()
+            + claims.list(&ListParams::default()).await?.items.len();
+        Ok(count.saturating_sub(left))
+    })
+    .await?;
+    let baseline_down = started.elapsed();
+    let baseline_requests = metrics.api_request_total() - before;
+    delete_namespace(&client, baseline_ns).await?;
+    println!(
+        "baseline: {count} claims+pods ready after {:.1}s, deleted after {:.1}s, {baseline_requests} API requests",
+        baseline_up.as_secs_f64(),
+        baseline_down.as_secs_f64()
+    );
+
+    // The operator.
+    let operator_ns = "bench-sbx-operator";
+    create_namespace(&client, operator_ns).await?;
+    let port = free_port();
+    let mut operator = start_operator(&operator_binary, operator_ns, port)?;
+    wait_ready(port).await?;
+    let cpu_before = cpu_seconds(operator.id());
+    let sandboxes: Api<Sandbox> = Api::namespaced(client.clone(), operator_ns);
+    let started = Instant::now();
+    stream::iter(0..count)
+        .map(|i| {
+            let sandboxes = sandboxes.clone();
+            async move {
+                let sandbox = Sandbox::new(&format!("sbx-{i}"), spec());
+                sandboxes
+                    .create(&PostParams::default(), &sandbox)
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<()>()
+        .await?;
+    wait_until(count, Duration::from_secs(1800), || running(&sandboxes)).await?;
+    let operator_up = started.elapsed();
+    let requests_up = scrape_metric(port, "ctrlplane_kube_api_requests_total").await?;
+    let reconciles_up = scrape_metric(port, "ctrlplane_reconciles_total{kind=\"Sandbox\"}").await?;
+    let started = Instant::now();
+    sandboxes
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await?;
+    wait_until(count, Duration::from_secs(1800), || async {
+        Ok(count.saturating_sub(sandboxes.list(&ListParams::default()).await?.items.len()))
+    })
+    .await?;
+    let operator_down = started.elapsed();
+    let requests = scrape_metric(port, "ctrlplane_kube_api_requests_total").await?;
+    let cpu = cpu_seconds(operator.id()) - cpu_before;
+    let rss = peak_rss_mib(operator.id());
+    let _ = operator.kill();
+    let _ = operator.wait();
+    delete_namespace(&client, operator_ns).await?;
+    cleanup_volumes(&client).await?;
+
+    println!();
+    println!("| figure | operator | baseline | ratio |");
+    println!("|---|---|---|---|");
+    let row = |what: &str, operator: f64, baseline: f64| {
+        println!(
+            "| {what} | {operator:.1}s | {baseline:.1}s | {:.2} |",
+            operator / baseline
+        );
+    };
+    row(
+        "all Running (baseline: all pods ready)",
+        operator_up.as_secs_f64(),
+        baseline_up.as_secs_f64(),
+    );
+    row(
+        "all deleted",
+        operator_down.as_secs_f64(),
+        baseline_down.as_secs_f64(),
+    );
+    println!(
+        "| API requests, create + delete | {requests} | {baseline_requests} | {:.2} |",
+        requests / baseline_requests as f64
+    );
+    println!("| API requests to all Running | {requests_up} | - | - |");
+    println!(
+        "| reconciles per Sandbox to Running | {:.2} | - | - |",
+        reconciles_up / count as f64
+    );
+    println!("| operator CPU seconds, whole run | {cpu:.1} | - | - |");
+    println!("| operator peak RSS | {rss:.1} MiB | - | - |");
+    Ok(())
+}
+
+fn spec() -> SandboxSpec {
+    serde_json::from_value(serde_json::json!({
+        "image": "ghcr.io/acme/devbox:1",
+        "resources": {"cpu": "100m", "memory": "128Mi", "storage": "1Gi", "storageClassName": CLASS},
+        "state": "Running",
+        "expiryPolicy": "Delete",
+    }))
+    .expect("a valid spec")
+}
+
+fn workload(namespace: &str, i: usize, host: Option<String>) -> SandboxWorkload {
+    SandboxWorkload {
+        namespace: namespace.into(),
+        name: format!("sbx-{i}"),
+        owner: OwnerReference::default(),
+        labels: BTreeMap::new(),
+        image: "ghcr.io/acme/devbox:1".into(),
+        cpu: "100m".into(),
+        memory: "128Mi".into(),
+        storage: "1Gi".into(),
+        storage_class: Some(CLASS.into()),
+        env: Vec::new(),
+        ports: Vec::new(),
+        host,
+        revision: "bench".into(),
+        claim_name: claim_name(&format!("sbx-{i}")),
+    }
+}
+
+async fn prepare_volumes(client: &Client, count: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let class: StorageClass = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": CLASS},
+        "provisioner": "kubernetes.io/no-provisioner",
+        "volumeBindingMode": "Immediate",
+        "reclaimPolicy": "Retain",
+    }))?;
+    Api::<StorageClass>::all(client.clone())
+        .create(&PostParams::default(), &class)
+        .await?;
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    stream::iter(0..count)
+        .map(|i| {
+            let volumes = volumes.clone();
+            async move {
+                let volume: PersistentVolume = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("bench-pv-{i}"), "labels": {"bench": "sandboxes"}},
+                    "spec": {
+                        "capacity": {"storage": "2Gi"},
+                        "accessModes": ["ReadWriteOnce"],
+                        "storageClassName": CLASS,
+                        "hostPath": {"path": format!("/tmp/bench-pv-{i}")},
+                    }
+                }))
+                .expect("a volume");
+                volumes
+                    .create(&PostParams::default(), &volume)
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<()>()
+        .await?;
+    Ok(())
+}
+
+async fn cleanup_volumes(client: &Client) -> Result<(), kube::Error> {
+    Api::<PersistentVolume>::all(client.clone())
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("bench=sandboxes"),
+        )
+        .await?;
+    Api::<StorageClass>::all(client.clone())
+        .delete(CLASS, &DeleteParams::default())
+        .await?;
+    Ok(())
+}
+
+async fn ready_pods(pods: &Api<Pod>) -> Result<usize, kube::Error> {
+    Ok(pods
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .count())
+}
+
+async fn running(sandboxes: &Api<Sandbox>) -> Result<usize, kube::Error> {
+    Ok(sandboxes
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|s| s.status.as_ref().and_then(|s| s.phase) == Some(SandboxPhase::Running))
+        .count())
+}

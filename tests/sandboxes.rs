@@ -1,0 +1,619 @@
+//! End-to-end tests of Sandboxes on the pod provider, against the real
+//! control plane: claims bound to static volumes, pods on kwok nodes,
+//! expiry, placement and capacity.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::receiver::Receiver;
+use common::*;
+use ctrlplane_operator::api::{EventType, Sandbox, SandboxPhase};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// A StorageClass of the test's own with static PersistentVolumes in it, so
+/// claims of different tests never take each other's volumes. Removed when
+/// dropped.
+struct Storage {
+    class: String,
+    volumes: Vec<String>,
+}
+
+impl Storage {
+    fn create(namespace: &str, count: usize) -> Self {
+        let class = format!("sc-{namespace}");
+        let mut manifest = format!(
+            "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: {class}\nprovisioner: kubernetes.io/no-provisioner\nvolumeBindingMode: Immediate\nreclaimPolicy: Retain\n"
+        );
+        let volumes: Vec<String> = (0..count).map(|i| format!("pv-{namespace}-{i}")).collect();
+        for volume in &volumes {
+            manifest.push_str(&format!(
+                "---\napiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {volume}\nspec:\n  capacity: {{storage: 20Gi}}\n  accessModes: [ReadWriteOnce]\n  storageClassName: {class}\n  hostPath: {{path: /tmp/{volume}}}\n"
+            ));
+        }
+        kubectl_stdin(["apply", "--server-side", "-f", "-"], &manifest)
+            .expect_success("creating static volumes");
+        Self { class, volumes }
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        let mut args = vec![
+            "delete",
+            "--wait=false",
+            "--ignore-not-found",
+            "persistentvolume",
+        ];
+        args.extend(self.volumes.iter().map(String::as_str));
+        let _ = kubectl(args);
+        let _ = kubectl([
+            "delete",
+            "--wait=false",
+            "--ignore-not-found",
+            "storageclass",
+            &self.class,
+        ]);
+    }
+}
+
+/// A small kwok host of the test's own, tainted for sandboxes only. Removed
+/// when dropped.
+struct SmallHost {
+    name: String,
+}
+
+impl SmallHost {
+    fn create(namespace: &str, cpu: &str) -> Self {
+        let name = format!("small-{namespace}");
+        let manifest = format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  annotations:\n    kwok.x-k8s.io/node: fake\n  labels:\n    kubernetes.io/hostname: {name}\n    type: kwok-small\n    pool: {namespace}\nspec:\n  taints:\n  - {{key: ctrlplane.dev/sandbox-host, value: \"true\", effect: NoSchedule}}\nstatus:\n  allocatable: {{cpu: \"{cpu}\", memory: 16Gi, pods: \"110\"}}\n  capacity: {{cpu: \"{cpu}\", memory: 16Gi, pods: \"110\"}}\n"
+        );
+        kubectl_stdin(["apply", "--server-side", "-f", "-"], &manifest)
+            .expect_success("creating the small host");
+        kubectl([
+            "wait",
+            "--for=condition=Ready",
+            &format!("node/{name}"),
+            "--timeout=60s",
+        ])
+        .expect_success("the small host to be Ready");
+        Self { name }
+    }
+}
+
+impl Drop for SmallHost {
+    fn drop(&mut self) {
+        let _ = kubectl([
+            "delete",
+            "node",
+            &self.name,
+            "--wait=false",
+            "--ignore-not-found",
+        ]);
+    }
+}
+
+struct Fixture {
+    ns: TestNamespace,
+    storage: Storage,
+    operator: Operator,
+    sandboxes: Api<Sandbox>,
+    pods: Api<Pod>,
+    claims: Api<PersistentVolumeClaim>,
+    services: Api<Service>,
+}
+
+async fn fixture(prefix: &str, volumes: usize) -> Fixture {
+    ensure_crds();
+    let ns = TestNamespace::create(prefix);
+    let storage = Storage::create(&ns.name, volumes);
+    let operator = Operator::start_with(&ns.name, &["--allow-private-webhook-addresses"]);
+    let client = client().await;
+    Fixture {
+        sandboxes: Api::namespaced(client.clone(), &ns.name),
+        pods: Api::namespaced(client.clone(), &ns.name),
+        claims: Api::namespaced(client.clone(), &ns.name),
+        services: Api::namespaced(client, &ns.name),
+        operator,
+        storage,
+        ns,
+    }
+}
+
+impl Fixture {
+    fn manifest(&self, name: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: ctrlplane.dev/v1alpha1\nkind: Sandbox\nmetadata:\n  name: {name}\nspec:\n  image: ghcr.io/acme/devbox:1\n  resources: {{cpu: 500m, memory: 1Gi, storage: 5Gi, storageClassName: {}}}\n  agentId: agent-a1\n  jobId: job-7\n{extra}",
+            self.storage.class
+        )
+    }
+
+    fn apply(&self, name: &str, extra: &str) {
+        apply_manifest(&self.ns.name, &self.manifest(name, extra))
+            .expect_success("applying the Sandbox");
+    }
+
+    async fn wait_for(&self, name: &str, what: &str, check: impl Fn(&Sandbox) -> bool) -> Sandbox {
+        let check = &check;
+        wait_until(&format!("Sandbox {name}: {what}"), WAIT, || async move {
+            match self
+                .sandboxes
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some(s) if check(&s) => Ok(Some(s)),
+                Some(s) => Err(format!(
+                    "phase {:?}, conditions {:?}",
+                    s.status.as_ref().and_then(|s| s.phase),
+                    s.status.as_ref().map(|st| st
+                        .conditions
+                        .iter()
+                        .map(|c| format!("{}={:?} {}: {}", c.type_, c.status, c.reason, c.message))
+                        .collect::<Vec<_>>())
+                )),
+                None => Err("not found".into()),
+            }
+        })
+        .await
+    }
+
+    async fn wait_phase(&self, name: &str, phase: SandboxPhase) -> Sandbox {
+        self.wait_for(name, &format!("phase {phase}"), |s| {
+            s.status.as_ref().and_then(|s| s.phase) == Some(phase)
+        })
+        .await
+    }
+
+    async fn wait_gone(&self, name: &str) {
+        wait_until(&format!("Sandbox {name} to be gone"), WAIT, || async {
+            Ok(self
+                .sandboxes
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_none()
+                .then_some(()))
+        })
+        .await;
+    }
+
+    async fn patch(&self, name: &str, spec: serde_json::Value) {
+        self.sandboxes
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&serde_json::json!({ "spec": spec })),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+fn history(sandbox: &Sandbox) -> Vec<EventType> {
+    sandbox
+        .status
+        .as_ref()
+        .map(|s| s.history.iter().map(|e| e.type_).collect())
+        .unwrap_or_default()
+}
+
+fn condition(sandbox: &Sandbox, type_: &str) -> (String, String, String) {
+    sandbox
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .map(|c| {
+            (
+                serde_json::to_value(c.status)
+                    .unwrap()
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                c.reason.clone(),
+                c.message.clone(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_sandbox_runs_with_an_ip_a_host_its_claim_and_its_labels() {
+    let f = fixture("sbx-create", 1).await;
+    f.apply("box", "  ports:\n    - {name: ssh, port: 2222}\n");
+    let running = f.wait_phase("box", SandboxPhase::Running).await;
+    let status = running.status.clone().unwrap();
+    assert!(status.pod_ip.is_some(), "a running sandbox has an IP");
+    assert!(
+        status
+            .host
+            .as_deref()
+            .is_some_and(|h| h.starts_with("kwok-node-"))
+    );
+    assert!(status.started_at.is_some());
+    assert_eq!(condition(&running, "Ready").0, "True");
+    assert_eq!(condition(&running, "Scheduled").0, "True");
+    assert_eq!(
+        history(&running),
+        [
+            EventType::SandboxCreated,
+            EventType::SandboxStarting,
+            EventType::SandboxStarted
+        ]
+    );
+
+    let claim = f.claims.get("box-data").await.unwrap();
+    assert_eq!(claim.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
+    let pod = f.pods.get("box").await.unwrap();
+    let spec = pod.spec.clone().unwrap();
+    assert_eq!(
+        spec.security_context.and_then(|s| s.run_as_non_root),
+        Some(true)
+    );
+    assert_eq!(
+        spec.volumes.unwrap()[0]
+            .persistent_volume_claim
+            .as_ref()
+            .unwrap()
+            .claim_name,
+        "box-data"
+    );
+    assert_eq!(pod.owner_references()[0].uid, running.uid().unwrap());
+    assert!(
+        f.services.get_opt("box").await.unwrap().is_some(),
+        "a Service for its ports"
+    );
+
+    // Agent and job are labels too, on the Sandbox and its pod.
+    let by_agent = kubectl([
+        "get",
+        "sbx",
+        "-n",
+        &f.ns.name,
+        "-l",
+        "ctrlplane.dev/agent-id=agent-a1",
+        "-o",
+        "name",
+    ])
+    .expect_success("kubectl get sbx -l");
+    assert_eq!(by_agent.stdout.trim(), "sandbox.ctrlplane.dev/box");
+    let by_job = kubectl([
+        "get",
+        "sbx",
+        "-n",
+        &f.ns.name,
+        "-l",
+        "ctrlplane.dev/job-id=job-7",
+        "-o",
+        "name",
+    ])
+    .expect_success("kubectl get sbx -l");
+    assert_eq!(by_job.stdout.trim(), "sandbox.ctrlplane.dev/box");
+    assert_eq!(
+        pod.labels()
+            .get("ctrlplane.dev/agent-id")
+            .map(String::as_str),
+        Some("agent-a1")
+    );
+    let table = kubectl(["get", "sbx", "-n", &f.ns.name]).expect_success("kubectl get sbx");
+    assert!(
+        table.stdout.contains("Running") && table.stdout.contains("kwok-node-"),
+        "{}",
+        table.stdout
+    );
+}
+
+#[tokio::test]
+async fn stop_keeps_the_claim_and_start_runs_again_on_it() {
+    let f = fixture("sbx-stop", 1).await;
+    f.apply("box", "");
+    f.wait_phase("box", SandboxPhase::Running).await;
+    let claim = f.claims.get("box-data").await.unwrap();
+    let volume = claim.spec.as_ref().and_then(|s| s.volume_name.clone());
+    let first_pod = f.pods.get("box").await.unwrap().uid();
+
+    f.patch("box", serde_json::json!({"state": "Stopped"}))
+        .await;
+    let stopped = f.wait_phase("box", SandboxPhase::Stopped).await;
+    assert!(
+        f.pods.get_opt("box").await.unwrap().is_none(),
+        "no pod while stopped"
+    );
+    assert_eq!(
+        f.claims.get("box-data").await.unwrap().uid(),
+        claim.uid(),
+        "the claim is kept"
+    );
+    assert!(stopped.status.as_ref().unwrap().pod_ip.is_none());
+
+    f.patch("box", serde_json::json!({"state": "Running"}))
+        .await;
+    f.wait_phase("box", SandboxPhase::Running).await;
+    let pod = f.pods.get("box").await.unwrap();
+    assert_ne!(pod.uid(), first_pod, "a new pod");
+    let again = f.claims.get("box-data").await.unwrap();
+    assert_eq!(again.uid(), claim.uid());
+    assert_eq!(
+        again.spec.and_then(|s| s.volume_name),
+        volume,
+        "on the same volume"
+    );
+}
+
+#[tokio::test]
+async fn expiry_with_delete_removes_the_sandbox_and_everything_it_had() {
+    let f = fixture("sbx-exp-del", 1).await;
+    let at = (Utc::now() + chrono::Duration::seconds(8))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    f.apply("box", &format!("  expiresAt: \"{at}\"\n  expiryPolicy: Delete\n  ports:\n    - {{name: ssh, port: 2222}}\n"));
+    f.wait_phase("box", SandboxPhase::Running).await;
+    f.wait_gone("box").await;
+    assert!(f.pods.get_opt("box").await.unwrap().is_none());
+    assert!(f.claims.get_opt("box-data").await.unwrap().is_none());
+    assert!(f.services.get_opt("box").await.unwrap().is_none());
+    let events = kubectl([
+        "get",
+        "events",
+        "-n",
+        &f.ns.name,
+        "--field-selector",
+        "involvedObject.name=box,involvedObject.kind=Sandbox",
+    ])
+    .expect_success("events");
+    assert!(
+        events.stdout.contains("Expired") && events.stdout.contains("Destroyed"),
+        "{}",
+        events.stdout
+    );
+}
+
+#[tokio::test]
+async fn expiry_with_stop_fires_once_across_an_operator_restart_just_before_the_deadline() {
+    let mut f = fixture("sbx-exp-stop", 1).await;
+    let deadline = Utc::now() + chrono::Duration::seconds(12);
+    let at = deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    f.apply(
+        "box",
+        &format!("  expiresAt: \"{at}\"\n  expiryPolicy: Stop\n"),
+    );
+    f.wait_phase("box", SandboxPhase::Running).await;
+    // Down shortly before the deadline, back just before it.
+    f.operator.kill();
+    let until_just_before = (deadline - Utc::now() - chrono::Duration::seconds(2))
+        .to_std()
+        .unwrap_or_default();
+    // How long the operator is down is what this test is about.
+    tokio::time::sleep(until_just_before).await;
+    f.operator.restart();
+    let stopped = f.wait_phase("box", SandboxPhase::Stopped).await;
+    let (status, reason, _) = condition(&stopped, "Expired");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "ExpiredStop"));
+    assert!(
+        f.claims.get_opt("box-data").await.unwrap().is_some(),
+        "Stop keeps the data"
+    );
+    // Restarted again after the expiry: it does not fire a second time.
+    f.operator.restart();
+    let later = f
+        .wait_for("box", "observed after the restart", |s| {
+            s.status.as_ref().and_then(|st| st.observed_generation) == s.metadata.generation
+        })
+        .await;
+    let expired = history(&later)
+        .iter()
+        .filter(|t| **t == EventType::SandboxExpired)
+        .count();
+    assert_eq!(expired, 1, "sandbox.expired exactly once");
+    assert_eq!(later.status.unwrap().phase, Some(SandboxPhase::Stopped));
+}
+
+#[tokio::test]
+async fn a_ttl_expires_and_extending_it_before_the_deadline_postpones_it() {
+    let f = fixture("sbx-ttl", 2).await;
+    // The shortest TTL the API allows, with policy Stop.
+    f.apply("ttl", "  ttlSeconds: 60\n  expiryPolicy: Stop\n");
+    // Another one, extended before its deadline.
+    let at = (Utc::now() + chrono::Duration::seconds(10))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    f.apply(
+        "extended",
+        &format!("  expiresAt: \"{at}\"\n  expiryPolicy: Delete\n"),
+    );
+    f.wait_phase("extended", SandboxPhase::Running).await;
+    let later = (Utc::now() + chrono::Duration::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    f.patch("extended", serde_json::json!({"expiresAt": later}))
+        .await;
+
+    let ttl = f.wait_phase("ttl", SandboxPhase::Stopped).await;
+    let status = ttl.status.clone().unwrap();
+    let created = ttl
+        .metadata
+        .creation_timestamp
+        .clone()
+        .unwrap()
+        .0
+        .as_second();
+    assert_eq!(status.expires_at.map(|t| t.timestamp()), Some(created + 60));
+    assert_eq!(condition(&ttl, "Expired").0, "True");
+    // By now the first deadline of the extended one has long passed.
+    let extended = f.sandboxes.get("extended").await.unwrap();
+    assert_eq!(
+        extended.status.as_ref().unwrap().phase,
+        Some(SandboxPhase::Running)
+    );
+    assert_eq!(condition(&extended, "Expired").0, "False");
+    assert!(!history(&extended).contains(&EventType::SandboxExpired));
+}
+
+#[tokio::test]
+async fn pinned_placement_runs_on_that_host() {
+    let f = fixture("sbx-pin", 1).await;
+    f.apply("box", "  placement:\n    host: kwok-node-1\n");
+    let running = f.wait_phase("box", SandboxPhase::Running).await;
+    assert_eq!(running.status.unwrap().host.as_deref(), Some("kwok-node-1"));
+    let pod = f.pods.get("box").await.unwrap();
+    assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("kwok-node-1"));
+}
+
+#[tokio::test]
+async fn an_oversize_request_waits_with_a_clear_condition_and_starts_once_room_frees() {
+    let f = fixture("sbx-room", 2).await;
+    let host = SmallHost::create(&f.ns.name, "4");
+    let placement = format!("  placement:\n    nodeSelector: {{pool: {}}}\n", f.ns.name);
+    let big = |name: &str| f.manifest(name, &placement).replace("cpu: 500m", "cpu: 3");
+    apply_manifest(&f.ns.name, &big("first")).expect_success("first");
+    let first = f.wait_phase("first", SandboxPhase::Running).await;
+    assert_eq!(
+        first.status.unwrap().host.as_deref(),
+        Some(host.name.as_str())
+    );
+
+    apply_manifest(&f.ns.name, &big("second")).expect_success("second");
+    let waiting = f
+        .wait_for("second", "Scheduled=False", |s| {
+            condition(s, "Scheduled").1 == "InsufficientCapacity"
+        })
+        .await;
+    let (_, _, message) = condition(&waiting, "Scheduled");
+    assert!(
+        message.contains("asked for 3 CPU") && message.contains(&format!("1 CPU ({})", host.name)),
+        "the condition says what was asked and the most free: {message}"
+    );
+    assert_eq!(
+        waiting.status.as_ref().unwrap().phase,
+        Some(SandboxPhase::Created)
+    );
+    assert!(
+        f.pods.get_opt("second").await.unwrap().is_none(),
+        "no Pending pod left behind"
+    );
+
+    f.sandboxes
+        .delete("first", &DeleteParams::default())
+        .await
+        .unwrap();
+    let second = f.wait_phase("second", SandboxPhase::Running).await;
+    assert_eq!(
+        second.status.unwrap().host.as_deref(),
+        Some(host.name.as_str())
+    );
+}
+
+#[tokio::test]
+async fn an_image_that_cannot_start_is_an_error_until_it_is_fixed() {
+    let f = fixture("sbx-error", 1).await;
+    apply_manifest(
+        &f.ns.name,
+        &f.manifest("box", "")
+            .replace("ghcr.io/acme/devbox:1", "example.test/imagepullerror:1"),
+    )
+    .expect_success("applying");
+    let failed = f.wait_phase("box", SandboxPhase::Error).await;
+    let (_, reason, message) = condition(&failed, "Ready");
+    assert_eq!(reason, "Error");
+    assert!(message.contains("ImagePullBackOff"), "{message}");
+    assert!(history(&failed).contains(&EventType::SandboxFailed));
+    f.patch("box", serde_json::json!({"image": "ghcr.io/acme/devbox:2"}))
+        .await;
+    let fixed = f.wait_phase("box", SandboxPhase::Running).await;
+    let path: Vec<String> = fixed
+        .status
+        .unwrap()
+        .history
+        .iter()
+        .filter_map(|e| e.to.clone())
+        .collect();
+    assert!(
+        path.ends_with(&["Error".into(), "Starting".into(), "Running".into()]),
+        "{path:?}"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_sandbox_removes_its_pod_claim_and_service() {
+    let f = fixture("sbx-delete", 1).await;
+    f.apply("box", "  ports:\n    - {name: http, port: 8080}\n");
+    f.wait_phase("box", SandboxPhase::Running).await;
+    f.sandboxes
+        .delete("box", &DeleteParams::default())
+        .await
+        .unwrap();
+    f.wait_gone("box").await;
+    assert!(f.pods.get_opt("box").await.unwrap().is_none());
+    assert!(f.claims.get_opt("box-data").await.unwrap().is_none());
+    assert!(f.services.get_opt("box").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_webhook_receives_the_sandbox_events() {
+    let f = fixture("sbx-webhook", 1).await;
+    let receiver = Receiver::start(&["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]).await;
+    apply_manifest(
+        &f.ns.name,
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: signing\nstringData:\n  secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n",
+    )
+    .expect_success("secret");
+    apply_manifest(
+        &f.ns.name,
+        &format!(
+            "apiVersion: ctrlplane.dev/v1alpha1\nkind: Webhook\nmetadata:\n  name: hooks\nspec:\n  url: {}\n  allowInsecureHttp: true\n  secretRef: {{name: signing}}\n  events: [\"sandbox.*\"]\n",
+            receiver.url()
+        ),
+    )
+    .expect_success("webhook");
+    // The webhook must be in the cache before the first event.
+    wait_until("the webhook to be Ready", WAIT, || async {
+        let out = kubectl([
+            "get",
+            "wh",
+            "hooks",
+            "-n",
+            &f.ns.name,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]);
+        Ok((out.stdout == "True").then_some(()))
+    })
+    .await;
+    f.apply("box", "");
+    f.wait_phase("box", SandboxPhase::Running).await;
+    f.patch("box", serde_json::json!({"state": "Stopped"}))
+        .await;
+    f.wait_phase("box", SandboxPhase::Stopped).await;
+    f.sandboxes
+        .delete("box", &DeleteParams::default())
+        .await
+        .unwrap();
+    f.wait_gone("box").await;
+    let types = wait_until("the sandbox events", WAIT, || async {
+        let types: BTreeSet<String> = receiver.accepted().into_iter().map(|r| r.type_).collect();
+        let wanted = [
+            "sandbox.created",
+            "sandbox.started",
+            "sandbox.stopped",
+            "sandbox.destroyed",
+        ];
+        if wanted.iter().all(|w| types.contains(*w)) {
+            Ok(Some(types))
+        } else {
+            Err(format!("{types:?}"))
+        }
+    })
+    .await;
+    assert!(types.iter().all(|t| t.starts_with("sandbox.")));
+    assert!(receiver.accepted().iter().all(|r| r.verified_with == [0]));
+    let sequences: Vec<i64> = receiver.accepted().iter().map(|r| r.sequence).collect();
+    let mut sorted = sequences.clone();
+    sorted.sort();
+    assert_eq!(sequences, sorted, "in sequence order");
+    let pods = f.pods.list(&ListParams::default()).await.unwrap();
+    assert!(pods.items.is_empty());
+}
