@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use clap::{Parser, Subcommand};
 use ctrlplane_operator::api;
 use ctrlplane_operator::controller::{self, ControllerConfig, Scope};
-use ctrlplane_operator::runtime::{self, Readiness, RunArgs, metrics::Metrics};
+use ctrlplane_operator::runtime::{self, Readiness, ReadyState, RunArgs, metrics::Metrics};
 use futures::FutureExt;
 
 #[derive(Parser)]
@@ -120,6 +120,54 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let shutdown = shutdown_signal().shared();
+    let identity = config.reporter_instance.clone();
+
+    // Without leader election this replica reconciles at once; with it, only
+    // while it holds the Lease.
+    let mut leadership = if args.leader_election {
+        let namespace = args
+            .leader_election_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into());
+        let duration = args.leader_election_lease_duration.max(2);
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(
+            client.clone(),
+            &args.leader_election_lease_name,
+        )
+        .with_namespace(&namespace)
+        .with_identity(&identity)
+        .with_duration(duration)
+        .with_grace((duration / 3).max(1))
+        .with_field_manager("ctrlplane-operator")
+        .build()
+        .await
+        .map_err(|e| runtime::RuntimeError::LeaderElection(e.to_string()))?;
+        let (leader, task) = manager.watch().await;
+        tracing::info!(
+            lease = args.leader_election_lease_name,
+            namespace,
+            identity,
+            "waiting for the lease"
+        );
+        readiness.set(ReadyState::Standby);
+        Some((leader, task))
+    } else {
+        None
+    };
+    if let Some((leader, _)) = leadership.as_mut() {
+        let acquired = tokio::select! {
+            _ = leader.wait_for(|is_leader| *is_leader) => true,
+            _ = shutdown.clone() => false,
+        };
+        if !acquired {
+            release(leadership).await;
+            return Ok(());
+        }
+        tracing::info!(identity, "acquired the lease; reconciling");
+    }
+    metrics.leader.set(1);
+
     let unsynced = Arc::new(AtomicUsize::new(scopes.len()));
     let controllers = scopes.into_iter().map(|scope| {
         let unsynced = unsynced.clone();
@@ -127,7 +175,7 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         let ready_gauge = metrics.ready.clone();
         let on_synced = move || {
             if unsynced.fetch_sub(1, Ordering::SeqCst) == 1 {
-                readiness.set_ready(true);
+                readiness.set(ReadyState::Ready);
                 ready_gauge.set(1);
                 tracing::info!("caches synced; reconciling");
             }
@@ -141,14 +189,46 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             shutdown.clone(),
         )
     });
+    let lost_lease = async {
+        match leadership.as_mut() {
+            Some((leader, _)) => {
+                let _ = leader.wait_for(|is_leader| !*is_leader).await;
+            }
+            None => futures::future::pending::<()>().await,
+        }
+    };
     tokio::select! {
         _ = futures::future::join_all(controllers) => {}
         served = server => {
             served??;
         }
+        _ = lost_lease => {
+            // Another replica holds the lease now. Every reconcile was just
+            // dropped where it stood, so nothing more is written; start over
+            // as a follower (Kubernetes restarts the container).
+            metrics.leader.set(0);
+            tracing::error!(identity, "lost the lease; stopping at once");
+            std::process::exit(1);
+        }
     }
+    metrics.leader.set(0);
+    release(leadership).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Hands the Lease back on a clean stop, so a follower takes over at once
+/// instead of after the lease expires.
+async fn release(
+    leadership: Option<(
+        tokio::sync::watch::Receiver<bool>,
+        tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+    )>,
+) {
+    if let Some((leader, task)) = leadership {
+        drop(leader);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

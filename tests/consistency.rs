@@ -141,3 +141,25 @@ fn readme_sandbox_table_matches_the_code() {
         "the README's Sandbox table and lifecycle::SandboxPhase disagree"
     );
 }
+
+#[test]
+fn the_helm_chart_ships_the_same_crds() {
+    let chart = repo_root().join("deploy/helm/ctrlplane-operator/crds");
+    for crd in api::crds() {
+        let file = api::crd_file_name(&crd);
+        let in_chart = std::fs::read(chart.join(&file)).unwrap_or_else(|e| {
+            panic!("the chart lacks crds/{file} ({e}); copy crds/ into the chart")
+        });
+        let checked_in = std::fs::read(repo_root().join("crds").join(&file)).unwrap();
+        assert!(
+            in_chart == checked_in,
+            "deploy/helm/ctrlplane-operator/crds/{file} differs from crds/{file}; copy crds/ into the chart"
+        );
+    }
+    let files = std::fs::read_dir(&chart).unwrap().count();
+    assert_eq!(
+        files,
+        api::crds().len(),
+        "the chart's crds/ holds extra files"
+    );
+}

@@ -16,8 +16,10 @@ use kube::{Api, ResourceExt};
 const WAIT: Duration = Duration::from_secs(90);
 
 struct Fixture {
-    ns: TestNamespace,
+    // Fields drop in this order: the operator stops before the namespace
+    // (and what is left in it) is cleaned up.
     operator: Operator,
+    ns: TestNamespace,
     instances: Api<Instance>,
     deployments: Api<Deployment>,
     services: Api<Service>,

@@ -101,9 +101,11 @@ impl Drop for SmallHost {
 }
 
 struct Fixture {
+    // Fields drop in this order: the operator stops before the namespace
+    // (and what is left in it) is cleaned up.
+    operator: Operator,
     ns: TestNamespace,
     storage: Storage,
-    operator: Operator,
     sandboxes: Api<Sandbox>,
     pods: Api<Pod>,
     claims: Api<PersistentVolumeClaim>,

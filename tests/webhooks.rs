@@ -18,8 +18,10 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const NEW_SECRET: &str = "whsec_bmV3LXNpZ25pbmcta2V5LWZvci1yb3RhdGlvbg==";
 
 struct Fixture {
-    ns: TestNamespace,
+    // Fields drop in this order: the operator stops before the namespace
+    // (and what is left in it) is cleaned up.
     operator: Operator,
+    ns: TestNamespace,
     instances: Api<Instance>,
     webhooks: Api<Webhook>,
     deliveries: Api<WebhookDelivery>,
@@ -737,15 +739,17 @@ async fn no_secret_value_appears_in_logs_events_or_status() {
             .then_some(()))
     })
     .await;
-    let webhook = f.webhooks.get("broken").await.unwrap();
-    let ready = webhook
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert_eq!(ready.reason, "SecretNotUsable");
+    let reason = wait_until("the broken webhook's Ready condition", WAIT, || async {
+        let webhook = f.webhooks.get("broken").await.map_err(|e| e.to_string())?;
+        Ok(webhook
+            .status
+            .into_iter()
+            .flat_map(|s| s.conditions)
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.reason))
+    })
+    .await;
+    assert_eq!(reason, "SecretNotUsable");
 
     let secret_values = [
         SECRET.to_string(),

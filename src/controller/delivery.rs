@@ -289,13 +289,20 @@ async fn reconcile(
     context: Arc<DeliveryContext>,
 ) -> Result<Action, DeliveryError> {
     context.base.caches_synced.clone().await;
+    let _in_flight = super::InFlight::start(&context.base.metrics, KIND);
     context
         .base
         .metrics
         .reconciles
         .get_or_create(&KindLabels { kind: KIND.into() })
         .inc();
-    let result = reconcile_inner(&delivery, &context).await;
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = KIND,
+        namespace = delivery.namespace().unwrap_or_default(),
+        object = delivery.name_any()
+    );
+    let result = tracing::Instrument::instrument(reconcile_inner(&delivery, &context), span).await;
     if result.is_ok() {
         context
             .base

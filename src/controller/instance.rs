@@ -135,11 +135,12 @@ async fn reconcile(
     context: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     context.caches_synced.clone().await;
+    let _in_flight = super::InFlight::start(&context.metrics, KIND);
     let span = tracing::info_span!(
         "reconcile",
         kind = KIND,
         namespace = instance.namespace().unwrap_or_default(),
-        name = instance.name_any()
+        object = instance.name_any()
     );
     let started = Clock::now();
     let object = ObjectRef::from_obj(instance.as_ref()).erase();
@@ -239,6 +240,13 @@ async fn reconcile_inner(
         info!("finalizer released; the Instance is gone");
         return Ok(Action::await_change());
     }
+    // One line per reconcile at debug level, inside the reconcile span, so
+    // `RUST_LOG=ctrlplane_operator=debug` shows which object did what.
+    tracing::debug!(
+        phase = ?plan.status.phase,
+        requeue_after_secs = plan.requeue_after.as_secs(),
+        "reconciled"
+    );
     Ok(Action::requeue(plan.requeue_after))
 }
 

@@ -17,6 +17,7 @@ pub mod webhook;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::channel::mpsc::UnboundedReceiver;
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
@@ -65,6 +66,26 @@ pub struct Context {
     pub backoff: ErrorBackoff,
     /// Resolves once every cache of the scope has synced.
     pub caches_synced: futures::future::Shared<BoxFuture<'static, ()>>,
+}
+
+/// Counts a reconcile as in flight for as long as it lives.
+pub struct InFlight(prometheus_client::metrics::gauge::Gauge);
+
+impl InFlight {
+    pub fn start(metrics: &Metrics, kind: &str) -> Self {
+        let gauge = metrics
+            .in_flight
+            .get_or_create(&crate::runtime::metrics::KindLabels { kind: kind.into() })
+            .clone();
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The label selector of every child the operator creates.
@@ -169,8 +190,15 @@ impl SyncTracker {
     }
 }
 
-/// A reflector whose store and events two controllers share: one watch,
+/// A reflector whose store and changes two controllers share: one watch,
 /// two subscribers. The returned future drives the watch; poll it.
+///
+/// kube's own shared reflector (`reflect_shared`) does not pass deletions on
+/// to its subscribers (kube-rs/kube#1590), so a controller waiting for a
+/// child to go (a stopped sandbox's pod, a deleted delivery) would not wake
+/// up until its next timed requeue. Here every change the watch reports,
+/// deletions included, goes to both subscribers, after the store has taken
+/// it in.
 #[allow(clippy::type_complexity)]
 fn reflect_shared2<K>(
     api: Api<K>,
@@ -179,31 +207,54 @@ fn reflect_shared2<K>(
     name: &'static str,
 ) -> (
     Store<K>,
-    reflector::ReflectHandle<K>,
-    reflector::ReflectHandle<K>,
+    UnboundedReceiver<Arc<K>>,
+    UnboundedReceiver<Arc<K>>,
     futures::future::BoxFuture<'static, ()>,
 )
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let (store, writer) = reflector::store_shared::<K>(SHARED_BUFFER);
-    let first = writer.subscribe().expect("a shared store");
-    let second = writer.subscribe().expect("a shared store");
+    let (store, writer) = reflector::store::<K>();
+    // Unbounded: the subscribers are controllers, which only turn each
+    // object into a queued reconcile, so they keep up; a bounded channel
+    // would stall the watch (and the store) behind the slower of the two.
+    let (first_sender, first) = futures::channel::mpsc::unbounded();
+    let (second_sender, second) = futures::channel::mpsc::unbounded();
     let watch = tracker
         .track(
             name,
-            watcher(api, config)
-                .default_backoff()
-                .reflect_shared(writer),
+            reflector::reflector(writer, watcher(api, config).default_backoff()),
         )
-        .for_each(|_| futures::future::ready(()))
+        .for_each(move |event| {
+            if let Err(error) = &event {
+                // The watcher retries with backoff; say why it has to.
+                tracing::warn!(watch = name, %error, "watch failed; retrying");
+            }
+            if let Some(object) = changed_object(event) {
+                let object = Arc::new(object);
+                // A closed channel means its controller has shut down.
+                let _ = first_sender.unbounded_send(object.clone());
+                let _ = second_sender.unbounded_send(object);
+            }
+            futures::future::ready(())
+        })
         .boxed();
     (store, first, second, watch)
 }
 
-/// Events a shared reflector buffers for its slowest subscriber.
-const SHARED_BUFFER: usize = 1024;
+/// The object a watch event is about, if it is a change to pass on. Objects
+/// of an initial list (or a relist after a lost watch) count too: what
+/// changed while the watch was down is only seen that way.
+fn changed_object<K>(event: Result<watcher::Event<K>, watcher::Error>) -> Option<K> {
+    match event {
+        Ok(watcher::Event::Apply(object))
+        | Ok(watcher::Event::Delete(object))
+        | Ok(watcher::Event::InitApply(object)) => Some(object),
+        Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+        Err(_) => None,
+    }
+}
 
 /// Runs every controller of one scope until `shutdown` resolves: Instances,
 /// Webhooks and WebhookDeliveries.
@@ -424,5 +475,36 @@ impl ErrorBackoff {
         if let Ok(mut failures) = self.failures.lock() {
             failures.remove(object);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    fn named(name: &str) -> ConfigMap {
+        let mut object = ConfigMap::default();
+        object.metadata.name = Some(name.into());
+        object
+    }
+
+    #[test]
+    fn deletions_reach_the_subscribers_of_a_shared_watch() {
+        let name = |event| changed_object::<ConfigMap>(event).and_then(|o| o.metadata.name);
+        assert_eq!(
+            name(Ok(watcher::Event::Delete(named("gone")))).as_deref(),
+            Some("gone")
+        );
+        assert_eq!(
+            name(Ok(watcher::Event::Apply(named("new")))).as_deref(),
+            Some("new")
+        );
+        assert_eq!(
+            name(Ok(watcher::Event::InitApply(named("listed")))).as_deref(),
+            Some("listed")
+        );
+        assert_eq!(name(Ok(watcher::Event::Init)), None);
+        assert_eq!(name(Ok(watcher::Event::InitDone)), None);
     }
 }

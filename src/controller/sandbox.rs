@@ -108,11 +108,12 @@ fn error_policy(sandbox: Arc<Sandbox>, error: &SandboxError, context: Arc<Contex
 
 async fn reconcile(sandbox: Arc<Sandbox>, context: Arc<Context>) -> Result<Action, SandboxError> {
     context.caches_synced.clone().await;
+    let _in_flight = super::InFlight::start(&context.metrics, KIND);
     let span = tracing::info_span!(
         "reconcile",
         kind = KIND,
         namespace = sandbox.namespace().unwrap_or_default(),
-        name = sandbox.name_any()
+        object = sandbox.name_any()
     );
     let started = Clock::now();
     let object = ObjectRef::from_obj(sandbox.as_ref()).erase();
@@ -222,6 +223,13 @@ async fn reconcile_inner(sandbox: Arc<Sandbox>, context: &Context) -> Result<Act
         info!("finalizer released; the Sandbox is gone");
         return Ok(Action::await_change());
     }
+    // One line per reconcile at debug level, inside the reconcile span, so
+    // `RUST_LOG=ctrlplane_operator=debug` shows which object did what.
+    tracing::debug!(
+        phase = ?plan.status.phase,
+        requeue_after_secs = plan.requeue_after.as_secs(),
+        "reconciled"
+    );
     Ok(Action::requeue(plan.requeue_after))
 }
 

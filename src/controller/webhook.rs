@@ -106,7 +106,21 @@ async fn reconcile(
     webhook: Arc<Webhook>,
     context: Arc<WebhookContext>,
 ) -> Result<Action, WebhookError> {
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = KIND,
+        namespace = webhook.namespace().unwrap_or_default(),
+        object = webhook.name_any()
+    );
+    tracing::Instrument::instrument(reconcile_inner(webhook, context), span).await
+}
+
+async fn reconcile_inner(
+    webhook: Arc<Webhook>,
+    context: Arc<WebhookContext>,
+) -> Result<Action, WebhookError> {
     context.base.caches_synced.clone().await;
+    let _in_flight = super::InFlight::start(&context.base.metrics, KIND);
     context
         .base
         .metrics

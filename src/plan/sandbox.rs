@@ -381,21 +381,18 @@ impl<'a> Planner<'a> {
             let left = (at - self.now).to_std().unwrap_or_default();
             // Look again exactly at the deadline: no polling in between.
             self.requeue_after = self.requeue_after.min(left + Duration::from_millis(50));
-            if was_expired {
-                self.set(
-                    types::EXPIRED,
-                    false,
-                    "Extended",
-                    format!("expires at {}", at.to_rfc3339()),
-                );
-            } else {
-                self.set(
-                    types::EXPIRED,
-                    false,
-                    "NotExpired",
-                    format!("expires at {}", at.to_rfc3339()),
-                );
-            }
+            // Once extended past an expiry, it stays "Extended" until the
+            // next expiry, so planning again does not flip the reason.
+            let extended = was_expired
+                || conditions::find(&self.status.conditions, types::EXPIRED)
+                    .is_some_and(|c| c.reason == "Extended");
+            let reason = if extended { "Extended" } else { "NotExpired" };
+            self.set(
+                types::EXPIRED,
+                false,
+                reason,
+                format!("expires at {}", at.to_rfc3339()),
+            );
         }
     }
 

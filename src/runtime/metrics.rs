@@ -54,6 +54,8 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     pub events_dropped: Counter,
     pub ready: Gauge,
+    pub leader: Gauge,
+    pub in_flight: Family<KindLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -117,6 +119,18 @@ impl Default for Metrics {
             "1 once every cache is synced and the controllers run",
             ready.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the lease (or runs without leader election)",
+            leader.clone(),
+        );
+        let in_flight = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "reconciles_in_flight",
+            "Reconciles running now, by kind: the part of the work queue being worked on",
+            in_flight.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -129,6 +143,8 @@ impl Default for Metrics {
             delivery_latency,
             events_dropped,
             ready,
+            leader,
+            in_flight,
         }
     }
 }

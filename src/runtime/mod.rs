@@ -6,7 +6,7 @@ pub mod metrics;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -99,6 +99,32 @@ pub struct RunArgs {
         default_value_t = 8
     )]
     pub webhook_concurrency_per_endpoint: usize,
+
+    /// Run only while holding a Lease, so several replicas can run and one
+    /// reconciles at a time.
+    #[arg(long, env = "CTRLPLANE_LEADER_ELECTION")]
+    pub leader_election: bool,
+
+    /// Namespace of the Lease. Default: $POD_NAMESPACE, else `default`.
+    #[arg(long, env = "CTRLPLANE_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "CTRLPLANE_LEADER_ELECTION_LEASE_NAME",
+        default_value = "ctrlplane-operator"
+    )]
+    pub leader_election_lease_name: String,
+
+    /// Seconds a leader holds the Lease without renewing it; a follower
+    /// takes over within about this long after the leader dies.
+    #[arg(
+        long,
+        env = "CTRLPLANE_LEADER_ELECTION_LEASE_DURATION",
+        default_value_t = 15
+    )]
+    pub leader_election_lease_duration: u64,
 }
 
 /// Errors while starting up.
@@ -122,6 +148,8 @@ pub enum RuntimeError {
     },
     #[error("invalid log level {level:?}: {message}")]
     LogLevel { level: String, message: String },
+    #[error("leader election: {0}")]
+    LeaderElection(String),
 }
 
 /// Sets up logging to stderr in the chosen format.
@@ -136,7 +164,12 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<(), RuntimeError> 
         .with_writer(std::io::stderr);
     // A second initialisation (in tests) keeps the first.
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
     Ok(())
@@ -166,19 +199,42 @@ pub async fn client(
     Ok(builder.with_layer(&CountRequestsLayer { metrics }).build())
 }
 
+/// What /readyz reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ReadyState {
+    /// Caches not synced yet: not ready.
+    Starting = 0,
+    /// A follower waiting for the lease: ready to take over, doing nothing.
+    Standby = 1,
+    /// Caches synced, controllers running.
+    Ready = 2,
+}
+
 /// Readiness, as /readyz reports it.
-#[derive(Default)]
 pub struct Readiness {
-    ready: AtomicBool,
+    state: std::sync::atomic::AtomicU8,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            state: std::sync::atomic::AtomicU8::new(ReadyState::Starting as u8),
+        }
+    }
 }
 
 impl Readiness {
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
+    pub fn set(&self, state: ReadyState) {
+        self.state.store(state as u8, Ordering::SeqCst);
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+    pub fn get(&self) -> ReadyState {
+        match self.state.load(Ordering::SeqCst) {
+            1 => ReadyState::Standby,
+            2 => ReadyState::Ready,
+            _ => ReadyState::Starting,
+        }
     }
 }
 
@@ -207,10 +263,14 @@ pub async fn serve(
             get(move || {
                 let readiness = readiness.clone();
                 async move {
-                    if readiness.is_ready() {
-                        (StatusCode::OK, "ok")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "caches are not synced yet")
+                    match readiness.get() {
+                        ReadyState::Ready => (StatusCode::OK, "ok"),
+                        ReadyState::Standby => {
+                            (StatusCode::OK, "standby: another replica holds the lease")
+                        }
+                        ReadyState::Starting => {
+                            (StatusCode::SERVICE_UNAVAILABLE, "caches are not synced yet")
+                        }
                     }
                 }
             }),

@@ -217,10 +217,65 @@ impl TestNamespace {
     }
 }
 
+impl TestNamespace {
+    /// Takes our finalizers off whatever is left in the namespace. Called
+    /// once the test's operator is gone: nothing would release them, and the
+    /// namespace would stay Terminating for ever.
+    fn release_finalizers(&self) {
+        let kubectl = |args: &[&str]| {
+            Command::new(kubectl_binary())
+                .arg("--kubeconfig")
+                .arg(kubeconfig())
+                .args(args)
+                .output()
+                .ok()
+                .filter(|out| out.status.success())
+        };
+        let Some(listed) = kubectl(&[
+            "get",
+            "instances.ctrlplane.dev,sandboxes.ctrlplane.dev,webhooks.ctrlplane.dev,webhookdeliveries.ctrlplane.dev",
+            "-n",
+            &self.name,
+            "-o",
+            "json",
+        ]) else {
+            return;
+        };
+        let Ok(list) = serde_json::from_slice::<serde_json::Value>(&listed.stdout) else {
+            return;
+        };
+        let held = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|item| {
+                item["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| !f.is_empty())
+            });
+        for item in held {
+            let resource = format!(
+                "{}.ctrlplane.dev/{}",
+                item["kind"].as_str().unwrap_or_default().to_lowercase(),
+                item["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            kubectl(&[
+                "patch",
+                &resource,
+                "-n",
+                &self.name,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ]);
+        }
+    }
+}
+
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        // Do not wait: the namespace controller finishes the job, and the next
-        // test run starts from a fresh control plane anyway.
+        self.release_finalizers();
+        // Do not wait: the namespace controller finishes the job.
         let _ = Command::new(kubectl_binary())
             .arg("--kubeconfig")
             .arg(kubeconfig())
@@ -277,6 +332,8 @@ pub fn fixture_expectations(path: &Path) -> Vec<String> {
 /// namespace, with its own metrics port and log file. Killed when dropped.
 pub struct Operator {
     child: Option<std::process::Child>,
+    /// The kubeconfig it runs with; the admin one unless given.
+    kubeconfig: PathBuf,
     pub namespace: String,
     pub metrics_address: std::net::SocketAddr,
     pub log_path: PathBuf,
@@ -290,13 +347,19 @@ impl Operator {
     }
 
     pub fn start_with(namespace: &str, extra_args: &[&str]) -> Self {
+        Self::start_as(namespace, &kubeconfig(), extra_args)
+    }
+
+    /// Starts it with another kubeconfig (another identity).
+    pub fn start_as(namespace: &str, kubeconfig: &Path, extra_args: &[&str]) -> Self {
         let log_dir = std::env::temp_dir().join("ctrlplane-operator-tests");
         std::fs::create_dir_all(&log_dir).unwrap();
         let mut operator = Self {
             child: None,
+            kubeconfig: kubeconfig.to_path_buf(),
             namespace: namespace.to_string(),
             metrics_address: free_local_address(),
-            log_path: log_dir.join(format!("{namespace}.log")),
+            log_path: log_dir.join(format!("{namespace}-{}.log", free_local_address().port())),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
         operator.spawn();
@@ -320,8 +383,12 @@ impl Operator {
             .arg("--metrics-address")
             .arg(self.metrics_address.to_string())
             .args(&self.extra_args)
-            .env("KUBECONFIG", kubeconfig())
-            .env("CTRLPLANE_LOG_LEVEL", "info,ctrlplane_operator=debug")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env(
+                "CTRLPLANE_LOG_LEVEL",
+                std::env::var("CTRLPLANE_TEST_LOG_LEVEL")
+                    .unwrap_or_else(|_| "info,ctrlplane_operator=debug".into()),
+            )
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

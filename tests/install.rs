@@ -1,0 +1,591 @@
+//! Installing and operating: the Helm chart (lint, render, server-side dry
+//! run, values schema), its RBAC proven by running the operator as the
+//! chart's ServiceAccount, leader election with two replicas, and metrics.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::receiver::Receiver;
+use common::*;
+use ctrlplane_operator::api::{DeliveryPhase, Instance, InstancePhase, WebhookDelivery};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+
+const WAIT: Duration = Duration::from_secs(120);
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn chart() -> PathBuf {
+    repo_root().join("deploy/helm/ctrlplane-operator")
+}
+
+/// helm from the control-plane cache (hack/test.sh puts it on PATH).
+fn helm<I, S>(args: I) -> KubectlOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let binary = std::env::var_os("HELM").unwrap_or_else(|| "helm".into());
+    let output = Command::new(binary)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig())
+        .output()
+        .expect("helm could not be started; it is built by hack/controlplane.sh build");
+    KubectlOutput {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Values that change everything a user would: several namespaces, three
+/// replicas, no leader election, debug text logs, private webhooks.
+const CUSTOM_VALUES: &str = "replicaCount: 3\nleaderElection:\n  enabled: false\nwatchNamespaces: [team-a, team-b]\nlogLevel: debug\nlogFormat: text\nconcurrency: 32\nwebhooks:\n  allowPrivateAddresses: true\n  deliveryTTLSeconds: 3600\n  concurrencyPerEndpoint: 4\nmetrics:\n  port: 9090\n  service: {enabled: true, type: ClusterIP}\n  serviceMonitor: {enabled: false}\nimage:\n  repository: registry.example.com/ctrlplane-operator\n  tag: v0.1.0-test\n  pullPolicy: Always\npodDisruptionBudget: {enabled: true, minAvailable: 2}\n";
+
+fn custom_values_file() -> PathBuf {
+    let path = std::env::temp_dir().join(format!("ctrlplane-values-{}.yaml", std::process::id()));
+    std::fs::write(&path, CUSTOM_VALUES).unwrap();
+    path
+}
+
+#[test]
+fn helm_lint_strict_passes_with_default_and_custom_values() {
+    let out = helm(["lint".as_ref(), "--strict".as_ref(), chart().as_os_str()]);
+    assert!(
+        out.success,
+        "helm lint --strict: {}{}",
+        out.stdout, out.stderr
+    );
+    let values = custom_values_file();
+    let out = helm([
+        "lint".as_ref(),
+        "--strict".as_ref(),
+        chart().as_os_str(),
+        "-f".as_ref(),
+        values.as_os_str(),
+    ]);
+    assert!(
+        out.success,
+        "helm lint --strict -f custom: {}{}",
+        out.stdout, out.stderr
+    );
+}
+
+#[test]
+fn the_rendered_chart_is_accepted_by_the_api_server() {
+    ensure_crds();
+    let ns = TestNamespace::create("helm-render");
+    let values = custom_values_file();
+    for extra in [None, Some(values.clone())] {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "template".into(),
+            format!("r-{}", ns.name).into(),
+            chart().into(),
+            "--namespace".into(),
+            ns.name.clone().into(),
+        ];
+        if let Some(values) = extra {
+            args.push("-f".into());
+            args.push(values.into());
+        }
+        let rendered = helm(args);
+        assert!(rendered.success, "helm template: {}", rendered.stderr);
+        // The namespaces the custom values watch exist in a real install.
+        let rendered_yaml = rendered
+            .stdout
+            .replace("namespace: team-a", &format!("namespace: {}", ns.name))
+            .replace("namespace: team-b", &format!("namespace: {}", ns.name));
+        let applied = kubectl_stdin(["apply", "--dry-run=server", "-f", "-"], &rendered_yaml);
+        assert!(
+            applied.success,
+            "server-side dry run refused the chart: {}",
+            applied.stderr
+        );
+        for kind in [
+            "deployment.apps/",
+            "serviceaccount/",
+            "clusterrole.rbac.authorization.k8s.io/",
+            "service/",
+        ] {
+            assert!(
+                applied.stdout.contains(kind),
+                "{kind} missing: {}",
+                applied.stdout
+            );
+        }
+    }
+    // What the custom values ask for is what the Deployment gets.
+    let rendered = helm([
+        "template".as_ref(),
+        "custom".as_ref(),
+        chart().as_os_str(),
+        "-f".as_ref(),
+        values.as_os_str(),
+    ]);
+    let docs: Vec<serde_json::Value> = rendered
+        .stdout
+        .split("\n---\n")
+        .filter_map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).ok())
+        .filter(|doc| doc.is_object())
+        .collect();
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    for wanted in [
+        "--namespace=team-a,team-b",
+        "--log-format=text",
+        "--allow-private-webhook-addresses",
+        "--concurrency=32",
+    ] {
+        assert!(args.contains(&wanted), "{wanted} not in {args:?}");
+    }
+    assert!(!args.contains(&"--leader-election"));
+    assert_eq!(
+        container["image"],
+        "registry.example.com/ctrlplane-operator:v0.1.0-test"
+    );
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"][0], "ALL");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    // Namespaced permissions only where asked; leases only with leader election.
+    let role_bindings: Vec<&serde_json::Value> =
+        docs.iter().filter(|d| d["kind"] == "RoleBinding").collect();
+    assert_eq!(role_bindings.len(), 2);
+    assert!(!docs.iter().any(|d| d["kind"] == "Role"));
+    assert_eq!(
+        docs.iter()
+            .find(|d| d["kind"] == "PodDisruptionBudget")
+            .unwrap()["spec"]["minAvailable"],
+        2
+    );
+}
+
+#[test]
+fn bad_values_are_refused_by_the_values_schema() {
+    for (set, field) in [
+        ("replicaCount=0", "replicaCount"),
+        ("logFormat=xml", "logFormat"),
+        ("logLevel=loud", "logLevel"),
+        ("metrics.port=80", "metrics.port"),
+        ("watchNamespaces[0]=Team_A", "watchNamespaces"),
+        (
+            "leaderElection.leaseDurationSeconds=1",
+            "leaderElection.leaseDurationSeconds",
+        ),
+        ("image.pullPolicy=Sometimes", "image.pullPolicy"),
+        ("unknownSetting=true", "unknownSetting"),
+    ] {
+        let out = helm([
+            "template".as_ref(),
+            "bad".as_ref(),
+            chart().as_os_str(),
+            "--set".as_ref(),
+            set.as_ref(),
+        ]);
+        assert!(!out.success, "--set {set} should be refused");
+        assert!(
+            out.stderr.contains(field.split('.').next_back().unwrap()),
+            "--set {set}: the error should name {field}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn the_plain_manifests_are_rendered_from_the_chart() {
+    let output = Command::new(repo_root().join("hack/render-manifests.sh"))
+        .arg("--stdout")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let fresh = String::from_utf8(output.stdout).unwrap();
+    let checked_in =
+        std::fs::read_to_string(repo_root().join("deploy/manifests/ctrlplane-operator.yaml"))
+            .unwrap();
+    assert!(
+        fresh == checked_in,
+        "deploy/manifests/ctrlplane-operator.yaml is stale; run hack/render-manifests.sh"
+    );
+}
+
+/// A kubeconfig that acts as the chart's ServiceAccount (the admin's
+/// certificate may impersonate).
+fn impersonating_kubeconfig(namespace: &str, service_account: &str) -> PathBuf {
+    let original = std::fs::read_to_string(kubeconfig()).unwrap();
+    let user = format!("system:serviceaccount:{namespace}:{service_account}");
+    let impersonating = original.replacen("  user:\n", &format!("  user:\n    as: {user}\n"), 1);
+    assert_ne!(
+        impersonating, original,
+        "the kubeconfig has a user to impersonate with"
+    );
+    let path = std::env::temp_dir().join(format!("kubeconfig-{namespace}"));
+    std::fs::write(&path, impersonating).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn the_operator_works_with_exactly_the_permissions_the_chart_grants() {
+    ensure_crds();
+    let ns = TestNamespace::create("rbac");
+    let release = format!("rbac-{}", &ns.name[5..]);
+    let rendered = helm([
+        "template",
+        &release,
+        chart().to_str().unwrap(),
+        "--namespace",
+        &ns.name,
+        "--set",
+        &format!("watchNamespaces[0]={}", ns.name),
+    ]);
+    assert!(rendered.success, "{}", rendered.stderr);
+    // Only the RBAC: the Deployment cannot run here (no image), the operator
+    // runs as a process with the ServiceAccount's identity instead.
+    let rbac: Vec<&str> = rendered
+        .stdout
+        .split("\n---\n")
+        .filter(|doc| {
+            [
+                "kind: ServiceAccount",
+                "kind: ClusterRole\n",
+                "kind: ClusterRoleBinding",
+                "kind: Role\n",
+                "kind: RoleBinding",
+            ]
+            .iter()
+            .any(|k| doc.contains(k))
+        })
+        .collect();
+    assert!(
+        rbac.len() >= 6,
+        "ServiceAccount, two ClusterRoles and their bindings, the lease Role and binding"
+    );
+    kubectl_stdin(["apply", "-f", "-"], &rbac.join("\n---\n"))
+        .expect_success("applying the chart's RBAC");
+    let cluster_scoped = format!(
+        "clusterrole/{release}-ctrlplane-operator clusterrole/{release}-ctrlplane-operator-capacity clusterrolebinding/{release}-ctrlplane-operator-capacity"
+    );
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let mut args = vec!["delete", "--ignore-not-found", "--wait=false"];
+            args.extend(self.0.split(' '));
+            let _ = kubectl(args);
+        }
+    }
+    let _cleanup = Cleanup(cluster_scoped);
+
+    let service_account = format!("{release}-ctrlplane-operator");
+    let kubeconfig = impersonating_kubeconfig(&ns.name, &service_account);
+    let operator = Operator::start_as(
+        &ns.name,
+        &kubeconfig,
+        &[
+            "--allow-private-webhook-addresses",
+            "--leader-election",
+            "--leader-election-namespace",
+            &ns.name,
+        ],
+    );
+
+    // A full Instance and Webhook lifecycle.
+    let receiver = Receiver::start(&[SECRET]).await;
+    apply_manifest(&ns.name, &format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: signing\nstringData:\n  secret: \"{SECRET}\"\n"))
+        .expect_success("secret");
+    apply_manifest(
+        &ns.name,
+        &format!("apiVersion: ctrlplane.dev/v1alpha1\nkind: Webhook\nmetadata:\n  name: hooks\nspec:\n  url: {}\n  allowInsecureHttp: true\n  secretRef: {{name: signing}}\n", receiver.url()),
+    )
+    .expect_success("webhook");
+    apply_manifest(
+        &ns.name,
+        "apiVersion: ctrlplane.dev/v1alpha1\nkind: Instance\nmetadata:\n  name: web\nspec:\n  image: nginx:1.27\n  replicas: 2\n  ports: [{name: http, port: 8080}]\n",
+    )
+    .expect_success("instance");
+    let client = client().await;
+    let instances: Api<Instance> = Api::namespaced(client.clone(), &ns.name);
+    let deliveries: Api<WebhookDelivery> = Api::namespaced(client, &ns.name);
+    wait_until("Running", WAIT, || async {
+        let i = instances.get("web").await.map_err(|e| e.to_string())?;
+        Ok((i.status.and_then(|s| s.phase) == Some(InstancePhase::Running)).then_some(()))
+    })
+    .await;
+    instances
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
+    instances
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_until("the Instance to be gone", WAIT, || async {
+        Ok(instances
+            .get_opt("web")
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none()
+            .then_some(()))
+    })
+    .await;
+    wait_until("every delivery to succeed", WAIT, || async {
+        let list = deliveries
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let done = !list.items.is_empty()
+            && list
+                .items
+                .iter()
+                .all(|d| d.status.as_ref().and_then(|s| s.phase) == Some(DeliveryPhase::Succeeded));
+        Ok(done.then_some(()))
+    })
+    .await;
+    assert!(
+        receiver
+            .accepted()
+            .iter()
+            .any(|r| r.type_ == "instance.deleted")
+    );
+    let log = operator.log();
+    assert!(
+        !log.contains("forbidden"),
+        "the operator hit a permission it lacks:\n{}",
+        log.lines()
+            .filter(|l| l.contains("forbidden"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // And nothing beyond its role.
+    let as_operator = |args: &[&str]| {
+        let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let output = Command::new(kubectl_binary()).args(&all).output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    for forbidden in [
+        vec!["get", "secrets", "--all-namespaces"],
+        vec!["get", "instances", "-n", "default"],
+        vec![
+            "create",
+            "clusterrolebinding",
+            "escalate",
+            "--clusterrole=cluster-admin",
+            "--user=nobody",
+        ],
+        vec!["delete", "nodes", "--all", "--dry-run=server"],
+        vec!["get", "leases", "-n", "kube-system"],
+    ] {
+        let (ok, stderr) = as_operator(&forbidden);
+        assert!(
+            !ok && stderr.contains("forbidden"),
+            "{forbidden:?} should be forbidden: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn leader_election_hands_over_when_the_leader_is_killed() {
+    ensure_crds();
+    let ns = TestNamespace::create("leader");
+    let args = [
+        "--leader-election",
+        "--leader-election-namespace",
+        &ns.name,
+        "--leader-election-lease-duration",
+        "6",
+    ];
+    let mut first = Operator::start_with(&ns.name, &args);
+    let mut second = Operator::start_with(&ns.name, &args);
+    let leader_of =
+        |a: &Operator, b: &Operator| (a.metric("ctrlplane_leader "), b.metric("ctrlplane_leader "));
+    wait_until("one leader", WAIT, || async {
+        let (a, b) = leader_of(&first, &second);
+        Ok((a + b == 1.0).then_some(()))
+    })
+    .await;
+    let (leader, follower) = if first.metric("ctrlplane_leader ") == 1.0 {
+        (&mut first, &mut second)
+    } else {
+        (&mut second, &mut first)
+    };
+    apply_manifest(
+        &ns.name,
+        "apiVersion: ctrlplane.dev/v1alpha1\nkind: Instance\nmetadata:\n  name: web\nspec:\n  image: nginx:1.27\n  replicas: 2\n",
+    )
+    .expect_success("instance");
+    let instances: Api<Instance> = Api::namespaced(client().await, &ns.name);
+    wait_until("Running", WAIT, || async {
+        let i = instances.get("web").await.map_err(|e| e.to_string())?;
+        Ok((i.status.and_then(|s| s.phase) == Some(InstancePhase::Running)).then_some(()))
+    })
+    .await;
+    assert!(leader.metric("ctrlplane_status_writes_total") > 0.0);
+    assert_eq!(
+        follower.metric("ctrlplane_status_writes_total"),
+        0.0,
+        "only the leader writes"
+    );
+    assert_eq!(
+        follower.metric("ctrlplane_reconciles_total"),
+        0.0,
+        "the follower does not even reconcile"
+    );
+
+    // A rollout in flight, then the leader dies.
+    instances
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({"spec": {"image": "nginx:1.28"}})),
+        )
+        .await
+        .unwrap();
+    leader.kill();
+    let killed = Instant::now();
+    wait_until("the follower to take over", WAIT, || async {
+        Ok((follower.metric("ctrlplane_leader ") == 1.0).then_some(()))
+    })
+    .await;
+    let takeover = killed.elapsed();
+    eprintln!(
+        "leader election: takeover {:.1}s after the leader was killed (lease 6s)",
+        takeover.as_secs_f64()
+    );
+    assert!(takeover < Duration::from_secs(30), "took {takeover:?}");
+    wait_until(
+        "the rollout to complete under the new leader",
+        WAIT,
+        || async {
+            let i = instances.get("web").await.map_err(|e| e.to_string())?;
+            let done = i
+                .status
+                .as_ref()
+                .and_then(|s| s.current_release.as_ref())
+                .is_some_and(|r| {
+                    r.image == "nginx:1.28"
+                        && r.outcome == ctrlplane_operator::api::ReleaseOutcome::Succeeded
+                });
+            Ok(done.then_some(()))
+        },
+    )
+    .await;
+    assert!(follower.metric("ctrlplane_status_writes_total") > 0.0);
+}
+
+#[tokio::test]
+async fn metrics_count_reconciles_transitions_and_deliveries() {
+    ensure_crds();
+    let ns = TestNamespace::create("metrics");
+    let operator = Operator::start_with(&ns.name, &["--allow-private-webhook-addresses"]);
+    let receiver = Receiver::start(&[SECRET]).await;
+    apply_manifest(&ns.name, &format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: signing\nstringData:\n  secret: \"{SECRET}\"\n"))
+        .expect_success("secret");
+    apply_manifest(
+        &ns.name,
+        &format!("apiVersion: ctrlplane.dev/v1alpha1\nkind: Webhook\nmetadata:\n  name: hooks\nspec:\n  url: {}\n  allowInsecureHttp: true\n  secretRef: {{name: signing}}\n", receiver.url()),
+    )
+    .expect_success("webhook");
+    wait_until("the webhook cached", WAIT, || async {
+        Ok((operator.metric("ctrlplane_reconciles_total{kind=\"Webhook\"}") > 0.0).then_some(()))
+    })
+    .await;
+    apply_manifest(
+        &ns.name,
+        "apiVersion: ctrlplane.dev/v1alpha1\nkind: Instance\nmetadata:\n  name: web\nspec:\n  image: nginx:1.27\n",
+    )
+    .expect_success("instance");
+    wait_until("deliveries to succeed", WAIT, || async {
+        Ok(
+            (operator.metric("ctrlplane_webhook_deliveries_total{outcome=\"succeeded\"}") >= 3.0)
+                .then_some(()),
+        )
+    })
+    .await;
+    for (metric, at_least) in [
+        ("ctrlplane_reconciles_total{kind=\"Instance\"}", 1.0),
+        (
+            "ctrlplane_reconcile_duration_seconds_count{kind=\"Instance\"}",
+            1.0,
+        ),
+        (
+            "ctrlplane_transitions_total{kind=\"Instance\",from=\"Starting\",to=\"Running\"}",
+            1.0,
+        ),
+        ("ctrlplane_status_writes_total{kind=\"Instance\"}", 1.0),
+        ("ctrlplane_webhook_delivery_latency_seconds_count", 3.0),
+        ("ctrlplane_kube_api_requests_total{verb=\"PUT\"}", 1.0),
+        ("ctrlplane_kube_api_requests_total{verb=\"GET\"}", 1.0),
+        ("ctrlplane_leader ", 1.0),
+        ("ctrlplane_ready ", 1.0),
+    ] {
+        let value = operator.metric(metric);
+        assert!(
+            value >= at_least,
+            "{metric} = {value}, expected at least {at_least}"
+        );
+    }
+    let text = operator.metrics();
+    for name in [
+        "ctrlplane_reconciles_in_flight",
+        "ctrlplane_webhook_events_dropped",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name}")),
+            "{name} is exported"
+        );
+    }
+    // Health endpoints.
+    assert_eq!(
+        http_get(operator.metrics_address, "/healthz").map(|r| r.0),
+        Some(200)
+    );
+    assert_eq!(
+        http_get(operator.metrics_address, "/readyz").map(|r| r.0),
+        Some(200)
+    );
+    // Every reconcile log line carries the object's namespace and name.
+    let log = operator.log();
+    let reconcile_lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["span"]["name"] == "reconcile")
+        .collect();
+    assert!(
+        reconcile_lines.iter().any(|l| l["message"] == "reconciled"
+            && l["span"]["kind"] == "Instance"
+            && l["span"]["namespace"] == ns.name.as_str()
+            && l["span"]["object"] == "web"),
+        "a reconcile of Instance {}/web is logged with its kind, namespace and name",
+        ns.name
+    );
+    for line in reconcile_lines {
+        assert!(
+            line["span"]["namespace"].is_string() && line["span"]["object"].is_string(),
+            "{line}"
+        );
+    }
+}
