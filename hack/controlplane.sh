@@ -12,8 +12,9 @@
 # generated per state directory; the API server runs with RBAC authorization.
 #
 # Binaries are built from the Go module proxy (wrapper modules in hack/controlplane/*)
-# into ${XDG_CACHE_HOME:-~/.cache}/ctrlplane-operator/controlplane/<version>-<hash>/bin,
-# so every clone and every CI run on a machine shares one build.
+# into ${XDG_CACHE_HOME:-~/.cache}/ctrlplane-operator/controlplane/<component>-<version>-<hash>/,
+# linked from .../controlplane/bin, so every clone and every CI run on a machine
+# shares one build. helm is built the same way, for the chart's tests.
 #
 # Settings (environment):
 #   CTRLPLANE_STATE_DIR   certificates, kubeconfig, data and logs (default: <repo>/.controlplane)
@@ -41,58 +42,104 @@ scheduler_port=$((port_base + 9))
 log() { printf '[controlplane] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# The cache key covers the pinned versions, the wrapper modules' go.sum and the
-# Go toolchain, so a change to any of them builds afresh into a new folder.
-cache_key() {
-  {
-    echo "$KUBERNETES_VERSION $ETCD_VERSION $KWOK_VERSION"
-    go env GOVERSION
-    cat "$modules_dir"/*/go.mod "$modules_dir"/*/go.sum
-  } | sha256sum | cut -c1-12
+readonly HELM_VERSION=v3.22.0
+
+cache_root() {
+  echo "${CTRLPLANE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ctrlplane-operator/controlplane}"
 }
 
+# Each component (k8s, etcd, kwok, helm) is built into a folder of its own,
+# keyed by its pinned version, its wrapper module's go.mod and go.sum, and the
+# Go toolchain, so a change to one rebuilds only that one.
+component_dir() {
+  local component=$1 version
+  case $component in
+    k8s) version=$KUBERNETES_VERSION ;;
+    etcd) version=$ETCD_VERSION ;;
+    kwok) version=$KWOK_VERSION ;;
+    helm) version=$HELM_VERSION ;;
+  esac
+  local key
+  key=$({ echo "$version"; go env GOVERSION; cat "$modules_dir/$component/go.mod" "$modules_dir/$component/go.sum"; } \
+    | sha256sum | cut -c1-12)
+  echo "$(cache_root)/$component-$version-$key"
+}
+
+component_binaries() {
+  case $1 in
+    k8s) echo kube-apiserver kube-controller-manager kube-scheduler kubectl ;;
+    etcd) echo etcd ;;
+    kwok) echo kwok ;;
+    helm) echo helm ;;
+  esac
+}
+
+readonly COMPONENTS=(k8s etcd kwok helm)
+
+# One folder with every binary (symbolic links into the component folders),
+# for PATH.
 bin_dir() {
-  local cache_root=${CTRLPLANE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ctrlplane-operator/controlplane}
-  echo "$cache_root/$KUBERNETES_VERSION-$(cache_key)/bin"
+  echo "$(cache_root)/bin"
 }
 
-readonly BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok)
-
-have_all_binaries() {
-  local dir=$1 b
-  for b in "${BINARIES[@]}"; do [[ -x "$dir/$b" ]] || return 1; done
+build_component() {
+  local component=$1 dir tmp started=$SECONDS
+  dir=$(component_dir "$component")
+  local missing=0 b
+  for b in $(component_binaries "$component"); do [[ -x "$dir/$b" ]] || missing=1; done
+  if (( missing == 0 )); then
+    return
+  fi
+  tmp="$dir.partial"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  case $component in
+    k8s)
+      local minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
+      local build_date; build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+      # The same variables that Kubernetes' own build sets (hack/lib/version.sh),
+      # so that `--version` and the /version endpoint report the pinned release.
+      local ldflags="-s -w" pkg
+      for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+        ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
+      done
+      log "building Kubernetes $KUBERNETES_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl)"
+      (cd "$modules_dir/k8s" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
+        k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+        k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+      ;;
+    etcd)
+      log "building etcd $ETCD_VERSION"
+      (cd "$modules_dir/etcd" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
+      ;;
+    kwok)
+      log "building kwok $KWOK_VERSION"
+      (cd "$modules_dir/kwok" && CGO_ENABLED=0 go build -trimpath \
+        -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" -o "$tmp/kwok" sigs.k8s.io/kwok/cmd/kwok)
+      ;;
+    helm)
+      log "building helm $HELM_VERSION"
+      (cd "$modules_dir/helm" && CGO_ENABLED=0 go build -trimpath \
+        -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" -o "$tmp/helm" helm.sh/helm/v3/cmd/helm)
+      ;;
+  esac
+  rm -rf "$dir"; mv "$tmp" "$dir"
+  log "built $component in $((SECONDS - started))s into $dir"
 }
 
 cmd_build() {
   command -v go >/dev/null || die "go is not installed"
-  local dir; dir=$(bin_dir)
-  if have_all_binaries "$dir"; then
-    log "binaries are cached in $dir"
-    return
-  fi
-  local started=$SECONDS tmp="$dir.partial"
-  rm -rf "$tmp"; mkdir -p "$tmp"
-  local minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
-  local build_date; build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-  # The same variables that Kubernetes' own build sets (hack/lib/version.sh), so
-  # that `--version` and the /version endpoint report the pinned release.
-  local ldflags="-s -w"
-  local pkg
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
+  local component b
+  for component in "${COMPONENTS[@]}"; do
+    build_component "$component"
   done
-  log "building Kubernetes $KUBERNETES_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl)"
-  (cd "$modules_dir/k8s" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
-  log "building etcd $ETCD_VERSION"
-  (cd "$modules_dir/etcd" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
-  log "building kwok $KWOK_VERSION"
-  (cd "$modules_dir/kwok" && CGO_ENABLED=0 go build -trimpath \
-    -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" -o "$tmp/kwok" sigs.k8s.io/kwok/cmd/kwok)
-  rm -rf "$dir"; mv "$tmp" "$dir"
-  log "built in $((SECONDS - started))s into $dir"
+  mkdir -p "$(bin_dir)"
+  for component in "${COMPONENTS[@]}"; do
+    for b in $(component_binaries "$component"); do
+      ln -sfn "$(component_dir "$component")/$b" "$(bin_dir)/$b"
+    done
+  done
+  log "binaries are ready in $(bin_dir)"
 }
 
 # ---------------------------------------------------------------- certificates

@@ -35,6 +35,7 @@ cleanup() {
     wait "$operator_pid" 2>/dev/null || true
   fi
   kubectl delete namespace "$namespace" --wait=false --ignore-not-found >/dev/null 2>&1 || true
+  kubectl delete persistentvolume -l ctrlplane.dev/sample=true --wait=false >/dev/null 2>&1 || true
   hack/controlplane.sh down
 }
 trap cleanup EXIT INT TERM
@@ -57,12 +58,29 @@ until curl -fs "http://$metrics_address/readyz" >/dev/null 2>&1; do
   sleep 0.2
 done
 
+say "creating static volumes for the sample Sandbox's claim (nothing provisions them here)"
+for i in 0 1 2; do
+  cat <<PV | kubectl apply --server-side -f - >/dev/null
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: ctrlplane-sample-pv-$i
+  labels: {ctrlplane.dev/sample: "true"}
+spec:
+  capacity: {storage: 20Gi}
+  accessModes: [ReadWriteOnce]
+  storageClassName: standard
+  hostPath: {path: /tmp/ctrlplane-sample-pv-$i}
+PV
+done
+
 say "applying the samples into namespace $namespace"
 kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
 kubectl apply --server-side -n "$namespace" -f samples/
 
-say "waiting for the Instances to be Ready"
+say "waiting for the Instances and the Sandbox to be Ready"
 kubectl wait --for=condition=Ready --timeout=120s -n "$namespace" instance --all
+kubectl wait --for=condition=Ready --timeout=120s -n "$namespace" sandbox --all
 kubectl get instances -n "$namespace"
 echo
 kubectl get ctrlplane -n "$namespace"
@@ -70,5 +88,5 @@ kubectl get ctrlplane -n "$namespace"
 if $once; then
   exit 0
 fi
-say "running; watching the Instances (Ctrl-C stops the operator and the control plane)"
-kubectl get instances -n "$namespace" --watch
+say "running; watching the Instances and Sandboxes (Ctrl-C stops the operator and the control plane)"
+kubectl get instances,sandboxes -n "$namespace" --watch
