@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::receiver::Receiver;
 use common::*;
 use ctrlplane_operator::api::{DeliveryPhase, Instance, InstancePhase, WebhookDelivery};
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 
@@ -494,6 +495,63 @@ async fn leader_election_hands_over_when_the_leader_is_killed() {
     )
     .await;
     assert!(follower.metric("ctrlplane_status_writes_total") > 0.0);
+}
+
+#[tokio::test]
+async fn a_leader_that_loses_its_lease_stops_at_once() {
+    ensure_crds();
+    let ns = TestNamespace::create("lease-lost");
+    let mut operator = Operator::start_with(
+        &ns.name,
+        &[
+            "--leader-election",
+            "--leader-election-namespace",
+            &ns.name,
+            "--leader-election-lease-duration",
+            "6",
+        ],
+    );
+    wait_until("it to lead", WAIT, || async {
+        Ok((operator.metric("ctrlplane_leader ") == 1.0).then_some(()))
+    })
+    .await;
+    // Another replica holds the lease now, as after a partition in which
+    // this one could not renew in time.
+    let leases: Api<Lease> = Api::namespaced(client().await, &ns.name);
+    let now = chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    leases
+        .patch(
+            "ctrlplane-operator",
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({
+                "spec": {"holderIdentity": "another-replica", "acquireTime": now, "renewTime": now}
+            })),
+        )
+        .await
+        .unwrap();
+    let taken = Instant::now();
+    let status = wait_until("the operator to stop", WAIT, || {
+        let status = operator.exit_status();
+        async move { Ok(status) }
+    })
+    .await;
+    eprintln!(
+        "leader election: stopped {:.1}s after the lease was taken (lease 6s)",
+        taken.elapsed().as_secs_f64()
+    );
+    assert!(!status.success(), "it exits with an error: {status}");
+    assert!(
+        operator.log().contains("lost the lease; stopping at once"),
+        "it says why"
+    );
+    let lease = leases.get("ctrlplane-operator").await.unwrap();
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("another-replica"),
+        "it did not take the lease back"
+    );
 }
 
 #[tokio::test]

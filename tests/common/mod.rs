@@ -431,6 +431,11 @@ impl Operator {
         }
     }
 
+    /// How the process ended, if it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     /// Starts it again after [`Operator::kill`].
     pub fn restart(&mut self) {
         self.kill();
