@@ -112,6 +112,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// A latency for the table; "-" where there is none (bare creates).
+fn milliseconds(value: f64) -> String {
+    if value.is_nan() {
+        "-".into()
+    } else {
+        format!("{value:.1} ms")
+    }
+}
+
 struct Figures {
     label: String,
     count: usize,
@@ -288,6 +297,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let rss = peak_rss_mib(operator.id());
+    let cpu = cpu_seconds(operator.id());
+    let requests = scrape_metric(metrics_port, "ctrlplane_kube_api_requests_total").await?;
     let _ = operator.kill();
     let _ = operator.wait();
 
@@ -296,17 +307,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("|---|---|---|---|---|---|");
     for f in figures.iter().chain(std::iter::once(&storage)) {
         println!(
-            "| {} | {} | {:.1}s | {:.0} | {:.1} ms | {:.1} ms |",
+            "| {} | {} | {:.1}s | {:.0} | {} | {} |",
             f.label,
             f.count,
             f.wall.as_secs_f64(),
             f.rate(),
-            f.p50_ms,
-            f.p99_ms
+            milliseconds(f.p50_ms),
+            milliseconds(f.p99_ms)
         );
     }
     println!();
-    println!("operator peak RSS: {rss:.1} MiB");
+    println!(
+        "operator peak RSS: {rss:.1} MiB, CPU {cpu:.1}s, API requests {requests:.0} (both runs)"
+    );
     let by = |label: &str| figures.iter().find(|f| f.label == label).unwrap();
     for receivers_count in [1, 10] {
         let operator = by(&format!("operator: {receivers_count} receiver(s)"));
