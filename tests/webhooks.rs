@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::receiver::{Mode, Receiver};
+use common::tls::PrivateCa;
 use common::*;
 use ctrlplane_operator::api::{DeliveryPhase, Instance, InstancePhase, Webhook, WebhookDelivery};
 use kube::api::{ListParams, Patch, PatchParams};
@@ -442,6 +443,95 @@ async fn a_webhook_never_receives_events_from_another_namespace() {
             .iter()
             .all(|r| Some(&r.uid) != stranger.uid().as_ref() && r.namespace == mine.name),
         "events of another namespace arrived"
+    );
+}
+
+/// An https Webhook for `url`, trusting the PEM `ca_bundle` when given.
+fn https_webhook_manifest(name: &str, url: &str, ca_bundle: Option<&str>) -> String {
+    let ca_bundle = ca_bundle
+        .map(|pem| {
+            let indented: String = pem.lines().map(|l| format!("    {l}\n")).collect();
+            format!("  caBundle: |\n{indented}")
+        })
+        .unwrap_or_default();
+    format!(
+        "apiVersion: ctrlplane.dev/v1alpha1\nkind: Webhook\nmetadata:\n  name: {name}\nspec:\n  url: {url}\n  secretRef:\n    name: signing\n{ca_bundle}"
+    )
+}
+
+#[tokio::test]
+async fn a_private_ca_in_ca_bundle_is_trusted_and_without_it_the_endpoint_is_not() {
+    let f = fixture("wh-ca").await;
+    let ca = PrivateCa::generate();
+    let receiver = Receiver::start_https(&[SECRET], ca.server.clone()).await;
+    assert!(receiver.url().starts_with("https://"));
+    f.apply(&secret_manifest("signing", SECRET, None));
+    f.apply(&https_webhook_manifest(
+        "trusting",
+        &receiver.url(),
+        Some(&ca.ca_pem),
+    ));
+    f.apply(&https_webhook_manifest("untrusting", &receiver.url(), None));
+    // Passes the schema (it looks like PEM) but holds no certificate.
+    f.apply(&https_webhook_manifest(
+        "broken",
+        &receiver.url(),
+        Some("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----"),
+    ));
+    f.wait_webhook_ready("trusting").await;
+    f.wait_webhook_ready("untrusting").await;
+    let broken = wait_until("Webhook broken Ready=False", WAIT, || async {
+        let w = f.webhooks.get("broken").await.map_err(|e| e.to_string())?;
+        let ready = w
+            .status
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"));
+        Ok(ready.filter(|c| c.reason == "CaBundleNotUsable"))
+    })
+    .await;
+    assert!(
+        broken.message.contains("spec.caBundle"),
+        "the condition names the field: {}",
+        broken.message
+    );
+
+    f.apply(&instance_manifest("web"));
+    f.running("web").await;
+    let expected = wait_all_delivered(&f, &receiver).await;
+    assert!(
+        receiver.accepted().iter().all(|r| r.verified_with == [0]),
+        "every request over TLS is signed"
+    );
+
+    // Without the bundle the operator refuses the certificate: the attempt
+    // records why, and the request never reaches the receiver.
+    let refused = wait_until(
+        "an untrusting delivery to record its TLS error",
+        WAIT,
+        || async {
+            let list = f
+                .deliveries
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(list
+                .items
+                .into_iter()
+                .filter(|d| d.spec.webhook_name == "untrusting")
+                .find_map(|d| d.status.and_then(|s| s.last_error)))
+        },
+    )
+    .await;
+    eprintln!("the untrusting Webhook's delivery error: {refused}");
+    assert!(
+        refused.to_lowercase().contains("certificate"),
+        "the error says it is the certificate: {refused}"
+    );
+    assert!(!receiver.failed_handshakes().is_empty());
+    let from_trusting_only = receiver.received().len();
+    assert_eq!(
+        from_trusting_only,
+        expected.len(),
+        "only the trusting Webhook's requests got through"
     );
 }
 

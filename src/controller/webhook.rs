@@ -18,6 +18,7 @@ use tracing::warn;
 use super::Context;
 use super::delivery::{SecretCache, signing_keys};
 use crate::api::{Webhook, WebhookDelivery, WebhookStatus};
+use crate::delivery::client::private_ca_roots;
 use crate::delivery::guard::forbidden_reason;
 use crate::plan::webhook::{WebhookObservation, plan};
 use crate::runtime::metrics::{ErrorLabels, KindLabels};
@@ -143,6 +144,12 @@ async fn reconcile_inner(
         })
         .and_then(|s| signing_keys(&webhook, s.as_deref()).map(|_| ()));
     let address = check_address(&webhook.spec.url, context.allow_private_addresses).await;
+    let ca_bundle = match &webhook.spec.ca_bundle {
+        Some(bundle) => private_ca_roots(bundle)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        None => Ok(()),
+    };
     let all = context.deliveries.state();
     let mine: Vec<&WebhookDelivery> = all
         .iter()
@@ -156,7 +163,11 @@ async fn reconcile_inner(
     let status = plan(
         &webhook,
         &mine,
-        &WebhookObservation { secret, address },
+        &WebhookObservation {
+            secret,
+            address,
+            ca_bundle,
+        },
         Utc::now(),
     );
 

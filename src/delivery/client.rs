@@ -195,6 +195,22 @@ impl Resolve for GuardedResolver {
     }
 }
 
+/// The trust anchors in a Webhook's `spec.caBundle`. The Webhook's Ready
+/// condition calls this too, so a bundle that cannot work is reported when
+/// the Webhook is applied rather than at its first delivery.
+pub fn private_ca_roots(bundle: &str) -> Result<rustls::RootCertStore, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(bundle.as_bytes()).flatten() {
+        // One bad certificate among good ones should not hide the good ones;
+        // only a bundle with nothing usable at all is an error.
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        return Err(ClientError::CaBundle);
+    }
+    Ok(roots)
+}
+
 fn build_client(
     ca_bundle: Option<&str>,
     timeout: Duration,
@@ -205,15 +221,7 @@ fn build_client(
         let _ = roots.add(cert);
     }
     if let Some(bundle) = ca_bundle {
-        let mut added = 0;
-        for cert in CertificateDer::pem_slice_iter(bundle.as_bytes()).flatten() {
-            if roots.add(cert).is_ok() {
-                added += 1;
-            }
-        }
-        if added == 0 {
-            return Err(ClientError::CaBundle);
-        }
+        roots.extend(private_ca_roots(bundle)?.roots);
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -236,4 +244,43 @@ fn build_client(
     builder
         .build()
         .map_err(|e| ClientError::Build(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_pem() -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn a_bundle_yields_each_certificate_it_holds() {
+        let bundle = format!("{}\n{}", ca_pem(), ca_pem());
+        assert_eq!(private_ca_roots(&bundle).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn unusable_entries_are_skipped_when_a_good_one_remains() {
+        let bundle = format!(
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n{}",
+            ca_pem()
+        );
+        assert_eq!(private_ca_roots(&bundle).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_bundle_with_no_usable_certificate_is_refused() {
+        for bundle in [
+            "",
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+            "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+        ] {
+            let error = private_ca_roots(bundle).unwrap_err();
+            assert!(error.to_string().contains("spec.caBundle"), "{error}");
+        }
+    }
 }

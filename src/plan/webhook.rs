@@ -14,6 +14,8 @@ pub struct WebhookObservation {
     pub secret: Result<(), String>,
     /// Whether its URL's host resolves to an allowed address, or why not.
     pub address: Result<(), String>,
+    /// Whether `spec.caBundle` (when set) holds a certificate TLS can use, or why not.
+    pub ca_bundle: Result<(), String>,
 }
 
 /// The Webhook's new status.
@@ -52,6 +54,8 @@ pub fn plan(
         DesiredCondition::new(types::READY, false, "SecretNotUsable", why.clone())
     } else if let Err(why) = &observed.address {
         DesiredCondition::new(types::READY, false, "AddressNotAllowed", why.clone())
+    } else if let Err(why) = &observed.ca_bundle {
+        DesiredCondition::new(types::READY, false, "CaBundleNotUsable", why.clone())
     } else {
         DesiredCondition::new(
             types::READY,
@@ -183,6 +187,7 @@ mod tests {
         WebhookObservation {
             secret: Ok(()),
             address: Ok(()),
+            ca_bundle: Ok(()),
         }
     }
 
@@ -217,12 +222,27 @@ mod tests {
         let missing = WebhookObservation {
             secret: Err("Secret signing does not exist".into()),
             address: Ok(()),
+            ca_bundle: Ok(()),
         };
         let status = plan(&hook, &[], &missing, at(0));
         let ready = conditions::find(&status.conditions, types::READY).unwrap();
         assert_eq!(
             (ready.reason.as_str(), ready.message.as_str()),
             ("SecretNotUsable", "Secret signing does not exist")
+        );
+
+        let bad_bundle = WebhookObservation {
+            ca_bundle: Err("spec.caBundle holds no usable PEM certificate".into()),
+            ..ok()
+        };
+        let status = plan(&hook, &[], &bad_bundle, at(0));
+        let ready = conditions::find(&status.conditions, types::READY).unwrap();
+        assert_eq!(
+            (ready.reason.as_str(), ready.message.as_str()),
+            (
+                "CaBundleNotUsable",
+                "spec.caBundle holds no usable PEM certificate"
+            )
         );
 
         let mut inactive = hook.clone();

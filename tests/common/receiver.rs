@@ -48,11 +48,13 @@ struct Shared {
     max_in_flight: usize,
     secrets: Vec<String>,
     received: Vec<Received>,
+    failed_handshakes: Vec<String>,
 }
 
-/// A receiver listening on 127.0.0.1.
+/// A receiver listening on 127.0.0.1, over plain HTTP or HTTPS.
 pub struct Receiver {
     pub address: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Mutex<Shared>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -61,14 +63,25 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver that accepts events signed with any of `secrets`.
     pub async fn start(secrets: &[&str]) -> Self {
+        Self::start_with_tls(secrets, None).await
+    }
+
+    /// Like [`Receiver::start`], serving HTTPS with this server identity.
+    pub async fn start_https(secrets: &[&str], tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::start_with_tls(secrets, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with_tls(secrets: &[&str], tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let mut receiver = Self {
             address: "127.0.0.1:0".parse().unwrap(),
+            tls,
             shared: Arc::new(Mutex::new(Shared {
                 mode: Mode::Accept,
                 in_flight: 0,
                 max_in_flight: 0,
                 secrets: secrets.iter().map(|s| s.to_string()).collect(),
                 received: Vec::new(),
+                failed_handshakes: Vec::new(),
             })),
             stop: None,
             task: None,
@@ -85,18 +98,40 @@ impl Receiver {
             .with_state(self.shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         self.stop = Some(stop);
-        self.task = Some(tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        self.task = Some(match self.tls.clone() {
+            None => tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await;
+            }),
+            Some(acceptor) => {
+                let listener = TlsListener {
+                    tcp: listener,
+                    acceptor,
+                    shared: self.shared.clone(),
+                };
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped)
+                        .await;
                 })
-                .await;
-        }));
+            }
+        });
     }
 
     /// The URL a Webhook points at.
     pub fn url(&self) -> String {
-        format!("http://{}/hook", self.address)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/hook", self.address)
+    }
+
+    /// TLS handshakes that failed, with the reason (a client that does not
+    /// trust the certificate ends here, before any request).
+    pub fn failed_handshakes(&self) -> Vec<String> {
+        self.shared.lock().unwrap().failed_handshakes.clone()
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -142,6 +177,50 @@ impl Drop for Receiver {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+/// Accepts TCP connections and completes the TLS handshake before handing
+/// them to axum; a failed handshake is recorded and the next one awaited.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, peer)) = self.tcp.accept().await else {
+                continue;
+            };
+            // A client that connects and never says hello must not stall
+            // every later connection.
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(5), self.acceptor.accept(tcp));
+            match handshake.await {
+                Ok(Ok(tls)) => return (tls, peer),
+                Ok(Err(e)) => self
+                    .shared
+                    .lock()
+                    .unwrap()
+                    .failed_handshakes
+                    .push(e.to_string()),
+                Err(_) => self
+                    .shared
+                    .lock()
+                    .unwrap()
+                    .failed_handshakes
+                    .push("handshake timed out".into()),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
     }
 }
 
