@@ -954,3 +954,36 @@ proptest! {
         }
     }
 }
+
+/// The planner only proposes moves the table allows (the property tests hold
+/// it to that), so a refusal is a guard against a planner bug. This drives
+/// the guard directly: a skipped step is not made, and says so.
+#[test]
+fn a_refused_transition_is_not_made_and_shows_as_a_condition_and_a_warning() {
+    let mut stopped = instance(spec("nginx:1.27"));
+    stopped.status = Some(InstanceStatus {
+        phase: Some(InstancePhase::Stopped),
+        ..InstanceStatus::default()
+    });
+    let observation = observed(None);
+    let mut planner = Planner::new(&stopped, &observation, t0());
+    assert!(!planner.transition(InstancePhase::Running, "Test", "skips Starting".into()));
+    planner.update_conditions(None);
+
+    assert_eq!(planner.status.phase, Some(InstancePhase::Stopped));
+    assert!(planner.status.history.is_empty(), "nothing was recorded");
+    let synced = conditions::find(&planner.status.conditions, types::SYNCED).unwrap();
+    assert_eq!(synced.reason, "TransitionRefused");
+    assert!(
+        synced.message.contains("Stopped") && synced.message.contains("Running"),
+        "names both states: {}",
+        synced.message
+    );
+    let warning = planner
+        .events
+        .iter()
+        .find(|e| e.reason == "TransitionRefused")
+        .expect("a TransitionRefused Event");
+    assert!(warning.warning);
+    assert_eq!(warning.message, synced.message);
+}

@@ -519,3 +519,33 @@ proptest! {
         prop_assert_eq!(status.phase, Some(expected), "{:?}", status.history.iter().map(|e| (e.to.clone(), e.reason.clone())).collect::<Vec<_>>());
     }
 }
+
+/// As for Instances: the guard behind the table, driven directly.
+#[test]
+fn a_refused_transition_is_not_made_and_shows_as_a_condition_and_a_warning() {
+    let mut stopped = sandbox(spec());
+    stopped.status = Some(SandboxStatus {
+        phase: Some(SandboxPhase::Stopped),
+        ..SandboxStatus::default()
+    });
+    let observed = observation(SandboxObserved::default());
+    let mut planner = Planner::new(&stopped, &observed, t0());
+    assert!(!planner.transition(SandboxPhase::Running, "Test", "skips Starting".into()));
+    planner.update_status("pod", None);
+
+    assert_eq!(planner.status.phase, Some(SandboxPhase::Stopped));
+    assert!(planner.status.history.is_empty(), "nothing was recorded");
+    let synced = conditions::find(&planner.status.conditions, types::SYNCED).unwrap();
+    assert_eq!(synced.reason, "TransitionRefused");
+    assert!(
+        synced.message.contains("Stopped") && synced.message.contains("Running"),
+        "names both states: {}",
+        synced.message
+    );
+    assert!(
+        planner
+            .events
+            .iter()
+            .any(|e| e.warning && e.reason == "TransitionRefused" && e.message == synced.message)
+    );
+}
