@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar as KubeEnvVar, EnvVarSource, Node,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
-    PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile,
+    PodSecurityContext, PodSpec, PodStatus, ResourceRequirements, SeccompProfile,
     SecretKeySelector as KubeSecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
     Toleration, Volume, VolumeMount, VolumeResourceRequirements,
 };
@@ -295,6 +295,44 @@ fn pod_requests(pod: &Pod) -> (i64, i64) {
         }
     }
     (cpu, memory)
+}
+
+/// Shrinks a Pod of the cluster-wide capacity cache to what [`hosts_from`]
+/// reads: its name, the host annotation, the node it is bound to, what its
+/// containers request, and its phase. That cache holds every Pod in the
+/// cluster for as long as the operator runs, most of them not ours.
+pub fn keep_what_capacity_needs(pod: &mut Pod) {
+    let metadata = &mut pod.metadata;
+    metadata.managed_fields = None;
+    metadata.labels = None;
+    metadata.owner_references = None;
+    if let Some(annotations) = &mut metadata.annotations {
+        annotations.retain(|key, _| key == HOST_ANNOTATION);
+    }
+    if let Some(spec) = pod.spec.take() {
+        pod.spec = Some(PodSpec {
+            node_name: spec.node_name,
+            containers: spec
+                .containers
+                .into_iter()
+                .map(|container| Container {
+                    name: container.name,
+                    resources: container.resources.map(|r| ResourceRequirements {
+                        requests: r.requests,
+                        ..ResourceRequirements::default()
+                    }),
+                    ..Container::default()
+                })
+                .collect(),
+            ..PodSpec::default()
+        });
+    }
+    if let Some(status) = pod.status.take() {
+        pod.status = Some(PodStatus {
+            phase: status.phase,
+            ..PodStatus::default()
+        });
+    }
 }
 
 /// The hosts, with what every Pod bound or headed to them asks for. Pure.

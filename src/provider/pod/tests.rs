@@ -227,3 +227,47 @@ fn hosts_count_bound_pods_pods_on_their_way_and_reservations() {
     assert_eq!(b.blocking_taints, vec![SANDBOX_HOST_TAINT.to_string()]);
     assert!(a.schedulable && b.schedulable);
 }
+
+#[test]
+fn the_capacity_cache_keeps_what_counting_needs_and_drops_the_rest() {
+    let nodes = [
+        node("node-a", "4", "8Gi", None),
+        node("node-b", "2", "4Gi", None),
+    ];
+    let mut bound = pod_for(&workload(), "node-a", "node-a");
+    bound.spec.as_mut().unwrap().node_name = Some("node-a".into());
+    bound.metadata.managed_fields = Some(vec![Default::default()]);
+    bound.status = Some(PodStatus {
+        phase: Some("Running".into()),
+        conditions: Some(vec![PodCondition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            ..PodCondition::default()
+        }]),
+        ..PodStatus::default()
+    });
+    let on_its_way = pod_for(&workload(), "node-b", "node-b");
+    let pods = [Arc::new(bound), Arc::new(on_its_way)];
+    let trimmed: Vec<Arc<Pod>> = pods
+        .iter()
+        .map(|p| {
+            let mut p = Pod::clone(p);
+            keep_what_capacity_needs(&mut p);
+            Arc::new(p)
+        })
+        .collect();
+
+    assert_eq!(
+        hosts_from(&nodes, &trimmed, &[]),
+        hosts_from(&nodes, &pods, &[])
+    );
+    let kept = &trimmed[0];
+    assert!(kept.metadata.managed_fields.is_none() && kept.metadata.labels.is_none());
+    assert!(kept.spec.as_ref().unwrap().volumes.is_none());
+    assert!(kept.status.as_ref().unwrap().conditions.is_none());
+    assert!(
+        serde_json::to_vec(kept.as_ref()).unwrap().len() * 2
+            < serde_json::to_vec(pods[0].as_ref()).unwrap().len(),
+        "less than half the size"
+    );
+}
