@@ -254,9 +254,9 @@ where
 }
 
 /// Drops `metadata.managedFields` from a cached object. Nothing here reads
-/// them, and they are often the larger part of a Deployment or Pod: at 5000
-/// Instances they were most of the operator's memory. A write of a cached
-/// copy is unaffected: an update without managedFields keeps the server's.
+/// them, and they are often the larger part of a Deployment's or Pod's
+/// metadata. A write of a cached copy is unaffected: an update without
+/// managedFields keeps the server's.
 pub fn forget_managed_fields<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
