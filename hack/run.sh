@@ -30,11 +30,14 @@ operator_pid=
 cleanup() {
   trap - EXIT INT TERM
   say "cleaning up"
+  # The samples go while the operator still runs: their finalizers are its
+  # to release. A namespace left terminating would be kept in the control
+  # plane's state and refuse the samples on the next run.
   if [[ -n $operator_pid ]] && kill -0 "$operator_pid" 2>/dev/null; then
+    kubectl delete namespace "$namespace" --ignore-not-found --timeout=120s >/dev/null 2>&1 || true
     kill -TERM "$operator_pid" 2>/dev/null || true
     wait "$operator_pid" 2>/dev/null || true
   fi
-  kubectl delete namespace "$namespace" --wait=false --ignore-not-found >/dev/null 2>&1 || true
   kubectl delete persistentvolume -l ctrlplane.dev/sample=true --wait=false >/dev/null 2>&1 || true
   hack/controlplane.sh down
 }
@@ -73,6 +76,11 @@ spec:
   hostPath: {path: /tmp/ctrlplane-sample-pv-$i}
 PV
 done
+
+if [[ $(kubectl get namespace "$namespace" -o jsonpath='{.status.phase}' 2>/dev/null) == Terminating ]]; then
+  say "waiting for namespace $namespace, left terminating by an interrupted run, to go"
+  kubectl wait --for=delete "namespace/$namespace" --timeout=180s
+fi
 
 say "applying the samples into namespace $namespace"
 kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
