@@ -64,11 +64,9 @@ impl Fixture {
                 Some(i) => Err(format!(
                     "phase {:?}, conditions {:?}",
                     phase(&i),
-                    i.status.as_ref().map(|s| s
-                        .conditions
-                        .iter()
-                        .map(|c| format!("{}={:?} {}: {}", c.type_, c.status, c.reason, c.message))
-                        .collect::<Vec<_>>())
+                    i.status
+                        .as_ref()
+                        .map(|s| describe_conditions(&s.conditions))
                 )),
                 None => Err("not found".into()),
             }
@@ -711,17 +709,7 @@ async fn the_operator_killed_mid_rollout_converges_without_duplicate_children() 
             })
             .await;
         // Each history sequence appears once, in order.
-        let sequences: Vec<i64> = instance
-            .status
-            .unwrap()
-            .history
-            .iter()
-            .map(|e| e.sequence)
-            .collect();
-        assert!(
-            sequences.windows(2).all(|w| w[1] == w[0] + 1),
-            "{sequences:?}"
-        );
+        assert_history_gapless(&instance);
     }
     assert_eq!(
         f.deployments

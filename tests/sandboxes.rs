@@ -155,11 +155,9 @@ impl Fixture {
                 Some(s) => Err(format!(
                     "phase {:?}, conditions {:?}",
                     s.status.as_ref().and_then(|s| s.phase),
-                    s.status.as_ref().map(|st| st
-                        .conditions
-                        .iter()
-                        .map(|c| format!("{}={:?} {}: {}", c.type_, c.status, c.reason, c.message))
-                        .collect::<Vec<_>>())
+                    s.status
+                        .as_ref()
+                        .map(|st| describe_conditions(&st.conditions))
                 )),
                 None => Err("not found".into()),
             }

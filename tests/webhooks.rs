@@ -10,7 +10,9 @@ use std::time::Duration;
 use common::receiver::{Mode, Receiver};
 use common::tls::PrivateCa;
 use common::*;
-use ctrlplane_operator::api::{DeliveryPhase, Instance, InstancePhase, Webhook, WebhookDelivery};
+use ctrlplane_operator::api::{
+    Condition, DeliveryPhase, Instance, InstancePhase, Webhook, WebhookDelivery,
+};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
@@ -82,6 +84,22 @@ impl Fixture {
                 None => Err("no Ready condition".into()),
             }
         })
+        .await
+    }
+
+    /// Waits until the Webhook's Ready condition has this reason.
+    async fn wait_ready_reason(&self, name: &str, reason: &str) -> Condition {
+        wait_until(
+            &format!("Webhook {name} Ready reason {reason}"),
+            WAIT,
+            || async {
+                let webhook = self.webhooks.get(name).await.map_err(|e| e.to_string())?;
+                let ready = webhook
+                    .status
+                    .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"));
+                Ok(ready.filter(|c| c.reason == reason))
+            },
+        )
         .await
     }
 
@@ -298,14 +316,7 @@ async fn an_endpoint_that_answers_410_is_switched_off() {
     .await;
     let disabled = webhook.status.as_ref().unwrap().disabled.clone().unwrap();
     assert_eq!(disabled.reason, "EndpointGone");
-    wait_until("Ready=False EndpointGone", WAIT, || async {
-        let w = f.webhooks.get("hooks").await.map_err(|e| e.to_string())?;
-        let ready = w
-            .status
-            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"));
-        Ok(ready.filter(|c| c.reason == "EndpointGone").map(|_| ()))
-    })
-    .await;
+    f.wait_ready_reason("hooks", "EndpointGone").await;
     let events = kubectl([
         "get",
         "events",
@@ -480,14 +491,7 @@ async fn a_private_ca_in_ca_bundle_is_trusted_and_without_it_the_endpoint_is_not
     ));
     f.wait_webhook_ready("trusting").await;
     f.wait_webhook_ready("untrusting").await;
-    let broken = wait_until("Webhook broken Ready=False", WAIT, || async {
-        let w = f.webhooks.get("broken").await.map_err(|e| e.to_string())?;
-        let ready = w
-            .status
-            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"));
-        Ok(ready.filter(|c| c.reason == "CaBundleNotUsable"))
-    })
-    .await;
+    let broken = f.wait_ready_reason("broken", "CaBundleNotUsable").await;
     assert!(
         broken.message.contains("spec.caBundle"),
         "the condition names the field: {}",
@@ -752,18 +756,7 @@ async fn the_operator_killed_at_random_moments_loses_no_event() {
     );
     // History sequences have no gaps: nothing was recorded twice or skipped.
     for name in &names {
-        let i = f.instances.get(name).await.unwrap();
-        let sequences: Vec<i64> = i
-            .status
-            .unwrap()
-            .history
-            .iter()
-            .map(|e| e.sequence)
-            .collect();
-        assert!(
-            sequences.windows(2).all(|w| w[1] == w[0] + 1),
-            "{name}: {sequences:?}"
-        );
+        assert_history_gapless(&f.instances.get(name).await.unwrap());
     }
     assert!(receiver.accepted().iter().all(|r| r.verified_with == [0]));
 }

@@ -31,7 +31,7 @@ use crate::delivery::backoff::Policy;
 use crate::delivery::client::{Request, Sender};
 use crate::delivery::signing::{SigningKey, signature_header};
 use crate::delivery::{self, AttemptResult, Completion};
-use crate::runtime::metrics::{DeliveryLabels, ErrorLabels, KindLabels};
+use crate::runtime::metrics::DeliveryLabels;
 
 const KIND: &str = "WebhookDelivery";
 
@@ -266,50 +266,15 @@ fn error_policy(
     error: &DeliveryError,
     context: Arc<DeliveryContext>,
 ) -> Action {
-    warn!(namespace = delivery.namespace().unwrap_or_default(), name = delivery.name_any(), error = %error, "delivery reconcile failed");
-    context
-        .base
-        .metrics
-        .reconcile_errors
-        .get_or_create(&ErrorLabels {
-            kind: KIND.into(),
-            reason: "Delivery".into(),
-        })
-        .inc();
-    Action::requeue(
-        context
-            .base
-            .backoff
-            .failed(&ObjectRef::from_obj(delivery.as_ref()).erase()),
-    )
+    super::retry_after_failure(KIND, delivery.as_ref(), "Delivery", error, &context.base)
 }
 
 async fn reconcile(
     delivery: Arc<WebhookDelivery>,
     context: Arc<DeliveryContext>,
 ) -> Result<Action, DeliveryError> {
-    context.base.caches_synced.clone().await;
-    let _in_flight = super::InFlight::start(&context.base.metrics, KIND);
-    context
-        .base
-        .metrics
-        .reconciles
-        .get_or_create(&KindLabels { kind: KIND.into() })
-        .inc();
-    let span = tracing::info_span!(
-        "reconcile",
-        kind = KIND,
-        namespace = delivery.namespace().unwrap_or_default(),
-        object = delivery.name_any()
-    );
-    let result = tracing::Instrument::instrument(reconcile_inner(&delivery, &context), span).await;
-    if result.is_ok() {
-        context
-            .base
-            .backoff
-            .succeeded(&ObjectRef::from_obj(delivery.as_ref()).erase());
-    }
-    result
+    let work = reconcile_inner(&delivery, &context);
+    super::instrumented_reconcile(KIND, delivery.as_ref(), &context.base, work).await
 }
 
 async fn reconcile_inner(

@@ -8,7 +8,6 @@
 //!   Kubernetes Events, webhook dispatch, and the finalizer.
 
 use std::sync::Arc;
-use std::time::Instant as Clock;
 
 use chrono::Utc;
 use futures::{Stream, StreamExt};
@@ -18,7 +17,7 @@ use kube::runtime::controller::{Action, Config as ControllerRuntimeConfig, Contr
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
-use tracing::{Instrument, info, warn};
+use tracing::info;
 
 use super::Context;
 use super::record::{RecordError, add_finalizer, all_dispatched, record, remove_finalizer};
@@ -29,7 +28,6 @@ use crate::plan::instance::{
 };
 use crate::plan::{FinalizerAction, PlannedEvent};
 use crate::provider::{Deprovision, InstanceProvider, ProviderError, WorkloadId};
-use crate::runtime::metrics::{ErrorLabels, KindLabels};
 
 /// Errors of one Instance reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -114,19 +112,12 @@ fn pod_owner(pod: Arc<Pod>) -> Option<ObjectRef<Instance>> {
 }
 
 fn error_policy(instance: Arc<Instance>, error: &ReconcileError, context: Arc<Context>) -> Action {
-    warn!(namespace = instance.namespace().unwrap_or_default(), name = instance.name_any(), error = %error, "reconcile failed");
-    context
-        .metrics
-        .reconcile_errors
-        .get_or_create(&ErrorLabels {
-            kind: KIND.into(),
-            reason: error.metric_label().into(),
-        })
-        .inc();
-    Action::requeue(
-        context
-            .backoff
-            .failed(&ObjectRef::from_obj(instance.as_ref()).erase()),
+    super::retry_after_failure(
+        KIND,
+        instance.as_ref(),
+        error.metric_label(),
+        error,
+        &context,
     )
 }
 
@@ -134,28 +125,8 @@ async fn reconcile(
     instance: Arc<Instance>,
     context: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
-    context.caches_synced.clone().await;
-    let _in_flight = super::InFlight::start(&context.metrics, KIND);
-    let span = tracing::info_span!(
-        "reconcile",
-        kind = KIND,
-        namespace = instance.namespace().unwrap_or_default(),
-        object = instance.name_any()
-    );
-    let started = Clock::now();
-    let object = ObjectRef::from_obj(instance.as_ref()).erase();
-    let result = reconcile_inner(instance, &context).instrument(span).await;
-    if result.is_ok() {
-        context.backoff.succeeded(&object);
-    }
-    let labels = KindLabels { kind: KIND.into() };
-    context.metrics.reconciles.get_or_create(&labels).inc();
-    context
-        .metrics
-        .reconcile_duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    result
+    let work = reconcile_inner(instance.clone(), &context);
+    super::instrumented_reconcile(KIND, instance.as_ref(), &context, work).await
 }
 
 async fn reconcile_inner(

@@ -15,13 +15,14 @@ pub mod sandbox;
 pub mod webhook;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -30,7 +31,8 @@ use crate::api::{Instance, MANAGED_BY, MANAGED_BY_LABEL, Sandbox, Webhook, Webho
 use crate::provider::kubernetes::{self, KubernetesProvider};
 use crate::provider::pod::{self, PodProvider};
 use crate::provider::{ProviderRegistry, SandboxProviderRegistry};
-use crate::runtime::metrics::Metrics;
+use crate::runtime::metrics::{ErrorLabels, KindLabels, Metrics};
+use tracing::{Instrument, warn};
 
 /// Where a set of controllers looks: every namespace, or one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +88,70 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// Runs one reconcile of `object` with what every kind shares around its own
+/// `work`: it waits for the caches, counts itself in flight, runs in a span
+/// naming the object (so every log line of it does), counts the reconcile and
+/// its duration, and resets the object's error backoff when it succeeds.
+pub async fn instrumented_reconcile<K, E>(
+    kind: &'static str,
+    object: &K,
+    base: &Context,
+    work: impl std::future::Future<Output = Result<Action, E>>,
+) -> Result<Action, E>
+where
+    K: Resource<DynamicType = ()>,
+{
+    base.caches_synced.clone().await;
+    let _in_flight = InFlight::start(&base.metrics, kind);
+    let span = tracing::info_span!(
+        "reconcile",
+        kind,
+        namespace = object.meta().namespace.as_deref().unwrap_or_default(),
+        object = object.meta().name.as_deref().unwrap_or_default()
+    );
+    let started = Instant::now();
+    let result = work.instrument(span).await;
+    if result.is_ok() {
+        base.backoff.succeeded(&ObjectRef::from_obj(object).erase());
+    }
+    let labels = KindLabels { kind: kind.into() };
+    base.metrics.reconciles.get_or_create(&labels).inc();
+    base.metrics
+        .reconcile_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// What every kind does when a reconcile fails: say so in the log, count it
+/// by kind and reason, and look at the object again after its own backoff.
+pub fn retry_after_failure<K>(
+    kind: &'static str,
+    object: &K,
+    reason: &str,
+    error: &dyn std::fmt::Display,
+    base: &Context,
+) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    warn!(
+        kind,
+        namespace = object.meta().namespace.as_deref().unwrap_or_default(),
+        name = object.meta().name.as_deref().unwrap_or_default(),
+        error = %error,
+        "reconcile failed"
+    );
+    base.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            kind: kind.into(),
+            reason: reason.into(),
+        })
+        .inc();
+    Action::requeue(base.backoff.failed(&ObjectRef::from_obj(object).erase()))
 }
 
 /// The label selector of every child the operator creates.

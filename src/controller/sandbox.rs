@@ -2,7 +2,7 @@
 //! Instance one, with the pod provider, expiry and the capacity check.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant as Clock};
+use std::time::Duration;
 
 use chrono::Utc;
 use futures::{Stream, StreamExt};
@@ -10,10 +10,10 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerRuntimeConfig, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use tracing::{Instrument, info, warn};
+use tracing::info;
 
 use super::Context;
 use super::record::{RecordError, add_finalizer, all_dispatched, record, remove_finalizer};
@@ -22,7 +22,6 @@ use crate::plan::conditions::{DesiredCondition, set_condition, types};
 use crate::plan::sandbox::{SandboxAction, SandboxObservation, SandboxPlan, plan};
 use crate::plan::{FinalizerAction, PlannedEvent};
 use crate::provider::{ProviderError, SandboxProvider, WorkloadId};
-use crate::runtime::metrics::{ErrorLabels, KindLabels};
 
 const KIND: &str = "Sandbox";
 
@@ -90,45 +89,18 @@ pub async fn controller(
 }
 
 fn error_policy(sandbox: Arc<Sandbox>, error: &SandboxError, context: Arc<Context>) -> Action {
-    warn!(namespace = sandbox.namespace().unwrap_or_default(), name = sandbox.name_any(), error = %error, "reconcile failed");
-    context
-        .metrics
-        .reconcile_errors
-        .get_or_create(&ErrorLabels {
-            kind: KIND.into(),
-            reason: error.metric_label().into(),
-        })
-        .inc();
-    Action::requeue(
-        context
-            .backoff
-            .failed(&ObjectRef::from_obj(sandbox.as_ref()).erase()),
+    super::retry_after_failure(
+        KIND,
+        sandbox.as_ref(),
+        error.metric_label(),
+        error,
+        &context,
     )
 }
 
 async fn reconcile(sandbox: Arc<Sandbox>, context: Arc<Context>) -> Result<Action, SandboxError> {
-    context.caches_synced.clone().await;
-    let _in_flight = super::InFlight::start(&context.metrics, KIND);
-    let span = tracing::info_span!(
-        "reconcile",
-        kind = KIND,
-        namespace = sandbox.namespace().unwrap_or_default(),
-        object = sandbox.name_any()
-    );
-    let started = Clock::now();
-    let object = ObjectRef::from_obj(sandbox.as_ref()).erase();
-    let result = reconcile_inner(sandbox, &context).instrument(span).await;
-    if result.is_ok() {
-        context.backoff.succeeded(&object);
-    }
-    let labels = KindLabels { kind: KIND.into() };
-    context.metrics.reconciles.get_or_create(&labels).inc();
-    context
-        .metrics
-        .reconcile_duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    result
+    let work = reconcile_inner(sandbox.clone(), &context);
+    super::instrumented_reconcile(KIND, sandbox.as_ref(), &context, work).await
 }
 
 async fn reconcile_inner(sandbox: Arc<Sandbox>, context: &Context) -> Result<Action, SandboxError> {

@@ -13,7 +13,6 @@ use kube::api::PostParams;
 use kube::runtime::controller::{Action, Config as ControllerRuntimeConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
-use tracing::warn;
 
 use super::Context;
 use super::delivery::{SecretCache, signing_keys};
@@ -21,7 +20,7 @@ use crate::api::{Webhook, WebhookDelivery, WebhookStatus};
 use crate::delivery::client::private_ca_roots;
 use crate::delivery::guard::forbidden_reason;
 use crate::plan::webhook::{WebhookObservation, plan};
-use crate::runtime::metrics::{ErrorLabels, KindLabels};
+use crate::runtime::metrics::KindLabels;
 
 const KIND: &str = "Webhook";
 
@@ -85,49 +84,21 @@ fn error_policy(
     error: &WebhookError,
     context: Arc<WebhookContext>,
 ) -> Action {
-    warn!(namespace = webhook.namespace().unwrap_or_default(), name = webhook.name_any(), error = %error, "webhook reconcile failed");
-    context
-        .base
-        .metrics
-        .reconcile_errors
-        .get_or_create(&ErrorLabels {
-            kind: KIND.into(),
-            reason: "WriteStatus".into(),
-        })
-        .inc();
-    Action::requeue(
-        context
-            .base
-            .backoff
-            .failed(&ObjectRef::from_obj(webhook.as_ref()).erase()),
-    )
+    super::retry_after_failure(KIND, webhook.as_ref(), "WriteStatus", error, &context.base)
 }
 
 async fn reconcile(
     webhook: Arc<Webhook>,
     context: Arc<WebhookContext>,
 ) -> Result<Action, WebhookError> {
-    let span = tracing::info_span!(
-        "reconcile",
-        kind = KIND,
-        namespace = webhook.namespace().unwrap_or_default(),
-        object = webhook.name_any()
-    );
-    tracing::Instrument::instrument(reconcile_inner(webhook, context), span).await
+    let work = reconcile_inner(webhook.clone(), context.clone());
+    super::instrumented_reconcile(KIND, webhook.as_ref(), &context.base, work).await
 }
 
 async fn reconcile_inner(
     webhook: Arc<Webhook>,
     context: Arc<WebhookContext>,
 ) -> Result<Action, WebhookError> {
-    context.base.caches_synced.clone().await;
-    let _in_flight = super::InFlight::start(&context.base.metrics, KIND);
-    context
-        .base
-        .metrics
-        .reconciles
-        .get_or_create(&KindLabels { kind: KIND.into() })
-        .inc();
     let namespace = webhook.namespace().unwrap_or_default();
     let name = webhook.name_any();
 
@@ -175,10 +146,6 @@ async fn reconcile_inner(
     if Some(&status) != webhook.status.as_ref() {
         write_status(&webhook, status, &context).await?;
     }
-    context
-        .base
-        .backoff
-        .succeeded(&ObjectRef::from_obj(webhook.as_ref()).erase());
     // Addresses and Secrets change without telling us: look again now and then.
     Ok(Action::requeue(Duration::from_secs(300)))
 }

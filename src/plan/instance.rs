@@ -21,8 +21,8 @@ use kube::{Resource, ResourceExt};
 use super::conditions::{self, DesiredCondition, types};
 use super::history::{self, NewEvent};
 use super::{
-    FINALIZER, FinalizerAction, PlannedEvent, REQUEUE_PROGRESSING, REQUEUE_SETTLED, event_reason,
-    is_warning,
+    FINALIZER, FinalizerAction, PlannedEvent, REQUEUE_PROGRESSING, REQUEUE_SETTLED, announce,
+    synced,
 };
 use crate::api::{
     AppliedScale, DesiredState, Endpoint, EventType, Instance, InstancePhase, InstanceStatus,
@@ -804,16 +804,7 @@ impl<'a> Planner<'a> {
             event,
             self.now,
         );
-        let message = match (&entry.from, &entry.to) {
-            (Some(from), Some(to)) => format!("{from} -> {to}: {}", entry.message),
-            (None, Some(to)) => format!("-> {to}: {}", entry.message),
-            _ => entry.message.clone(),
-        };
-        self.events.push(PlannedEvent {
-            warning: is_warning(entry.type_),
-            reason: event_reason(entry.type_).to_string(),
-            message,
-        });
+        self.events.push(announce(&entry));
     }
 
     // --------------------------------------------------------------- actions
@@ -1087,24 +1078,9 @@ impl<'a> Planner<'a> {
         };
         self.set_desired(suspended);
 
-        let synced = match self.refused.clone() {
-            Some(refused) => {
-                let message = format!("refused to change phase: {refused}");
-                self.events.push(PlannedEvent {
-                    warning: true,
-                    reason: "TransitionRefused".into(),
-                    message: message.clone(),
-                });
-                DesiredCondition::new(types::SYNCED, false, "TransitionRefused", message)
-            }
-            None => DesiredCondition::new(
-                types::SYNCED,
-                true,
-                "Reconciled",
-                "the last reconcile succeeded",
-            ),
-        };
-        self.set_desired(synced);
+        let (condition, warning) = synced(self.refused.as_ref());
+        self.events.extend(warning);
+        self.set_desired(condition);
     }
 
     /// While spec.image names a release that was rolled back, says so.

@@ -14,7 +14,9 @@ pub mod webhook;
 
 use std::time::Duration;
 
-use crate::api::EventType;
+use crate::api::{EventType, HistoryEntry};
+use crate::lifecycle::TransitionError;
+use conditions::{DesiredCondition, types};
 
 /// The finalizer that holds a deleted object until its children are gone and
 /// its final events are dispatched.
@@ -82,4 +84,46 @@ pub fn is_warning(type_: EventType) -> bool {
         type_,
         InstanceFailed | DeployFailed | DeployRolledBack | HealthUnhealthy | SandboxFailed
     )
+}
+
+/// The Kubernetes Event that announces a history entry: "from -> to: why".
+pub fn announce(entry: &HistoryEntry) -> PlannedEvent {
+    let message = match (&entry.from, &entry.to) {
+        (Some(from), Some(to)) => format!("{from} -> {to}: {}", entry.message),
+        (None, Some(to)) => format!("-> {to}: {}", entry.message),
+        _ => entry.message.clone(),
+    };
+    PlannedEvent {
+        warning: is_warning(entry.type_),
+        reason: event_reason(entry.type_).to_string(),
+        message,
+    }
+}
+
+/// The Synced condition after a plan, and when the plan refused a phase
+/// change, the Warning Event that says so, naming both phases.
+pub fn synced(refused: Option<&TransitionError>) -> (DesiredCondition, Option<PlannedEvent>) {
+    match refused {
+        Some(refused) => {
+            let message = format!("refused to change phase: {refused}");
+            let warning = PlannedEvent {
+                warning: true,
+                reason: "TransitionRefused".into(),
+                message: message.clone(),
+            };
+            (
+                DesiredCondition::new(types::SYNCED, false, "TransitionRefused", message),
+                Some(warning),
+            )
+        }
+        None => (
+            DesiredCondition::new(
+                types::SYNCED,
+                true,
+                "Reconciled",
+                "the last reconcile succeeded",
+            ),
+            None,
+        ),
+    }
 }

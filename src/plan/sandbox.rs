@@ -20,8 +20,8 @@ use super::capacity::{Host, Request, choose_host};
 use super::conditions::{self, DesiredCondition, types};
 use super::history::{self, NewEvent};
 use super::{
-    FINALIZER, FinalizerAction, PlannedEvent, REQUEUE_PROGRESSING, REQUEUE_SETTLED, event_reason,
-    is_warning,
+    FINALIZER, FinalizerAction, PlannedEvent, REQUEUE_PROGRESSING, REQUEUE_SETTLED, announce,
+    synced,
 };
 use crate::api::{
     DesiredState, EnvVar, EventType, ExpiryPolicy, PortSpec, ProviderRef, Sandbox, SandboxPhase,
@@ -611,16 +611,7 @@ impl<'a> Planner<'a> {
             event,
             self.now,
         );
-        let message = match (&entry.from, &entry.to) {
-            (Some(from), Some(to)) => format!("{from} -> {to}: {}", entry.message),
-            (None, Some(to)) => format!("-> {to}: {}", entry.message),
-            _ => entry.message.clone(),
-        };
-        self.events.push(PlannedEvent {
-            warning: is_warning(entry.type_),
-            reason: event_reason(entry.type_).to_string(),
-            message,
-        });
+        self.events.push(announce(&entry));
     }
 
     // --------------------------------------------------------------- actions
@@ -805,24 +796,9 @@ impl<'a> Planner<'a> {
                 "the sandbox has no TTL or expiry time",
             );
         }
-        let synced = match self.refused.clone() {
-            Some(refused) => {
-                let message = format!("refused to change phase: {refused}");
-                self.events.push(PlannedEvent {
-                    warning: true,
-                    reason: "TransitionRefused".into(),
-                    message: message.clone(),
-                });
-                DesiredCondition::new(types::SYNCED, false, "TransitionRefused", message)
-            }
-            None => DesiredCondition::new(
-                types::SYNCED,
-                true,
-                "Reconciled",
-                "the last reconcile succeeded",
-            ),
-        };
-        self.set_desired(synced);
+        let (condition, warning) = synced(self.refused.as_ref());
+        self.events.extend(warning);
+        self.set_desired(condition);
     }
 
     fn set(&mut self, type_: &'static str, status: bool, reason: &str, message: impl Into<String>) {

@@ -19,9 +19,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar as KubeEnvVar, EnvVarSource, ExecAction, HTTPGetAction, Pod,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SecretKeySelector as KubeSecretKeySelector, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    Container, ExecAction, HTTPGetAction, Pod, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Service, TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -29,11 +28,12 @@ use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
+use super::shape;
 use super::{
     ActionNote, Deprovision, InstanceProvider, InstanceWorkload, ProviderError, ProviderResult,
     WorkloadId, WorkloadStatus,
 };
-use crate::api::{MANAGED_BY, MANAGED_BY_LABEL, Protocol, ProviderRef};
+use crate::api::{MANAGED_BY, MANAGED_BY_LABEL, ProviderRef};
 use crate::plan::instance::INSTANCE_LABEL;
 
 /// The provider's name in spec.provider.
@@ -87,32 +87,8 @@ pub fn deployment_for(workload: &InstanceWorkload) -> Deployment {
             limits.insert("memory".to_string(), memory.clone());
         }
     }
-    let env = workload
-        .env
-        .iter()
-        .map(|e| KubeEnvVar {
-            name: e.name.clone(),
-            value: e.value.clone(),
-            value_from: e.secret_key_ref.as_ref().map(|s| EnvVarSource {
-                secret_key_ref: Some(KubeSecretKeySelector {
-                    name: s.name.clone(),
-                    key: s.key.clone(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            }),
-        })
-        .collect::<Vec<_>>();
-    let ports = workload
-        .ports
-        .iter()
-        .map(|p| ContainerPort {
-            name: Some(p.name.clone()),
-            container_port: p.port,
-            protocol: Some(protocol_name(p.protocol).to_string()),
-            ..ContainerPort::default()
-        })
-        .collect::<Vec<_>>();
+    let env = shape::container_env(&workload.env);
+    let ports = shape::container_ports(&workload.ports);
     let probe = workload.health_check.as_ref().map(|h| Probe {
         http_get: h.http_get.as_ref().map(|g| HTTPGetAction {
             path: Some(g.path.clone()),
@@ -182,42 +158,11 @@ pub fn deployment_for(workload: &InstanceWorkload) -> Deployment {
 /// The Service in front of an Instance, one port per declared port; `None`
 /// when it declares no ports (a Service needs at least one). Pure.
 pub fn service_for(workload: &InstanceWorkload) -> Option<Service> {
-    if workload.ports.is_empty() {
-        return None;
-    }
-    Some(Service {
-        metadata: object_meta(workload),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".to_string()),
-            selector: Some(BTreeMap::from([(
-                INSTANCE_LABEL.to_string(),
-                workload.name.clone(),
-            )])),
-            ports: Some(
-                workload
-                    .ports
-                    .iter()
-                    .map(|p| ServicePort {
-                        name: Some(p.name.clone()),
-                        port: p.port,
-                        target_port: Some(IntOrString::String(p.name.clone())),
-                        protocol: Some(protocol_name(p.protocol).to_string()),
-                        ..ServicePort::default()
-                    })
-                    .collect(),
-            ),
-            ..ServiceSpec::default()
-        }),
-        status: None,
-    })
-}
-
-fn protocol_name(protocol: Protocol) -> &'static str {
-    match protocol {
-        Protocol::Tcp => "TCP",
-        Protocol::Udp => "UDP",
-        Protocol::Sctp => "SCTP",
-    }
+    shape::cluster_ip_service(
+        object_meta(workload),
+        (INSTANCE_LABEL, &workload.name),
+        &workload.ports,
+    )
 }
 
 /// Whether a cached Service still says what we would apply.

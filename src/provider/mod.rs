@@ -13,6 +13,7 @@
 
 pub mod kubernetes;
 pub mod pod;
+pub mod shape;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -10,22 +10,21 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar as KubeEnvVar, EnvVarSource, Node,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
-    PodSecurityContext, PodSpec, PodStatus, ResourceRequirements, SeccompProfile,
-    SecretKeySelector as KubeSecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
-    Toleration, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, Container, Node, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, PodStatus,
+    ResourceRequirements, SeccompProfile, SecurityContext, Service, Toleration, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 
 use super::kubernetes::{FIELD_MANAGER, pod_problems};
+use super::shape;
 use super::{ActionNote, Deprovision, ProviderError, ProviderResult, SandboxProvider, WorkloadId};
-use crate::api::{MANAGED_BY, MANAGED_BY_LABEL, Protocol};
+use crate::api::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::plan::capacity::{Host, SANDBOX_HOST_TAINT};
 use crate::plan::sandbox::{
     ClaimObserved, PodObserved, SANDBOX_LABEL, SandboxObserved, SandboxWorkload, claim_name, milli,
@@ -90,32 +89,8 @@ pub fn pod_for(workload: &SandboxWorkload, host: &str, host_label: &str) -> Pod 
         (REVISION_ANNOTATION.to_string(), workload.revision.clone()),
         (HOST_ANNOTATION.to_string(), host.to_string()),
     ]));
-    let env: Vec<KubeEnvVar> = workload
-        .env
-        .iter()
-        .map(|e| KubeEnvVar {
-            name: e.name.clone(),
-            value: e.value.clone(),
-            value_from: e.secret_key_ref.as_ref().map(|s| EnvVarSource {
-                secret_key_ref: Some(KubeSecretKeySelector {
-                    name: s.name.clone(),
-                    key: s.key.clone(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            }),
-        })
-        .collect();
-    let ports: Vec<ContainerPort> = workload
-        .ports
-        .iter()
-        .map(|p| ContainerPort {
-            name: Some(p.name.clone()),
-            container_port: p.port,
-            protocol: Some(protocol(p.protocol).into()),
-            ..ContainerPort::default()
-        })
-        .collect();
+    let env = shape::container_env(&workload.env);
+    let ports = shape::container_ports(&workload.ports);
     Pod {
         metadata,
         spec: Some(PodSpec {
@@ -186,42 +161,11 @@ pub fn pod_for(workload: &SandboxWorkload, host: &str, host_label: &str) -> Pod 
 
 /// The Service of a sandbox that declares ports. Pure.
 pub fn service_for(workload: &SandboxWorkload) -> Option<Service> {
-    if workload.ports.is_empty() {
-        return None;
-    }
-    Some(Service {
-        metadata: meta(workload, &workload.name),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
-            selector: Some(BTreeMap::from([(
-                SANDBOX_LABEL.to_string(),
-                workload.name.clone(),
-            )])),
-            ports: Some(
-                workload
-                    .ports
-                    .iter()
-                    .map(|p| ServicePort {
-                        name: Some(p.name.clone()),
-                        port: p.port,
-                        target_port: Some(IntOrString::String(p.name.clone())),
-                        protocol: Some(protocol(p.protocol).into()),
-                        ..ServicePort::default()
-                    })
-                    .collect(),
-            ),
-            ..ServiceSpec::default()
-        }),
-        status: None,
-    })
-}
-
-fn protocol(protocol: Protocol) -> &'static str {
-    match protocol {
-        Protocol::Tcp => "TCP",
-        Protocol::Udp => "UDP",
-        Protocol::Sctp => "SCTP",
-    }
+    shape::cluster_ip_service(
+        meta(workload, &workload.name),
+        (SANDBOX_LABEL, &workload.name),
+        &workload.ports,
+    )
 }
 
 /// Container waiting reasons that mean the Pod cannot start by itself.

@@ -497,3 +497,24 @@ pub fn http_get(address: std::net::SocketAddr, path: &str) -> Option<(u16, Strin
         .unwrap_or_default();
     Some((code, body))
 }
+
+/// Conditions as one line each, "Type=Status Reason: message", for a wait's
+/// progress report.
+pub fn describe_conditions(conditions: &[ctrlplane_operator::api::Condition]) -> Vec<String> {
+    conditions
+        .iter()
+        .map(|c| format!("{}={:?} {}: {}", c.type_, c.status, c.reason, c.message))
+        .collect()
+}
+
+/// Asserts an Instance's history has no gaps and no repeats: nothing was
+/// recorded twice or skipped.
+pub fn assert_history_gapless(instance: &ctrlplane_operator::api::Instance) {
+    let status = instance.status.as_ref().expect("the Instance has a status");
+    let sequences: Vec<i64> = status.history.iter().map(|e| e.sequence).collect();
+    assert!(
+        sequences.windows(2).all(|w| w[1] == w[0] + 1),
+        "{}: {sequences:?}",
+        instance.metadata.name.as_deref().unwrap_or_default()
+    );
+}

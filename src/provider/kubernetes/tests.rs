@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use super::*;
+use crate::api::Protocol;
 use crate::api::{
     EnvVar, ExecHealthCheck, HealthCheck, HttpHealthCheck, InstanceResources, PortSpec,
     SecretKeySelector,

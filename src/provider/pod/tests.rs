@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use super::*;
 use crate::api::PortSpec;
+use crate::api::Protocol;
 
 fn workload() -> SandboxWorkload {
     SandboxWorkload {
