@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ctrlplane_operator::api::{Sandbox, SandboxPhase, SandboxSpec};
-use ctrlplane_operator::plan::sandbox::{SandboxWorkload, claim_name};
-use ctrlplane_operator::provider::pod::{claim_for, pod_for};
+use ctrlplane_operator::provider::pod::{claim_for, claim_name, pod_for};
+use ctrlplane_operator::provider::{RunWanted, SandboxWorkload};
 use ctrlplane_operator::runtime::metrics::{CountRequestsLayer, Metrics};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
@@ -214,9 +214,8 @@ fn workload(namespace: &str, i: usize, host: Option<String>) -> SandboxWorkload 
         storage_class: Some(CLASS.into()),
         env: Vec::new(),
         ports: Vec::new(),
-        host,
+        run: host.map_or(RunWanted::AsIs, RunWanted::On),
         revision: "bench".into(),
-        claim_name: claim_name(&format!("sbx-{i}")),
     }
 }
 

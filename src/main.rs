@@ -113,6 +113,7 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             per_endpoint_concurrency: args.webhook_concurrency_per_endpoint.max(1),
             concurrency: args.concurrency.saturating_mul(4),
         },
+        extra_instance_providers: Vec::new(),
     };
     if args.allow_private_webhook_addresses {
         tracing::warn!(

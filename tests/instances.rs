@@ -564,7 +564,7 @@ async fn pods_that_never_become_ready_fail_the_instance_until_the_spec_is_fixed(
 }
 
 #[tokio::test]
-async fn deleting_an_instance_removes_its_children_before_it_goes() {
+async fn deleting_an_instance_takes_its_children_with_it() {
     let f = fixture("inst-delete").await;
     f.apply(&web("web", ""));
     let running = f.wait_running("web").await;
@@ -587,9 +587,27 @@ async fn deleting_an_instance_removes_its_children_before_it_goes() {
             .then_some(()))
     })
     .await;
-    // Children are gone by the time the Instance is.
-    assert!(f.deployments.get_opt("web").await.unwrap().is_none());
-    assert!(f.services.get_opt("web").await.unwrap().is_none());
+    // Its children are owned by it: the garbage collector removes them once
+    // it is gone, and the operator asks for nothing more.
+    wait_until(
+        "its Deployment, Service and pods to be gone",
+        WAIT,
+        || async {
+            let deployment = f
+                .deployments
+                .get_opt("web")
+                .await
+                .map_err(|e| e.to_string())?;
+            let service = f.services.get_opt("web").await.map_err(|e| e.to_string())?;
+            let pods = f
+                .pods
+                .list(&ListParams::default().labels("ctrlplane.dev/instance=web"))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((deployment.is_none() && service.is_none() && pods.items.is_empty()).then_some(()))
+        },
+    )
+    .await;
     let events = kubectl([
         "get",
         "events",
@@ -807,4 +825,71 @@ async fn a_settled_instance_causes_no_reconciles_and_no_writes() {
         quiet_from <= 12.0,
         "{quiet_from} reconciles to bring one Instance up"
     );
+}
+
+/// The budget of one Instance (issue 10): from apply to Running at most six
+/// requests of its own, none of them a read (reads come from the caches);
+/// a reconcile after a restart, with nothing to change, none at all;
+/// deletion at most four. Counted by the operator's own client layer;
+/// watches and lists, which serve every object at once, are not the
+/// object's.
+#[tokio::test]
+async fn one_instance_stays_within_its_budget_of_api_requests() {
+    const QUIET: Duration = Duration::from_secs(7);
+    let mut f = fixture("inst-budget").await;
+    f.operator.wait_quiet(QUIET, WAIT).await;
+    let start = f.operator.object_requests();
+    let reconciles = f
+        .operator
+        .metric("ctrlplane_reconciles_total{kind=\"Instance\"}");
+    f.apply(&web("web", ""));
+    f.wait_running("web").await;
+    f.operator.wait_quiet(QUIET, WAIT).await;
+    let running = f.operator.object_requests();
+    let to_running = requests_between(&start, &running);
+    let total: f64 = to_running.values().sum();
+    let reconciled = f
+        .operator
+        .metric("ctrlplane_reconciles_total{kind=\"Instance\"}")
+        - reconciles;
+    println!("apply -> Running: {total} requests {to_running:?}, {reconciled} reconciles");
+    assert!(total <= 6.0, "{total} requests to Running: {to_running:?}");
+    assert!(
+        to_running.keys().all(|k| !k.starts_with("get ")),
+        "no reads on the normal path: {to_running:?}"
+    );
+    assert!(reconciled <= 3.0, "{reconciled} reconciles to Running");
+
+    // A restart reconciles it again, and finds nothing to change.
+    f.operator.restart();
+    f.operator.wait_quiet(QUIET, WAIT).await;
+    assert!(
+        f.operator
+            .metric("ctrlplane_reconciles_total{kind=\"Instance\"}")
+            >= 1.0
+    );
+    let after_restart = f.operator.object_requests();
+    assert!(
+        after_restart.is_empty(),
+        "a settled Instance costs nothing to look at again: {after_restart:?}"
+    );
+
+    f.instances
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_until("the Instance to be gone", WAIT, || async {
+        Ok(f.instances
+            .get_opt("web")
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none()
+            .then_some(()))
+    })
+    .await;
+    f.operator.wait_quiet(QUIET, WAIT).await;
+    let deletion = requests_between(&after_restart, &f.operator.object_requests());
+    let total: f64 = deletion.values().sum();
+    println!("delete: {total} requests {deletion:?}");
+    assert!(total <= 4.0, "{total} requests to delete: {deletion:?}");
 }

@@ -185,6 +185,32 @@ impl Fixture {
         .await;
     }
 
+    /// Waits until a gone Sandbox's pod, claim and Service are gone too:
+    /// they are owned by it, and the garbage collector removes them.
+    async fn wait_children_gone(&self, name: &str) {
+        let claim = format!("{name}-data");
+        let claim = &claim;
+        wait_until(
+            &format!("the children of {name} to be gone"),
+            WAIT,
+            || async {
+                let pod = self.pods.get_opt(name).await.map_err(|e| e.to_string())?;
+                let claim = self
+                    .claims
+                    .get_opt(claim)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let service = self
+                    .services
+                    .get_opt(name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((pod.is_none() && claim.is_none() && service.is_none()).then_some(()))
+            },
+        )
+        .await;
+    }
+
     async fn patch(&self, name: &str, spec: serde_json::Value) {
         self.sandboxes
             .patch(
@@ -355,9 +381,7 @@ async fn expiry_with_delete_removes_the_sandbox_and_everything_it_had() {
     f.apply("box", &format!("  expiresAt: \"{at}\"\n  expiryPolicy: Delete\n  ports:\n    - {{name: ssh, port: 2222}}\n"));
     f.wait_phase("box", SandboxPhase::Running).await;
     f.wait_gone("box").await;
-    assert!(f.pods.get_opt("box").await.unwrap().is_none());
-    assert!(f.claims.get_opt("box-data").await.unwrap().is_none());
-    assert!(f.services.get_opt("box").await.unwrap().is_none());
+    f.wait_children_gone("box").await;
     let events = kubectl([
         "get",
         "events",
@@ -547,9 +571,7 @@ async fn deleting_a_sandbox_removes_its_pod_claim_and_service() {
         .await
         .unwrap();
     f.wait_gone("box").await;
-    assert!(f.pods.get_opt("box").await.unwrap().is_none());
-    assert!(f.claims.get_opt("box-data").await.unwrap().is_none());
-    assert!(f.services.get_opt("box").await.unwrap().is_none());
+    f.wait_children_gone("box").await;
 }
 
 #[tokio::test]
@@ -616,4 +638,51 @@ async fn a_webhook_receives_the_sandbox_events() {
     assert_eq!(sequences, sorted, "in sequence order");
     let pods = f.pods.list(&ListParams::default()).await.unwrap();
     assert!(pods.items.is_empty());
+}
+
+/// The budget of one Sandbox (issue 10): from apply to Running at most six
+/// requests of its own and three reconciles; after a restart, nothing to
+/// change costs nothing; deletion at most four requests.
+#[tokio::test]
+async fn one_sandbox_stays_within_its_budget_of_api_requests_and_reconciles() {
+    const QUIET: Duration = Duration::from_secs(7);
+    let mut f = fixture("sbx-budget", 1).await;
+    f.operator.wait_quiet(QUIET, WAIT).await;
+    let start = f.operator.object_requests();
+    let reconciles = f
+        .operator
+        .metric("ctrlplane_reconciles_total{kind=\"Sandbox\"}");
+    f.apply("box", "");
+    f.wait_phase("box", SandboxPhase::Running).await;
+    f.operator.wait_quiet(QUIET, WAIT).await;
+    let running = f.operator.object_requests();
+    let to_running = requests_between(&start, &running);
+    let total: f64 = to_running.values().sum();
+    let reconciled = f
+        .operator
+        .metric("ctrlplane_reconciles_total{kind=\"Sandbox\"}")
+        - reconciles;
+    println!("apply -> Running: {total} requests {to_running:?}, {reconciled} reconciles");
+    assert!(total <= 6.0, "{total} requests to Running: {to_running:?}");
+    assert!(reconciled <= 3.0, "{reconciled} reconciles to Running");
+
+    f.operator.restart();
+    f.operator.wait_quiet(QUIET, WAIT).await;
+    let after_restart = f.operator.object_requests();
+    assert!(
+        after_restart.is_empty(),
+        "a settled Sandbox costs nothing to look at again: {after_restart:?}"
+    );
+
+    f.sandboxes
+        .delete("box", &DeleteParams::default())
+        .await
+        .unwrap();
+    f.wait_gone("box").await;
+    f.operator.wait_quiet(QUIET, WAIT).await;
+    let deletion = requests_between(&after_restart, &f.operator.object_requests());
+    let total: f64 = deletion.values().sum();
+    println!("delete: {total} requests {deletion:?}");
+    assert!(total <= 4.0, "{total} requests to delete: {deletion:?}");
+    f.wait_children_gone("box").await;
 }

@@ -234,12 +234,18 @@ async fn lifecycle_events_arrive_signed_and_in_order_per_object() {
         assert!(types.contains(wanted), "{wanted} was delivered: {types:?}");
     }
 
-    // Delivery status can be seen through kubectl.
-    let table = kubectl(["get", "whd", "-n", &f.ns.name]).expect_success("kubectl get whd");
+    // A healthy receiver costs no delivery records (deliveryRecords:
+    // Failures, the default): `kubectl get whd` shows only what needs
+    // attention, and here nothing does.
+    let records = f.deliveries.list(&ListParams::default()).await.unwrap();
     assert!(
-        table.stdout.contains("Succeeded") && table.stdout.contains("instance.created"),
-        "{}",
-        table.stdout
+        records.items.is_empty(),
+        "{:?}",
+        records
+            .items
+            .iter()
+            .map(|d| d.name_any())
+            .collect::<Vec<_>>()
     );
     let webhook = wait_until("the webhook's counts", WAIT, || async {
         let w = f.webhooks.get("hooks").await.map_err(|e| e.to_string())?;
@@ -254,6 +260,152 @@ async fn lifecycle_events_arrive_signed_and_in_order_per_object() {
             .last_delivery
             .is_some_and(|l| l.succeeded && l.status_code == Some(200))
     );
+}
+
+#[tokio::test]
+async fn delivery_records_all_keeps_a_record_of_every_delivery_until_it_expires() {
+    ensure_crds();
+    let ns = TestNamespace::create("wh-all");
+    let _operator = Operator::start_with(
+        &ns.name,
+        &[
+            "--allow-private-webhook-addresses",
+            "--webhook-delivery-ttl-seconds",
+            "10",
+        ],
+    );
+    let client = client().await;
+    let f = Fixture {
+        instances: Api::namespaced(client.clone(), &ns.name),
+        webhooks: Api::namespaced(client.clone(), &ns.name),
+        deliveries: Api::namespaced(client, &ns.name),
+        operator: _operator,
+        ns,
+    };
+    let receiver = Receiver::start(&[SECRET]).await;
+    f.apply(&secret_manifest("signing", SECRET, None));
+    f.apply(&webhook_manifest(
+        "audit",
+        &receiver.url(),
+        "  deliveryRecords: All\n",
+    ));
+    f.wait_webhook_ready("audit").await;
+    f.apply(&instance_manifest("web"));
+    f.running("web").await;
+    let expected = wait_all_delivered(&f, &receiver).await;
+    // Every delivery has its record, Succeeded, for kubectl to show.
+    let records = wait_until("a Succeeded record of every delivery", WAIT, || async {
+        let records = f
+            .deliveries
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let succeeded = records
+            .items
+            .iter()
+            .filter(|d| d.status.as_ref().and_then(|s| s.phase) == Some(DeliveryPhase::Succeeded))
+            .count();
+        Ok((succeeded == expected.len()).then_some(records.items))
+    })
+    .await;
+    assert!(records.iter().all(|d| d.spec.webhook_name == "audit"));
+    let table = kubectl(["get", "whd", "-n", &f.ns.name]).expect_success("kubectl get whd");
+    assert!(
+        table.stdout.contains("Succeeded") && table.stdout.contains("instance.created"),
+        "{}",
+        table.stdout
+    );
+    // Completed records go once their time is up (10s here).
+    wait_until("the completed records to expire", WAIT, || async {
+        let left = f
+            .deliveries
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        Ok((left == 0).then_some(()))
+    })
+    .await;
+    // The counts stay: they are the Webhook's, not the records'.
+    let webhook = f.webhooks.get("audit").await.unwrap();
+    assert_eq!(webhook.status.unwrap().succeeded as usize, expected.len());
+}
+
+#[tokio::test]
+async fn an_inactive_webhook_is_sent_nothing() {
+    let f = fixture("wh-inactive").await;
+    let active = Receiver::start(&[SECRET]).await;
+    let paused = Receiver::start(&[SECRET]).await;
+    f.apply(&secret_manifest("signing", SECRET, None));
+    f.apply(&webhook_manifest("active", &active.url(), ""));
+    f.apply(&webhook_manifest(
+        "paused",
+        &paused.url(),
+        "  active: false\n",
+    ));
+    f.wait_webhook_ready("active").await;
+    f.wait_ready_reason("paused", "Inactive").await;
+    f.apply(&instance_manifest("web"));
+    f.running("web").await;
+    f.patch_instance("web", serde_json::json!({"replicas": 2}))
+        .await;
+    let expected = wait_until("the scale event recorded", WAIT, || async {
+        let expected = f.expected_events().await;
+        Ok(expected
+            .values()
+            .any(|t| t == "instance.scaled")
+            .then_some(expected))
+    })
+    .await;
+    wait_all_delivered(&f, &active).await;
+    // Every event is dispatched, with nothing sent to the paused one.
+    wait_until("every event dispatched", WAIT, || async {
+        let web = f.instances.get("web").await.map_err(|e| e.to_string())?;
+        let status = web.status.unwrap_or_default();
+        let last = status.history.last().map_or(0, |e| e.sequence);
+        Ok((status.dispatched_seq >= last && last >= expected.len() as i64).then_some(()))
+    })
+    .await;
+    assert!(paused.received().is_empty(), "{:?}", paused.received());
+    let records = f.deliveries.list(&ListParams::default()).await.unwrap();
+    assert!(
+        records
+            .items
+            .iter()
+            .all(|d| d.spec.webhook_name != "paused")
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_answers_does_not_hold_back_other_webhooks() {
+    let f = fixture("wh-hang").await;
+    let hanging = Receiver::start(&[SECRET]).await;
+    hanging.set_mode(Mode::Hang);
+    let healthy = Receiver::start(&[SECRET]).await;
+    f.apply(&secret_manifest("signing", SECRET, None));
+    f.apply(&webhook_manifest(
+        "hanging",
+        &hanging.url(),
+        "  timeoutSeconds: 60\n",
+    ));
+    f.apply(&webhook_manifest("healthy", &healthy.url(), ""));
+    f.wait_webhook_ready("hanging").await;
+    f.wait_webhook_ready("healthy").await;
+    for name in ["a", "b", "c"] {
+        f.apply(&instance_manifest(name));
+    }
+    for name in ["a", "b", "c"] {
+        f.running(name).await;
+    }
+    // Every event reaches the healthy receiver while the hanging one has
+    // not answered a single request (its attempts wait out a 60s timeout).
+    wait_all_delivered(&f, &healthy).await;
+    assert!(
+        hanging.max_in_flight() >= 1,
+        "the hanging receiver was tried"
+    );
+    assert!(hanging.accepted().is_empty());
 }
 
 #[tokio::test]

@@ -71,6 +71,7 @@ pub struct WebhookSpec {
     /// The endpoint that receives events, e.g. https://hooks.example.com/ctrlplane.
     /// Must be https unless allowInsecureHttp is true.
     #[x_kube(validation = Rule::new("isURL(self) && url(self).getHostname() != ''").message("must be an absolute URL with a host, such as https://hooks.example.com/path"))]
+    #[x_kube(validation = Rule::new("!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@')").message("must not carry credentials (user:password@host): they would show in status, Events and logs; the signing Secret authenticates the operator"))]
     #[schemars(length(min = 1, max = 2048))]
     pub url: String,
 
@@ -102,6 +103,13 @@ pub struct WebhookSpec {
     /// How failed deliveries are retried.
     #[serde(default)]
     pub retry_policy: RetryPolicy,
+
+    /// Which deliveries leave a WebhookDelivery record. `Failures` (the
+    /// default): only those that needed a retry or failed, so `kubectl get
+    /// whd` shows what needs attention and a healthy endpoint costs no
+    /// writes. `All`: every delivery, for an audit trail.
+    #[serde(default)]
+    pub delivery_records: DeliveryRecords,
 
     /// PEM certificates of private certificate authorities that the endpoint's
     /// certificate may chain to, in addition to the system's.
@@ -150,8 +158,22 @@ fn headers_schema(_: &mut SchemaGenerator) -> Schema {
                 "rule": "self.all(k, !(k.lowerAscii().startsWith('webhook-') || k.lowerAscii() in ['content-type', 'content-length', 'host', 'authorization', 'user-agent']))",
                 "message": "webhook-*, content-type, content-length, host, authorization and user-agent are set by the operator or carry secrets, and cannot be set here",
             },
+            {
+                "rule": "self.all(k, !self[k].matches('[[:cntrl:]]'))",
+                "message": "header values must not contain control characters such as CR or LF: they would let a value add headers of its own",
+            },
         ],
     })
+}
+
+/// Which deliveries leave a WebhookDelivery record.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum DeliveryRecords {
+    /// Only deliveries that needed a retry or failed.
+    #[default]
+    Failures,
+    /// Every delivery.
+    All,
 }
 
 /// Where the signing secret lives.
@@ -237,13 +259,16 @@ pub struct WebhookStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
-    /// Deliveries that succeeded (among those not yet expired).
+    /// Events delivered (answered 2xx) since the Webhook was created. Counted
+    /// by the operator and written at most about once a second, so a crash
+    /// of the operator may lose the last moment's counts.
     #[serde(default)]
     pub succeeded: i64,
-    /// Deliveries that failed after their last attempt (among those not yet expired).
+    /// Events that failed for good (every attempt failed, or 410 Gone) since
+    /// the Webhook was created.
     #[serde(default)]
     pub failed: i64,
-    /// Deliveries still to be made or retried.
+    /// Deliveries waiting for a retry now (their WebhookDelivery records).
     #[serde(default)]
     pub pending: i64,
     /// Failed attempts in a row, across deliveries.
@@ -262,7 +287,8 @@ pub struct WebhookStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LastDelivery {
-    /// The WebhookDelivery's name.
+    /// The delivery's name: its WebhookDelivery record's, when it has one
+    /// (`<webhook>-<object uid>-<sequence>` either way).
     pub name: String,
     /// When the attempt was made.
     pub time: DateTime<Utc>,

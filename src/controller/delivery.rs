@@ -1,37 +1,50 @@
-//! The WebhookDelivery reconciler: sends each delivery when it is due, records
-//! the attempt, retries on the webhook's policy, switches a webhook off on
-//! 410, and lets completed deliveries expire.
+//! Sending events, and the WebhookDelivery records that carry retries.
 //!
-//! Order: for one webhook and one object, a delivery is sent only once every
+//! [`Courier`] makes one signed attempt of one event to one Webhook; the
+//! dispatcher's fast path and the record controller below both send through
+//! it, so signing, timeouts, the address guard and the per-Webhook bound on
+//! attempts in flight are the same for both.
+//!
+//! The record controller sends each record when it is due (a pure step
+//! decides: [`crate::plan::delivery::next_step`]), records the attempt,
+//! retries on the Webhook's policy, switches a Webhook off on 410, and lets
+//! completed records expire.
+//!
+//! Order: for one Webhook and one object, a record is sent only once every
 //! earlier one (lower sequence) is done, so a receiver sees each object's
 //! events in sequence order. When one completes, the next is woken at once.
 //!
-//! Fairness: each webhook may have a bounded number of attempts in flight. A
-//! delivery whose webhook is at its bound steps aside (requeued) instead of
+//! Fairness: each Webhook may have a bounded number of attempts in flight.
+//! A record whose Webhook is at its bound steps aside (requeued) instead of
 //! holding a reconcile slot, so one slow receiver cannot starve the others.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::channel::mpsc;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerRuntimeConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use super::Context;
-use crate::api::{DeliveryPhase, Disabled, Webhook, WebhookDelivery, WebhookDeliveryStatus};
+use super::events::EventPublisher;
+use super::harness::{instrumented_reconcile, retry_after_failure};
+use super::webhook::DeliveryLedger;
+use crate::api::{DeliveryEvent, Disabled, Webhook, WebhookDelivery, WebhookDeliveryStatus};
 use crate::delivery::backoff::Policy;
 use crate::delivery::client::{Request, Sender};
 use crate::delivery::signing::{SigningKey, signature_header};
 use crate::delivery::{self, AttemptResult, Completion};
-use crate::runtime::metrics::DeliveryLabels;
+use crate::plan::delivery::{DeliveryStep, is_pending, next_step};
+use crate::runtime::kubeapi::{self, StatusWrite, delete_if_present};
+use crate::runtime::metrics::{DeliveryLabels, Metrics};
 
 const KIND: &str = "WebhookDelivery";
 
@@ -40,20 +53,20 @@ const KIND: &str = "WebhookDelivery";
 pub struct DeliveryConfig {
     /// Let endpoints resolve to loopback, link-local and private addresses.
     pub allow_private_addresses: bool,
-    /// How long a completed delivery is kept.
+    /// How long a completed delivery record is kept.
     pub completed_ttl: Duration,
     /// Attempts in flight at once per webhook.
     pub per_endpoint_concurrency: usize,
-    /// Deliveries reconciled at once.
+    /// Delivery records reconciled at once.
     pub concurrency: u16,
 }
 
-/// Errors of one delivery reconcile.
+/// Errors of one delivery record reconcile.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     #[error(
         "writing the status of {name}: {}",
-        crate::runtime::describe_kube_error(source)
+        kubeapi::describe_kube_error(source)
     )]
     WriteStatus {
         name: String,
@@ -62,7 +75,7 @@ pub enum DeliveryError {
     },
     #[error(
         "deleting expired delivery {name}: {}",
-        crate::runtime::describe_kube_error(source)
+        kubeapi::describe_kube_error(source)
     )]
     Expire {
         name: String,
@@ -71,7 +84,7 @@ pub enum DeliveryError {
     },
     #[error(
         "switching off webhook {name}: {}",
-        crate::runtime::describe_kube_error(source)
+        kubeapi::describe_kube_error(source)
     )]
     Disable {
         name: String,
@@ -80,23 +93,12 @@ pub enum DeliveryError {
     },
 }
 
-/// What the delivery reconciler shares.
-pub struct DeliveryContext {
-    pub base: Arc<Context>,
-    pub config: DeliveryConfig,
-    pub deliveries: Store<WebhookDelivery>,
-    pub sender: Sender,
-    pub secrets: SecretCache,
-    in_flight: Mutex<HashMap<(String, String), Arc<Semaphore>>>,
-    wake: mpsc::UnboundedSender<ObjectRef<WebhookDelivery>>,
-}
-
-/// Secrets are read when a delivery is signed, never watched (the operator
+/// Secrets are read when an event is signed, never watched (the operator
 /// needs only `get` on Secrets), and kept for a moment so a burst of
 /// deliveries does not read the same Secret a thousand times. A rotated key
 /// is in use within [`SecretCache::FRESH_FOR`].
 pub struct SecretCache {
-    client: kube::Client,
+    client: Client,
     entries: Mutex<HashMap<(String, String), CachedSecret>>,
 }
 
@@ -106,7 +108,7 @@ type CachedSecret = (std::time::Instant, Option<Arc<Secret>>);
 impl SecretCache {
     pub const FRESH_FOR: Duration = Duration::from_secs(2);
 
-    pub fn new(client: kube::Client) -> Self {
+    pub fn new(client: Client) -> Self {
         Self {
             client,
             entries: Mutex::new(HashMap::new()),
@@ -168,54 +170,157 @@ pub fn policy(webhook: &Webhook) -> Policy {
     }
 }
 
-fn is_pending(delivery: &WebhookDelivery) -> bool {
-    delivery
-        .status
-        .as_ref()
-        .and_then(|s| s.phase)
-        .is_none_or(|p| p == DeliveryPhase::Pending)
+/// One attempt, as made.
+pub struct Attempt {
+    pub result: AttemptResult,
+    pub started: DateTime<Utc>,
+    pub took: Duration,
 }
 
-/// The earliest pending delivery of the same webhook and object, if it is
-/// not this one.
+/// Makes signed attempts, with at most a bounded number in flight per
+/// Webhook.
+pub struct Courier {
+    sender: Sender,
+    secrets: SecretCache,
+    per_endpoint: usize,
+    endpoints: Mutex<HashMap<(String, String), Arc<Semaphore>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Courier {
+    pub fn new(
+        client: Client,
+        allow_private_addresses: bool,
+        per_endpoint: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            sender: Sender::new(allow_private_addresses),
+            secrets: SecretCache::new(client),
+            per_endpoint: per_endpoint.max(1),
+            endpoints: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// The bound on attempts in flight to one Webhook.
+    pub fn endpoint(&self, namespace: &str, webhook: &str) -> Arc<Semaphore> {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        endpoints
+            .entry((namespace.to_string(), webhook.to_string()))
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_endpoint)))
+            .clone()
+    }
+
+    /// Signs and sends one event. The caller holds a permit of
+    /// [`Courier::endpoint`].
+    pub async fn attempt(&self, webhook: &Webhook, event: &DeliveryEvent) -> Attempt {
+        let namespace = webhook.namespace().unwrap_or_default();
+        let started = Utc::now();
+        let secret = self
+            .secrets
+            .get(&namespace, &webhook.spec.secret_ref.name)
+            .await
+            .map_err(|e| kubeapi::describe_kube_error(&e));
+        let (result, took) = match secret.and_then(|s| signing_keys(webhook, s.as_deref())) {
+            Err(why) => (
+                AttemptResult::Failed {
+                    error: format!("cannot sign: {why}"),
+                },
+                Duration::ZERO,
+            ),
+            Ok(keys) => {
+                let body = delivery::body(event, &namespace);
+                let timestamp = started.timestamp();
+                let signature = signature_header(&keys, &event.id, timestamp, &body);
+                self.sender
+                    .send(
+                        &Request {
+                            url: &webhook.spec.url,
+                            timeout: Duration::from_secs(
+                                u64::try_from(webhook.spec.timeout_seconds).unwrap_or(10),
+                            ),
+                            ca_bundle: webhook.spec.ca_bundle.as_deref(),
+                            headers: &webhook.spec.headers,
+                            id: &event.id,
+                            timestamp,
+                            signature: &signature,
+                        },
+                        body,
+                    )
+                    .await
+            }
+        };
+        Attempt {
+            result,
+            started,
+            took,
+        }
+    }
+
+    /// Counts an attempt in the metrics: every attempt, whatever path made it.
+    pub fn count(&self, completion: Option<Completion>, event: &DeliveryEvent) {
+        let outcome = match completion {
+            Some(Completion::Delivered) => "succeeded",
+            Some(Completion::Gone) => "gone",
+            Some(Completion::GaveUp) => "failed",
+            None => "retrying",
+        };
+        self.metrics
+            .deliveries
+            .get_or_create(&DeliveryLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+        if completion == Some(Completion::Delivered) {
+            let latency = (Utc::now() - event.timestamp).to_std().unwrap_or_default();
+            self.metrics.delivery_latency.observe(latency.as_secs_f64());
+        }
+    }
+}
+
+/// The earliest pending record of the same webhook and object before this
+/// one, if any.
 fn blocked_by(
     deliveries: &Store<WebhookDelivery>,
     delivery: &WebhookDelivery,
 ) -> Option<Arc<WebhookDelivery>> {
-    let event = &delivery.spec.event;
-    deliveries
-        .state()
-        .into_iter()
-        .filter(|d| {
-            d.namespace() == delivery.namespace()
-                && d.spec.webhook_name == delivery.spec.webhook_name
-                && d.spec.event.subject.uid == event.subject.uid
-                && d.spec.event.sequence < event.sequence
-                && is_pending(d)
-        })
+    same_pair(deliveries, delivery)
+        .filter(|d| d.spec.event.sequence < delivery.spec.event.sequence)
         .min_by_key(|d| d.spec.event.sequence)
 }
 
-/// The next pending delivery of the same webhook and object after this one.
+/// The next pending record of the same webhook and object after this one.
 fn next_in_line(
     deliveries: &Store<WebhookDelivery>,
     delivery: &WebhookDelivery,
 ) -> Option<Arc<WebhookDelivery>> {
-    let event = &delivery.spec.event;
-    deliveries
-        .state()
-        .into_iter()
-        .filter(|d| {
-            d.namespace() == delivery.namespace()
-                && d.spec.webhook_name == delivery.spec.webhook_name
-                && d.spec.event.subject.uid == event.subject.uid
-                && d.spec.event.sequence > event.sequence
-                && is_pending(d)
-        })
+    same_pair(deliveries, delivery)
+        .filter(|d| d.spec.event.sequence > delivery.spec.event.sequence)
         .min_by_key(|d| d.spec.event.sequence)
 }
 
-/// Runs the delivery controller of one scope until shutdown.
+fn same_pair<'a>(
+    deliveries: &Store<WebhookDelivery>,
+    delivery: &'a WebhookDelivery,
+) -> impl Iterator<Item = Arc<WebhookDelivery>> + 'a {
+    deliveries.state().into_iter().filter(move |d| {
+        d.namespace() == delivery.namespace()
+            && d.spec.webhook_name == delivery.spec.webhook_name
+            && d.spec.event.subject.uid == delivery.spec.event.subject.uid
+            && is_pending(d)
+    })
+}
+
+/// What the record controller shares.
+pub struct DeliveryContext {
+    pub base: Arc<Context>,
+    pub config: DeliveryConfig,
+    pub deliveries: Store<WebhookDelivery>,
+    wake: mpsc::UnboundedSender<ObjectRef<WebhookDelivery>>,
+}
+
+/// Runs the record controller of one scope until shutdown.
 pub async fn controller(
     deliveries: impl futures::Stream<Item = Arc<WebhookDelivery>> + Send + 'static,
     store: Store<WebhookDelivery>,
@@ -226,16 +331,13 @@ pub async fn controller(
 ) {
     let (wake, woken) = mpsc::unbounded();
     let context = Arc::new(DeliveryContext {
-        sender: Sender::new(config.allow_private_addresses),
-        secrets: SecretCache::new(base.client.clone()),
         base,
         config: config.clone(),
         deliveries: store.clone(),
-        in_flight: Mutex::new(HashMap::new()),
         wake,
     });
     // A webhook that changes (switched back on, new URL, new policy) wakes
-    // its pending deliveries.
+    // its pending records.
     let pending_of = {
         let store = store.clone();
         move |webhook: Arc<Webhook>| {
@@ -266,7 +368,7 @@ fn error_policy(
     error: &DeliveryError,
     context: Arc<DeliveryContext>,
 ) -> Action {
-    super::retry_after_failure(KIND, delivery.as_ref(), "Delivery", error, &context.base)
+    retry_after_failure(KIND, delivery.as_ref(), "Delivery", error, &context.base)
 }
 
 async fn reconcile(
@@ -274,7 +376,7 @@ async fn reconcile(
     context: Arc<DeliveryContext>,
 ) -> Result<Action, DeliveryError> {
     let work = reconcile_inner(&delivery, &context);
-    super::instrumented_reconcile(KIND, delivery.as_ref(), &context.base, work).await
+    instrumented_reconcile(KIND, delivery.as_ref(), &context.base, work).await
 }
 
 async fn reconcile_inner(
@@ -284,154 +386,67 @@ async fn reconcile_inner(
     let namespace = delivery.namespace().unwrap_or_default();
     let name = delivery.name_any();
     let api: Api<WebhookDelivery> = Api::namespaced(context.base.client.clone(), &namespace);
-    let now = Utc::now();
-    let status = delivery.status.clone().unwrap_or_default();
-
-    if !is_pending(delivery) {
-        // Completed: keep it for the TTL, then let it go.
-        let completed = status.completed_at.unwrap_or(now);
-        let expires = completed
-            + chrono::Duration::from_std(context.config.completed_ttl).unwrap_or_default();
-        if expires <= now {
-            match api.delete(&name, &Default::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(response)) if response.code == 404 => {}
-                Err(source) => return Err(DeliveryError::Expire { name, source }),
-            }
-            return Ok(Action::await_change());
-        }
-        return Ok(Action::requeue(
-            (expires - now).to_std().unwrap_or_default(),
-        ));
-    }
-
     let webhook = context
         .base
         .webhooks
         .get(&ObjectRef::new(&delivery.spec.webhook_name).within(&namespace));
-    let Some(webhook) = webhook else {
-        // Its webhook is gone; garbage collection removes the delivery.
-        return Ok(Action::await_change());
+    let blocked = blocked_by(&context.deliveries, delivery).is_some();
+    let step = next_step(
+        delivery,
+        webhook.as_deref(),
+        blocked,
+        context.config.completed_ttl,
+        Utc::now(),
+    );
+    let webhook = match (step, webhook) {
+        (DeliveryStep::Expire, _) => {
+            delete_if_present(&api, &name, &Default::default())
+                .await
+                .map_err(|source| DeliveryError::Expire { name, source })?;
+            return Ok(Action::await_change());
+        }
+        (DeliveryStep::Wait(wait), _) => return Ok(Action::requeue(wait)),
+        (DeliveryStep::Park, _) | (DeliveryStep::Attempt, None) => {
+            return Ok(Action::await_change());
+        }
+        (DeliveryStep::Attempt, Some(webhook)) => webhook,
     };
-    if !crate::plan::dispatch::webhook_accepts(&webhook) {
-        // Paused until the webhook is switched back on (which wakes it).
-        return Ok(Action::await_change());
-    }
-    if blocked_by(&context.deliveries, delivery).is_some() {
-        // An earlier event of the same object goes first; its completion
-        // wakes this one.
-        return Ok(Action::requeue(Duration::from_secs(2)));
-    }
-    if let Some(due) = status.next_attempt_at
-        && due > now
-    {
-        return Ok(Action::requeue((due - now).to_std().unwrap_or_default()));
-    }
 
     // One webhook may not take every slot.
-    let semaphore = {
-        let mut in_flight = context.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        in_flight
-            .entry((namespace.clone(), webhook.name_any()))
-            .or_insert_with(|| Arc::new(Semaphore::new(context.config.per_endpoint_concurrency)))
-            .clone()
-    };
-    let Ok(_permit) = semaphore.try_acquire() else {
+    let courier = &context.base.courier;
+    let endpoint = courier.endpoint(&namespace, &webhook.name_any());
+    let Ok(_permit) = endpoint.try_acquire() else {
         return Ok(Action::requeue(Duration::from_millis(250)));
     };
-
-    let policy = policy(&webhook);
-    let started = Utc::now();
-    let secret = context
-        .secrets
-        .get(&namespace, &webhook.spec.secret_ref.name)
-        .await
-        .map_err(|e| crate::runtime::describe_kube_error(&e));
-    let (result, took) = match secret.and_then(|s| signing_keys(&webhook, s.as_deref())) {
-        Err(why) => (
-            AttemptResult::Failed {
-                error: format!("cannot sign: {why}"),
-            },
-            Duration::ZERO,
-        ),
-        Ok(keys) => {
-            let body = delivery::body(&delivery.spec.event, &namespace);
-            let timestamp = started.timestamp();
-            let signature = signature_header(&keys, &delivery.spec.event.id, timestamp, &body);
-            context
-                .sender
-                .send(
-                    &Request {
-                        url: &webhook.spec.url,
-                        timeout: Duration::from_secs(
-                            u64::try_from(webhook.spec.timeout_seconds).unwrap_or(10),
-                        ),
-                        ca_bundle: webhook.spec.ca_bundle.as_deref(),
-                        headers: &webhook.spec.headers,
-                        id: &delivery.spec.event.id,
-                        timestamp,
-                        signature: &signature,
-                    },
-                    body,
-                )
-                .await
-        }
-    };
-    let jitter = fastrand::f64();
-    let (next, completion) =
-        delivery::record_attempt(&status, &policy, &result, started, took, jitter);
-    let outcome = match completion {
-        Some(Completion::Delivered) => "succeeded",
-        Some(Completion::Gone) => "gone",
-        Some(Completion::GaveUp) => "failed",
-        None => "retrying",
-    };
+    let event = &delivery.spec.event;
+    let attempt = courier.attempt(&webhook, event).await;
+    let status = delivery.status.clone().unwrap_or_default();
+    let (next, completion) = delivery::record_attempt(
+        &status,
+        &policy(&webhook),
+        &attempt.result,
+        attempt.started,
+        attempt.took,
+        fastrand::f64(),
+    );
+    courier.count(completion, event);
+    let written = write_delivery_status(&api, delivery, next.clone()).await?;
     context
         .base
-        .metrics
-        .deliveries
-        .get_or_create(&DeliveryLabels {
-            outcome: outcome.into(),
-        })
-        .inc();
-    if completion == Some(Completion::Delivered) {
-        let latency = (Utc::now() - delivery.spec.event.timestamp)
-            .to_std()
-            .unwrap_or_default();
-        context
-            .base
-            .metrics
-            .delivery_latency
-            .observe(latency.as_secs_f64());
-    }
-
-    let written = write_status(&api, delivery, next.clone()).await?;
-    let reference = delivery.object_ref(&());
-    match completion {
-        Some(Completion::Gone) => {
-            disable_webhook(context, &webhook, delivery).await?;
-        }
-        Some(Completion::GaveUp) => {
-            let message = format!(
-                "{} to {} failed after {} attempts: {}",
-                delivery.spec.event.type_,
-                webhook.spec.url,
-                next.attempts,
-                next.last_error.clone().unwrap_or_default()
-            );
-            publish(context, &reference, true, "DeliveryFailed", &message).await;
-            publish(
-                context,
-                &webhook.object_ref(&()),
-                true,
-                "DeliveryFailed",
-                &message,
-            )
-            .await;
-        }
-        _ => {}
-    }
-    if completion.is_some() {
+        .ledger
+        .attempted(&webhook, &name, &attempt, completion);
+    if let Some(completion) = completion {
+        let base = &context.base;
+        conclude(
+            &base.client,
+            &base.events,
+            &base.ledger,
+            &webhook,
+            &name,
+            &next,
+            completion,
+        )
+        .await?;
         if let Some(next) = next_in_line(&context.deliveries, delivery) {
             let _ = context
                 .wake
@@ -440,8 +455,7 @@ async fn reconcile_inner(
         if !written {
             return Ok(Action::requeue(Duration::from_millis(100)));
         }
-        let ttl = context.config.completed_ttl;
-        return Ok(Action::requeue(ttl));
+        return Ok(Action::requeue(context.config.completed_ttl));
     }
     info!(
         delivery = name,
@@ -456,23 +470,63 @@ async fn reconcile_inner(
     Ok(Action::requeue(wait))
 }
 
-/// Replaces the status with the resourceVersion we read. `Ok(false)` on a
-/// conflict: the attempt happened and will be made again (at least once).
-async fn write_status(
+/// What a delivery that ended for good leaves behind: a 410 switches its
+/// Webhook off; a delivery that failed every attempt gets a Warning Event on
+/// the record (when there is one) and on the Webhook.
+pub async fn conclude(
+    client: &Client,
+    events: &EventPublisher,
+    ledger: &DeliveryLedger,
+    webhook: &Webhook,
+    delivery_name: &str,
+    status: &WebhookDeliveryStatus,
+    completion: Completion,
+) -> Result<(), DeliveryError> {
+    let namespace = webhook.namespace().unwrap_or_default();
+    match completion {
+        Completion::Gone => disable_webhook(client, events, ledger, webhook, delivery_name).await,
+        Completion::GaveUp => {
+            let message = format!(
+                "delivery {delivery_name} to {} failed after {} attempts: {}",
+                webhook.spec.url,
+                status.attempts,
+                status.last_error.clone().unwrap_or_default()
+            );
+            let record = ObjectReference {
+                api_version: Some(WebhookDelivery::api_version(&()).into_owned()),
+                kind: Some(WebhookDelivery::kind(&()).into_owned()),
+                name: Some(delivery_name.to_string()),
+                namespace: Some(namespace),
+                ..ObjectReference::default()
+            };
+            publish(events, &record, true, "DeliveryFailed", &message).await;
+            publish(
+                events,
+                &webhook.object_ref(&()),
+                true,
+                "DeliveryFailed",
+                &message,
+            )
+            .await;
+            Ok(())
+        }
+        Completion::Delivered => Ok(()),
+    }
+}
+
+/// Replaces a record's status with the resourceVersion read. `Ok(false)`
+/// on a conflict: the attempt happened and will be made again (at least
+/// once).
+async fn write_delivery_status(
     api: &Api<WebhookDelivery>,
     delivery: &WebhookDelivery,
     status: WebhookDeliveryStatus,
 ) -> Result<bool, DeliveryError> {
     let mut updated = delivery.clone();
     updated.status = Some(status);
-    match api
-        .replace_status(&delivery.name_any(), &PostParams::default(), &updated)
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(response)) if response.code == 409 || response.code == 404 => {
-            Ok(false)
-        }
+    match kubeapi::replace_status(api, &updated).await {
+        Ok(StatusWrite::Written(_)) => Ok(true),
+        Ok(StatusWrite::Conflict | StatusWrite::Gone) => Ok(false),
         Err(source) => Err(DeliveryError::WriteStatus {
             name: delivery.name_any(),
             source,
@@ -483,16 +537,17 @@ async fn write_status(
 /// 410 Gone: the webhook is switched off for its URL, said in its status and
 /// an Event.
 async fn disable_webhook(
-    context: &DeliveryContext,
+    client: &Client,
+    events: &EventPublisher,
+    ledger: &DeliveryLedger,
     webhook: &Webhook,
-    delivery: &WebhookDelivery,
+    delivery_name: &str,
 ) -> Result<(), DeliveryError> {
     let namespace = webhook.namespace().unwrap_or_default();
-    let api: Api<Webhook> = Api::namespaced(context.base.client.clone(), &namespace);
+    let api: Api<Webhook> = Api::namespaced(client.clone(), &namespace);
     let message = format!(
-        "{} answered 410 Gone to {}; no more events are sent to it. Change spec.url, or delete and re-create the Webhook, to switch it back on",
+        "{} answered 410 Gone to {delivery_name}; no more events are sent to it. Change spec.url, or delete and re-create the Webhook, to switch it back on",
         webhook.spec.url,
-        delivery.name_any()
     );
     let disabled = Disabled {
         reason: "EndpointGone".into(),
@@ -511,8 +566,9 @@ async fn disable_webhook(
         name: webhook.name_any(),
         source,
     })?;
+    ledger.switched_off(webhook, disabled);
     publish(
-        context,
+        events,
         &webhook.object_ref(&()),
         true,
         "EndpointGone",
@@ -523,18 +579,13 @@ async fn disable_webhook(
 }
 
 async fn publish(
-    context: &DeliveryContext,
-    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    events: &EventPublisher,
+    reference: &ObjectReference,
     warning: bool,
     reason: &str,
     message: &str,
 ) {
-    if let Err(err) = context
-        .base
-        .events
-        .publish(reference, warning, reason, message)
-        .await
-    {
-        warn!(error = %crate::runtime::describe_kube_error(&err), reason, "publishing an Event failed");
+    if let Err(err) = events.publish(reference, warning, reason, message).await {
+        warn!(error = %kubeapi::describe_kube_error(&err), reason, "publishing an Event failed");
     }
 }

@@ -1,254 +1,190 @@
-//! The Instance reconciler: observe -> plan -> act -> record.
-//!
-//! - observe: the provider's view, from the reflector caches.
-//! - plan: [`crate::plan::instance::plan`], pure.
-//! - act: the plan's provider actions, all idempotent.
-//! - record: the status through the status subresource, with the object's
-//!   resourceVersion (a conflict means observe again, never overwrite), then
-//!   Kubernetes Events, webhook dispatch, and the finalizer.
+//! Instances in the lifecycle engine: what they observe (their provider's
+//! view), how they plan ([`crate::plan::instance::plan`]), and the provider
+//! calls their plans ask for. Everything else is the engine's.
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::runtime::controller::{Action, Config as ControllerRuntimeConfig, Controller};
+use kube::ResourceExt;
+use kube::runtime::controller::{Config as ControllerRuntimeConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Api, Resource, ResourceExt};
 use tracing::info;
 
 use super::Context;
-use super::record::{RecordError, add_finalizer, all_dispatched, record, remove_finalizer};
+use super::harness::log_loop_result;
+use super::lifecycle::{LifecycleKind, error_policy, reconcile};
+use super::watches::settle;
 use crate::api::Instance;
-use crate::plan::conditions::{DesiredCondition, set_condition, types};
-use crate::plan::instance::{
-    INSTANCE_LABEL, InstanceObservation, InstancePlan, ProviderAction, plan,
+use crate::plan::Decision;
+use crate::plan::instance::{InstanceObservation, ProviderAction, plan};
+use crate::provider::{
+    ActionNote, ApplyReason, Cleanup, Deprovision, InstanceProvider, InstanceWorkload,
+    ProviderError, WorkloadId,
 };
-use crate::plan::{FinalizerAction, PlannedEvent};
-use crate::provider::{Deprovision, InstanceProvider, ProviderError, WorkloadId};
 
-/// Errors of one Instance reconcile.
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    #[error(transparent)]
-    Record(#[from] RecordError),
-    #[error(transparent)]
-    Provider(#[from] ProviderError),
+/// What an Instance's plan asks of its provider.
+pub struct InstanceActs {
+    provider: Option<Arc<dyn InstanceProvider>>,
+    id: WorkloadId,
+    workload: Option<InstanceWorkload>,
+    actions: Vec<ProviderAction>,
 }
 
-impl ReconcileError {
-    /// A short label for metrics.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Record(e) => e.metric_label(),
-            Self::Provider(e) => e.reason(),
+/// The most telling reason among a plan's calls, the one passed along.
+fn reason(actions: &[ProviderAction]) -> ApplyReason {
+    use ProviderAction::*;
+    [
+        (Deploy, ApplyReason::Deploy),
+        (Rollback, ApplyReason::Rollback),
+        (Restart, ApplyReason::Restart),
+        (Scale, ApplyReason::Scale),
+        (Start, ApplyReason::Start),
+        (Stop, ApplyReason::Stop),
+    ]
+    .into_iter()
+    .find(|(action, _)| actions.contains(action))
+    .map_or(ApplyReason::Provision, |(_, reason)| reason)
+}
+
+fn workload_id(instance: &Instance) -> WorkloadId {
+    WorkloadId {
+        namespace: instance.namespace().unwrap_or_default(),
+        name: instance.name_any(),
+        uid: instance.uid().unwrap_or_default(),
+    }
+}
+
+#[async_trait]
+impl LifecycleKind for Instance {
+    type Observation = (InstanceObservation, Option<Arc<dyn InstanceProvider>>);
+    type Acts = InstanceActs;
+
+    async fn observe(&self, context: &Context) -> Result<Self::Observation, ProviderError> {
+        let provider = context
+            .instance_providers
+            .resolve(self.spec.provider.as_deref());
+        let (workload, cleanup) = match &provider {
+            Ok(provider) => (
+                provider.observe(&workload_id(self)).await?,
+                provider.cleanup(),
+            ),
+            Err(_) => (None, Cleanup::GarbageCollected),
+        };
+        let observation = InstanceObservation {
+            provider: provider
+                .as_ref()
+                .map(|p| p.name().to_string())
+                .map_err(Clone::clone),
+            cleanup,
+            workload,
+        };
+        Ok((observation, provider.ok()))
+    }
+
+    fn plan(
+        &self,
+        (observation, provider): &Self::Observation,
+        now: DateTime<Utc>,
+    ) -> (Decision<Self::Status>, Self::Acts) {
+        let plan = plan(self, observation, now);
+        let decision = Decision {
+            status: plan.status,
+            events: plan.events,
+            requeue_after: plan.requeue_after,
+            finalizer: plan.finalizer,
+            labels: None,
+            delete_object: false,
+        };
+        let acts = InstanceActs {
+            provider: provider.clone(),
+            id: workload_id(self),
+            workload: plan.workload,
+            actions: plan.actions,
+        };
+        (decision, acts)
+    }
+
+    async fn act(
+        &self,
+        _context: &Context,
+        acts: &Self::Acts,
+    ) -> Result<Vec<ActionNote>, ProviderError> {
+        let Some(provider) = &acts.provider else {
+            return Ok(Vec::new());
+        };
+        if acts.actions.contains(&ProviderAction::Deprovision) {
+            if provider.deprovision(&acts.id).await? == Deprovision::InProgress {
+                info!("deprovisioning: waiting for the children to go");
+            }
+            return Ok(Vec::new());
+        }
+        match &acts.workload {
+            Some(workload) if !acts.actions.is_empty() => {
+                provider.apply(workload, reason(&acts.actions)).await
+            }
+            _ => Ok(Vec::new()),
         }
     }
 }
 
-const KIND: &str = "Instance";
-
-/// Builds the Instance controller of one scope.
-#[allow(clippy::too_many_arguments)]
-pub async fn controller(
-    instances: impl Stream<Item = Result<Instance, watcher::Error>> + Send + 'static,
-    store: Store<Instance>,
-    deployments: impl Stream<Item = Result<Deployment, watcher::Error>> + Send + 'static,
-    services: impl Stream<Item = Arc<Service>> + Send + 'static,
-    pods: impl Stream<Item = Arc<Pod>> + Send + 'static,
-    concurrency: u16,
-    context: Arc<Context>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    // Only changes that can change a decision start a reconcile: our own
-    // status writes change neither the generation nor these, so they do not
-    // feed back into another reconcile.
-    let instances = instances.predicate_filter(reconcile_trigger, Default::default());
-    Controller::for_stream(instances, store)
-        .owns_stream(deployments)
-        .owns_shared_stream(services)
-        .watches_shared_stream(pods, pod_owner)
-        .with_config(ControllerRuntimeConfig::default().concurrency(concurrency))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "reconcile loop");
-            }
-        })
-        .await;
-}
-
-use kube::runtime::WatchStreamExt;
-
 /// What about an object starts a reconcile: its generation (spec), its
-/// deletion, its labels (copied onto the children) and finalizers.
-pub fn reconcile_trigger<K: Resource>(object: &K) -> Option<u64> {
+/// deletion, and its labels (copied onto the children). Its status and its
+/// finalizers are ours, and our own writes must not feed back into another
+/// reconcile. Labels the operator sets itself (a Sandbox's agent and job)
+/// follow from the spec, whose generation already counts.
+pub fn reconcile_trigger<K: kube::Resource>(object: &K) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let meta = object.meta();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     meta.generation.hash(&mut hasher);
     meta.deletion_timestamp.is_some().hash(&mut hasher);
-    meta.labels.hash(&mut hasher);
-    meta.finalizers.hash(&mut hasher);
+    if let Some(labels) = &meta.labels {
+        for (key, value) in labels {
+            if key != crate::provider::AGENT_LABEL && key != crate::provider::JOB_LABEL {
+                (key, value).hash(&mut hasher);
+            }
+        }
+    }
     Some(hasher.finish())
 }
 
-/// A pod starts a reconcile of its Instance only when it is not ready: its
-/// problems are news; a ready pod shows up in the Deployment's status anyway.
-fn pod_owner(pod: Arc<Pod>) -> Option<ObjectRef<Instance>> {
-    let ready = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    if ready {
-        return None;
-    }
-    let name = pod.labels().get(INSTANCE_LABEL)?.clone();
-    Some(ObjectRef::new(&name).within(&pod.namespace()?))
-}
+/// How long the children of one object must be quiet before their news
+/// wakes it (see [`settle`]).
+pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+/// The longest their news is held back, however busy they are.
+pub const SETTLE_AT_MOST: std::time::Duration = std::time::Duration::from_secs(3);
 
-fn error_policy(instance: Arc<Instance>, error: &ReconcileError, context: Arc<Context>) -> Action {
-    super::retry_after_failure(
-        KIND,
-        instance.as_ref(),
-        error.metric_label(),
-        error,
-        &context,
-    )
-}
-
-async fn reconcile(
-    instance: Arc<Instance>,
+/// Runs the Instance controller of one scope until shutdown.
+pub async fn controller(
+    instances: impl Stream<Item = Result<Instance, watcher::Error>> + Send + 'static,
+    store: Store<Instance>,
+    dispatched: impl Stream<Item = (String, String)> + Send + 'static,
+    concurrency: u16,
     context: Arc<Context>,
-) -> Result<Action, ReconcileError> {
-    let work = reconcile_inner(instance.clone(), &context);
-    super::instrumented_reconcile(KIND, instance.as_ref(), &context, work).await
-}
-
-async fn reconcile_inner(
-    instance: Arc<Instance>,
-    context: &Context,
-) -> Result<Action, ReconcileError> {
-    let name = instance.name_any();
-    let namespace = instance.namespace().unwrap_or_default();
-    let id = WorkloadId {
-        namespace: namespace.clone(),
-        name: name.clone(),
-    };
-
-    // observe
-    let provider = context.registry.resolve(instance.spec.provider.as_deref());
-    let workload = match &provider {
-        Ok(provider) => provider.status(&id).await?,
-        Err(_) => None,
-    };
-    let observation = InstanceObservation {
-        provider: provider
-            .as_ref()
-            .map(|p| p.name().to_string())
-            .map_err(Clone::clone),
-        workload,
-    };
-
-    // plan
-    let mut plan = plan(&instance, &observation, Utc::now());
-
-    // The finalizer goes on before anything is created, so nothing can be
-    // left behind by a delete that races the first reconcile.
-    let api: Api<Instance> = Api::namespaced(context.client.clone(), &namespace);
-    let instance = if plan.finalizer == FinalizerAction::Add {
-        Arc::new(add_finalizer(&api, &instance).await?)
-    } else {
-        instance
-    };
-
-    // act
-    let mut notes = Vec::new();
-    if let Ok(provider) = &provider
-        && let Err(error) = act(provider.as_ref(), &plan, &id, &mut notes).await
-    {
-        if let ProviderError::NamespaceTerminating { .. } = error {
-            // Not a fault of the Instance, and Events cannot be created in a
-            // terminating namespace: wait quietly for the deletion to arrive.
-            tracing::debug!("namespace is terminating; waiting for the Instance's deletion");
-            return Ok(Action::requeue(std::time::Duration::from_secs(10)));
-        }
-        // The status still records what happened, with the error in Synced;
-        // the error then retries the reconcile.
-        set_condition(
-            &mut plan.status.conditions,
-            DesiredCondition::new(types::SYNCED, false, error.reason(), error.to_string()),
-            instance.metadata.generation,
-            Utc::now(),
-        );
-        plan.events.push(PlannedEvent {
-            warning: true,
-            reason: error.reason().to_string(),
-            message: error.to_string(),
-        });
-        record(&api, &instance, &mut plan.status, &plan.events, context).await?;
-        return Err(error.into());
-    }
-    plan.events.extend(notes.into_iter().map(|n| PlannedEvent {
-        warning: n.warning,
-        reason: n.reason,
-        message: n.message,
-    }));
-
-    // record
-    let Some(written) = record(&api, &instance, &mut plan.status, &plan.events, context).await?
-    else {
-        // Conflict: someone changed the Instance since we read it. Look again.
-        return Ok(Action::requeue(std::time::Duration::from_millis(100)));
-    };
-
-    if plan.finalizer == FinalizerAction::Release && all_dispatched(&written) {
-        remove_finalizer(&api, &written).await?;
-        info!("finalizer released; the Instance is gone");
-        return Ok(Action::await_change());
-    }
-    // One line per reconcile at debug level, inside the reconcile span, so
-    // `RUST_LOG=ctrlplane_operator=debug` shows which object did what.
-    tracing::debug!(
-        phase = ?plan.status.phase,
-        requeue_after_secs = plan.requeue_after.as_secs(),
-        "reconciled"
-    );
-    Ok(Action::requeue(plan.requeue_after))
-}
-
-/// Runs the plan's provider actions in order.
-async fn act(
-    provider: &dyn InstanceProvider,
-    plan: &InstancePlan,
-    id: &WorkloadId,
-    notes: &mut Vec<crate::provider::ActionNote>,
-) -> Result<(), ProviderError> {
-    for action in &plan.actions {
-        if *action == ProviderAction::Deprovision {
-            if provider.deprovision(id).await? == Deprovision::InProgress {
-                info!("deprovisioning: waiting for the children to go");
-            }
-            continue;
-        }
-        let Some(workload) = &plan.workload else {
-            continue;
-        };
-        let result = match action {
-            ProviderAction::Provision => provider.provision(workload).await?,
-            ProviderAction::Deploy => provider.deploy(workload).await?,
-            ProviderAction::Rollback => provider.rollback(workload).await?,
-            ProviderAction::Scale => provider.scale(workload).await?,
-            ProviderAction::Restart => provider.restart(workload).await?,
-            ProviderAction::Start => provider.start(workload).await?,
-            ProviderAction::Stop => provider.stop(workload).await?,
-            ProviderAction::Deprovision => Vec::new(),
-        };
-        notes.extend(result);
-    }
-    Ok(())
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    use kube::runtime::WatchStreamExt;
+    let instances = instances.predicate_filter(reconcile_trigger, Default::default());
+    let providers = futures::stream::select_all(
+        context
+            .instance_providers
+            .all()
+            .filter_map(|p| p.wakeups())
+            .collect::<Vec<_>>(),
+    )
+    .map(|id| (id.namespace, id.name));
+    let providers = settle(providers, SETTLE, SETTLE_AT_MOST)
+        .map(|(namespace, name)| ObjectRef::<Instance>::new(&name).within(&namespace));
+    let dispatched = dispatched.map(|(namespace, name)| ObjectRef::new(&name).within(&namespace));
+    Controller::for_stream(instances, store)
+        .reconcile_on(providers)
+        .reconcile_on(dispatched)
+        .with_config(ControllerRuntimeConfig::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(log_loop_result)
+        .await;
 }

@@ -1,18 +1,22 @@
-//! The record step, shared by every kind with a lifecycle: the status write
-//! with optimistic concurrency, Kubernetes Events, webhook dispatch, and the
-//! finalizer.
+//! The record step's I/O, shared by every kind with a lifecycle: the status
+//! write with optimistic concurrency, the one metadata patch (finalizer and
+//! labels), Kubernetes Events, and remembering what was written so the next
+//! reconcile does not plan from a copy older than its own write.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::Context;
-use super::dispatch::{self, HasHistory};
-use crate::api::{Instance, InstanceStatus, Sandbox, SandboxStatus};
-use crate::plan::PlannedEvent;
+use crate::api::{Condition, HistoryEntry, Instance, InstanceStatus, Sandbox, SandboxStatus};
+use crate::plan::{FINALIZER, PlannedEvent};
+use crate::runtime::kubeapi::{self, StatusWrite, is_not_found};
 use crate::runtime::metrics::{KindLabels, TransitionLabels};
 
 /// A custom resource with a lifecycle status.
@@ -26,31 +30,106 @@ pub trait LifecycleObject:
     + Sync
     + 'static
 {
-    type Status: Clone + PartialEq + Default + HasHistory + Send + Sync;
+    type Status: Clone
+        + PartialEq
+        + Default
+        + HasHistory
+        + Serialize
+        + Send
+        + Sync
+        + std::fmt::Debug;
     const KIND: &'static str;
+    /// Status fields (as serialized) that report progress rather than a
+    /// decision: a change to them alone is written at most every
+    /// [`PROGRESS_FOLD`], or with the next decision (see
+    /// [`crate::plan::only_progress`]).
+    const PROGRESS_FIELDS: &'static [&'static str];
     fn status(&self) -> Option<&Self::Status>;
     fn set_status(&mut self, status: Self::Status);
 }
 
-impl LifecycleObject for Instance {
-    type Status = InstanceStatus;
-    const KIND: &'static str = "Instance";
-    fn status(&self) -> Option<&InstanceStatus> {
-        self.status.as_ref()
-    }
-    fn set_status(&mut self, status: InstanceStatus) {
-        self.status = Some(status);
-    }
+/// Status fields that dispatch works with, common to every kind with a
+/// history.
+pub trait HasHistory {
+    fn history(&self) -> &[HistoryEntry];
+    fn history_mut(&mut self) -> &mut Vec<HistoryEntry>;
+    fn dispatched_seq(&self) -> i64;
+    fn set_dispatched_seq(&mut self, sequence: i64);
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
 }
 
-impl LifecycleObject for Sandbox {
-    type Status = SandboxStatus;
-    const KIND: &'static str = "Sandbox";
-    fn status(&self) -> Option<&SandboxStatus> {
-        self.status.as_ref()
+macro_rules! lifecycle_object {
+    ($($kind:ty => $status:ty, progress: $progress:expr;)*) => {$(
+        impl LifecycleObject for $kind {
+            type Status = $status;
+            const KIND: &'static str = stringify!($kind);
+            const PROGRESS_FIELDS: &'static [&'static str] = $progress;
+            fn status(&self) -> Option<&$status> {
+                self.status.as_ref()
+            }
+            fn set_status(&mut self, status: $status) {
+                self.status = Some(status);
+            }
+        }
+
+        impl HasHistory for $status {
+            fn history(&self) -> &[HistoryEntry] {
+                &self.history
+            }
+            fn history_mut(&mut self) -> &mut Vec<HistoryEntry> {
+                &mut self.history
+            }
+            fn dispatched_seq(&self) -> i64 {
+                self.dispatched_seq
+            }
+            fn set_dispatched_seq(&mut self, sequence: i64) {
+                self.dispatched_seq = sequence;
+            }
+            fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+                &mut self.conditions
+            }
+        }
+    )*};
+}
+
+lifecycle_object!(
+    Instance => InstanceStatus,
+        progress: &["replicas", "readyReplicas", "endpoints", "providerRef", "dispatchedSeq"];
+    Sandbox => SandboxStatus,
+        progress: &["podIP", "host", "providerRef", "claimName", "dispatchedSeq"];
+);
+
+/// How long a change of progress alone (see
+/// [`LifecycleObject::PROGRESS_FIELDS`]) may wait to be written, so the
+/// counts of a rollout under way or how far dispatch has got fold into the
+/// next write that a decision makes anyway. Past this it is written by
+/// itself, so what is shown is never older than this.
+pub const PROGRESS_FOLD: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Since when each object's change of progress alone has waited.
+#[derive(Default)]
+pub struct Deferrals {
+    since: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+impl Deferrals {
+    /// How much longer the object's progress may wait; `None` when it is
+    /// due now. The first call starts the clock.
+    pub fn wait_left(&self, uid: &str) -> Option<std::time::Duration> {
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        let started = *since
+            .entry(uid.to_string())
+            .or_insert_with(std::time::Instant::now);
+        PROGRESS_FOLD
+            .checked_sub(started.elapsed())
+            .filter(|left| !left.is_zero())
     }
-    fn set_status(&mut self, status: SandboxStatus) {
-        self.status = Some(status);
+
+    /// The object's status was written: nothing waits.
+    pub fn written(&self, uid: &str) {
+        if let Ok(mut since) = self.since.lock() {
+            since.remove(uid);
+        }
     }
 }
 
@@ -59,7 +138,7 @@ impl LifecycleObject for Sandbox {
 pub enum RecordError {
     #[error(
         "writing the status of {name}: {}",
-        crate::runtime::describe_kube_error(source)
+        kubeapi::describe_kube_error(source)
     )]
     WriteStatus {
         name: String,
@@ -67,115 +146,132 @@ pub enum RecordError {
         source: kube::Error,
     },
     #[error(
-        "updating the finalizer of {name}: {}",
-        crate::runtime::describe_kube_error(source)
+        "updating the metadata of {name}: {}",
+        kubeapi::describe_kube_error(source)
     )]
-    Finalizer {
+    Metadata {
         name: String,
         #[source]
         source: kube::Error,
     },
-    #[error(transparent)]
-    Dispatch(#[from] dispatch::DispatchError),
+    #[error("deleting {name}: {}", kubeapi::describe_kube_error(source))]
+    Delete {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl RecordError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::WriteStatus { .. } => "WriteStatus",
-            Self::Finalizer { .. } => "Finalizer",
-            Self::Dispatch(_) => "Dispatch",
+            Self::Metadata { .. } => "Metadata",
+            Self::Delete { .. } => "Delete",
         }
     }
 }
 
-/// Writes the planned status if it differs, publishes the Events, and
-/// dispatches new history entries to webhooks. Returns the object as
-/// written, or `None` on a conflict (observe again).
+/// The last object each reconcile wrote, by UID, with the resourceVersion
+/// it was written over.
 ///
-/// Entries past dispatchedSeq need deliveries. When no webhook takes them
-/// they are marked dispatched in the same write; otherwise the history is
-/// written first, so deliveries are only ever made from durably recorded
-/// events, and dispatchedSeq moves only after they exist.
-pub async fn record<K: LifecycleObject>(
+/// A reconcile can start (a child changed) before the watch has brought our
+/// own last write back into the cache. Planning from that older copy would
+/// end in a status write that conflicts (409) and a second round. When the
+/// cache still shows exactly the version our write replaced, our written
+/// copy is the newer one and is used instead; any other version in the
+/// cache (the watch caught up, or someone else wrote) is taken as it is.
+/// No resourceVersion is ever compared for order, only for equality.
+#[derive(Default)]
+pub struct WrittenObjects {
+    by_uid: Mutex<HashMap<String, (String, serde_json::Value)>>,
+}
+
+impl WrittenObjects {
+    /// Remembers `written`, which replaced the version `replaced`.
+    pub fn remember<K: Resource + Serialize>(&self, replaced: &K, written: &K) {
+        let (Some(uid), Some(previous)) = (written.uid(), replaced.resource_version()) else {
+            return;
+        };
+        let Ok(value) = serde_json::to_value(written) else {
+            return;
+        };
+        if let Ok(mut by_uid) = self.by_uid.lock() {
+            by_uid.insert(uid, (previous, value));
+        }
+    }
+
+    /// The freshest copy of `cached`: our own last write, when the cache
+    /// has not caught up with it yet.
+    pub fn freshest<K: Resource + DeserializeOwned>(&self, cached: K) -> K {
+        let Some(uid) = cached.uid() else {
+            return cached;
+        };
+        let Ok(mut by_uid) = self.by_uid.lock() else {
+            return cached;
+        };
+        match by_uid.get(&uid) {
+            Some((replaced, written)) if cached.resource_version().as_ref() == Some(replaced) => {
+                serde_json::from_value(written.clone()).unwrap_or(cached)
+            }
+            Some(_) => {
+                // The cache has moved past our write: forget it.
+                by_uid.remove(&uid);
+                cached
+            }
+            None => cached,
+        }
+    }
+
+    /// Forgets an object that is gone.
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut by_uid) = self.by_uid.lock() {
+            by_uid.remove(uid);
+        }
+    }
+}
+
+/// Writes `status` as the object's status, carrying the resourceVersion
+/// the object was read at. `None` on a conflict or when the object is gone:
+/// observe again, never overwrite.
+pub async fn write_status<K: LifecycleObject>(
     api: &Api<K>,
     object: &K,
-    status: &mut K::Status,
-    events: &[PlannedEvent],
+    status: &K::Status,
     context: &Context,
 ) -> Result<Option<K>, RecordError> {
-    let name = object.name_any();
-    let old_status = object.status().cloned().unwrap_or_default();
-    let subject = dispatch::subject(object);
-    let namespace = object.namespace().unwrap_or_default();
-    let pending = dispatch::pending(context, &subject, &namespace, status);
-    if pending.is_empty() {
-        mark_dispatched(status);
-    }
-
-    let mut written = object.clone();
-    if *status != old_status {
-        match write_status(api, object, status).await {
-            Ok(Some(updated)) => written = updated,
-            Ok(None) => return Ok(None),
-            Err(source) => return Err(RecordError::WriteStatus { name, source }),
+    let mut updated = object.clone();
+    updated.set_status(status.clone());
+    let written = match kubeapi::replace_status(api, &updated).await {
+        Ok(StatusWrite::Written(written)) => written,
+        Ok(StatusWrite::Conflict | StatusWrite::Gone) => return Ok(None),
+        Err(source) => {
+            return Err(RecordError::WriteStatus {
+                name: object.name_any(),
+                source,
+            });
         }
-        context
-            .metrics
-            .status_writes
-            .get_or_create(&KindLabels {
-                kind: K::KIND.into(),
-            })
-            .inc();
-        count_transitions::<K>(context, &old_status, status);
-    }
-    publish(context, object, events).await;
-
-    if !pending.is_empty() {
-        match dispatch::create_deliveries(&context.client, &pending).await {
-            Ok(()) => {}
-            Err(dispatch::DispatchError::NamespaceTerminating { .. }) => {
-                // The namespace's Webhooks are being deleted with it; the
-                // events have nowhere left to go. Counted, then let go, so
-                // the finalizer does not hold the namespace forever.
-                context.metrics.events_dropped.inc_by(pending.len() as u64);
-                info!(
-                    deliveries = pending.len(),
-                    "namespace is being deleted; its webhooks go with it"
-                );
-            }
-            Err(other) => return Err(other.into()),
-        }
-        let mut dispatched = written.status().cloned().unwrap_or_default();
-        mark_dispatched(&mut dispatched);
-        match write_status(api, &written, &dispatched).await {
-            Ok(Some(updated)) => written = updated,
-            // The deliveries exist; the next reconcile finds them already
-            // there and records dispatchedSeq then.
-            Ok(None) => return Ok(None),
-            Err(source) => return Err(RecordError::WriteStatus { name, source }),
-        }
-    }
+    };
+    context.written.remember(object, &written);
+    context
+        .metrics
+        .status_writes
+        .get_or_create(&KindLabels {
+            kind: K::KIND.into(),
+        })
+        .inc();
+    count_transitions::<K>(context, object.status(), status);
     Ok(Some(written))
 }
 
-fn mark_dispatched(status: &mut impl HasHistory) {
-    let last = status.history().last().map_or(0, |e| e.sequence);
-    let dispatched = status.dispatched_seq().max(last);
-    status.set_dispatched_seq(dispatched);
-    crate::plan::history::trim(status.history_mut(), dispatched);
-}
-
-/// Whether every history entry is dispatched, so the finalizer may go.
-pub fn all_dispatched<K: LifecycleObject>(object: &K) -> bool {
-    object.status().is_none_or(|s| {
-        let last = s.history().last().map_or(0, |e| e.sequence);
-        s.dispatched_seq() >= last
-    })
-}
-
-fn count_transitions<K: LifecycleObject>(context: &Context, old: &K::Status, new: &K::Status) {
-    let last_old = old.history().last().map_or(0, |e| e.sequence);
+fn count_transitions<K: LifecycleObject>(
+    context: &Context,
+    old: Option<&K::Status>,
+    new: &K::Status,
+) {
+    let last_old = old
+        .and_then(|s| s.history().last())
+        .map_or(0, |e| e.sequence);
     for entry in new.history().iter().filter(|e| e.sequence > last_old) {
         if let (Some(from), Some(to)) = (&entry.from, &entry.to) {
             context
@@ -191,33 +287,8 @@ fn count_transitions<K: LifecycleObject>(context: &Context, old: &K::Status, new
     }
 }
 
-/// Replaces the status with optimistic concurrency: the write carries the
-/// resourceVersion we planned from. `Ok(None)` on a conflict.
-pub async fn write_status<K: LifecycleObject>(
-    api: &Api<K>,
-    object: &K,
-    status: &K::Status,
-) -> Result<Option<K>, kube::Error> {
-    let mut updated = object.clone();
-    updated.set_status(status.clone());
-    match api
-        .replace_status(&object.name_any(), &PostParams::default(), &updated)
-        .await
-    {
-        Ok(written) => Ok(Some(written)),
-        Err(kube::Error::Api(response)) if response.code == 409 => {
-            info!(
-                resource_version = object.meta().resource_version,
-                message = response.message,
-                "status write conflicted; observing again"
-            );
-            Ok(None)
-        }
-        Err(err) => Err(err),
-    }
-}
-
-/// Publishes the planned Events about the object.
+/// Publishes the planned Events about the object. An Event that cannot be
+/// published is logged, never a reason to fail the reconcile.
 pub async fn publish<K: LifecycleObject>(context: &Context, object: &K, events: &[PlannedEvent]) {
     if events.is_empty() {
         return;
@@ -230,7 +301,7 @@ pub async fn publish<K: LifecycleObject>(context: &Context, object: &K, events: 
             .await
         {
             warn!(
-                error = %crate::runtime::describe_kube_error(&err),
+                error = %kubeapi::describe_kube_error(&err),
                 reason = event.reason,
                 "publishing an Event failed"
             );
@@ -238,51 +309,65 @@ pub async fn publish<K: LifecycleObject>(context: &Context, object: &K, events: 
     }
 }
 
-/// Adds the finalizer; returns the object as the API server now has it.
-pub async fn add_finalizer<K: LifecycleObject>(api: &Api<K>, object: &K) -> Result<K, RecordError> {
-    let mut finalizers = object.finalizers().to_vec();
-    finalizers.push(crate::plan::FINALIZER.to_string());
-    Ok(patch_finalizers(api, object, finalizers)
-        .await?
-        .unwrap_or_else(|| object.clone()))
+/// What the one metadata patch of a reconcile changes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MetadataChange {
+    pub add_finalizer: bool,
+    pub remove_finalizer: bool,
+    /// Labels to set (added or changed).
+    pub labels: BTreeMap<String, String>,
 }
 
-/// Removes the finalizer: the object goes.
-pub async fn remove_finalizer<K: LifecycleObject>(
-    api: &Api<K>,
-    object: &K,
-) -> Result<(), RecordError> {
-    let finalizers = object
-        .finalizers()
-        .iter()
-        .filter(|f| *f != crate::plan::FINALIZER)
-        .cloned()
-        .collect();
-    patch_finalizers(api, object, finalizers).await.map(|_| ())
+impl MetadataChange {
+    pub fn is_empty(&self) -> bool {
+        !self.add_finalizer && !self.remove_finalizer && self.labels.is_empty()
+    }
 }
 
-/// Sets the finalizer list with a JSON patch that first tests the current
-/// list, so a concurrent change is never overwritten.
-async fn patch_finalizers<K: LifecycleObject>(
+/// Makes every metadata change of a reconcile in one JSON patch. The
+/// finalizer list is tested before it is replaced, so a concurrent change
+/// to it is never overwritten. Returns the object as the API server now has
+/// it, or `None` when it is gone.
+pub async fn patch_metadata<K: LifecycleObject>(
     api: &Api<K>,
     object: &K,
-    finalizers: Vec<String>,
+    change: &MetadataChange,
 ) -> Result<Option<K>, RecordError> {
     let name = object.name_any();
     let mut operations = Vec::new();
-    match object.meta().finalizers.clone() {
-        Some(current) => {
-            operations.push(
-                serde_json::json!({"op": "test", "path": "/metadata/finalizers", "value": current}),
-            );
-            operations.push(serde_json::json!({"op": "replace", "path": "/metadata/finalizers", "value": finalizers}));
+    if change.add_finalizer || change.remove_finalizer {
+        let mut finalizers: Vec<String> = object
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect();
+        if change.add_finalizer {
+            finalizers.push(FINALIZER.to_string());
         }
-        None => operations.push(
-            serde_json::json!({"op": "add", "path": "/metadata/finalizers", "value": finalizers}),
-        ),
+        match object.meta().finalizers.clone() {
+            Some(current) => {
+                operations.push(serde_json::json!({"op": "test", "path": "/metadata/finalizers", "value": current}));
+                operations.push(serde_json::json!({"op": "replace", "path": "/metadata/finalizers", "value": finalizers}));
+            }
+            None => operations.push(
+                serde_json::json!({"op": "add", "path": "/metadata/finalizers", "value": finalizers}),
+            ),
+        }
+    }
+    if !change.labels.is_empty() {
+        if object.meta().labels.is_none() {
+            operations
+                .push(serde_json::json!({"op": "add", "path": "/metadata/labels", "value": {}}));
+        }
+        for (key, value) in &change.labels {
+            // JSON Pointer escapes '~' and '/' in a key.
+            let key = key.replace('~', "~0").replace('/', "~1");
+            operations.push(serde_json::json!({"op": "add", "path": format!("/metadata/labels/{key}"), "value": value}));
+        }
     }
     let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(operations))
-        .map_err(|e| RecordError::Finalizer {
+        .map_err(|e| RecordError::Metadata {
             name: name.clone(),
             source: kube::Error::SerdeError(e),
         })?;
@@ -291,8 +376,7 @@ async fn patch_finalizers<K: LifecycleObject>(
         .await
     {
         Ok(patched) => Ok(Some(patched)),
-        // Gone already: nothing left to finalize.
-        Err(kube::Error::Api(response)) if response.code == 404 => Ok(None),
-        Err(source) => Err(RecordError::Finalizer { name, source }),
+        Err(source) if is_not_found(&source) => Ok(None),
+        Err(source) => Err(RecordError::Metadata { name, source }),
     }
 }

@@ -1,26 +1,125 @@
 //! The Webhook reconciler: checks that events can be sent (URL, Secret,
-//! address) and keeps the counts of its deliveries in its status. Delivery
-//! changes reach it debounced, so a burst of deliveries costs a handful of
-//! status writes, not one per attempt.
+//! address) and keeps the counts of its deliveries in its status.
+//!
+//! Most deliveries leave no record behind (a 2xx at the first attempt), so
+//! the counts are kept as the attempts are made, in a [`DeliveryLedger`]
+//! that both the dispatcher's fast path and the record controller add to.
+//! Its changes reach the Webhook debounced, so a burst of deliveries costs a
+//! handful of status writes, not one per attempt.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use kube::api::PostParams;
+use futures::channel::mpsc;
 use kube::runtime::controller::{Action, Config as ControllerRuntimeConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 
 use super::Context;
-use super::delivery::{SecretCache, signing_keys};
-use crate::api::{Webhook, WebhookDelivery, WebhookStatus};
+use super::delivery::{Attempt, SecretCache, signing_keys};
+use super::harness::{instrumented_reconcile, retry_after_failure};
+use crate::api::{Disabled, LastDelivery, Webhook, WebhookDelivery, WebhookStatus};
 use crate::delivery::client::private_ca_roots;
 use crate::delivery::guard::forbidden_reason;
-use crate::plan::webhook::{WebhookObservation, plan};
+use crate::delivery::{AttemptResult, Completion};
+use crate::plan::delivery::is_pending;
+use crate::plan::webhook::{AttemptEnd, DeliveryTally, WebhookObservation, plan};
+use crate::runtime::kubeapi::{self, StatusWrite};
 use crate::runtime::metrics::KindLabels;
+
+/// Every Webhook's delivery tally, kept as attempts are made, and a wake-up
+/// for its controller when it changes.
+pub struct DeliveryLedger {
+    /// By (namespace, name): the Webhook's UID and its tally.
+    tallies: Mutex<HashMap<(String, String), (String, DeliveryTally)>>,
+    wake: mpsc::UnboundedSender<ObjectRef<Webhook>>,
+}
+
+impl DeliveryLedger {
+    /// A ledger, and the stream of Webhooks whose tally changed.
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<ObjectRef<Webhook>>) {
+        let (wake, woken) = mpsc::unbounded();
+        (
+            Self {
+                tallies: Mutex::new(HashMap::new()),
+                wake,
+            },
+            woken,
+        )
+    }
+
+    /// Works on a Webhook's tally; a Webhook seen for the first time (or
+    /// re-created under its name) starts from what its status says.
+    fn with_tally<T>(&self, webhook: &Webhook, change: impl FnOnce(&mut DeliveryTally) -> T) -> T {
+        let key = (webhook.namespace().unwrap_or_default(), webhook.name_any());
+        let uid = webhook.uid().unwrap_or_default();
+        let mut tallies = self.tallies.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = tallies.entry(key).or_insert_with(|| {
+            (
+                uid.clone(),
+                DeliveryTally::from_status(webhook.status.as_ref()),
+            )
+        });
+        if entry.0 != uid {
+            *entry = (uid, DeliveryTally::from_status(webhook.status.as_ref()));
+        }
+        change(&mut entry.1)
+    }
+
+    /// Counts an attempt of the delivery `name` (its record's name, or the
+    /// name it would have).
+    pub fn attempted(
+        &self,
+        webhook: &Webhook,
+        name: &str,
+        attempt: &Attempt,
+        completion: Option<Completion>,
+    ) {
+        let status_code = match &attempt.result {
+            AttemptResult::Answered { status, .. } => Some(i32::from(*status)),
+            AttemptResult::Failed { .. } => None,
+        };
+        let end = match completion {
+            Some(Completion::Delivered) => AttemptEnd::Delivered,
+            Some(Completion::Gone | Completion::GaveUp) => AttemptEnd::Failed,
+            None => AttemptEnd::Retrying,
+        };
+        let last = LastDelivery {
+            name: name.to_string(),
+            time: attempt.started,
+            status_code,
+            succeeded: end == AttemptEnd::Delivered,
+        };
+        self.with_tally(webhook, |tally| tally.add(last, end));
+        let _ = self.wake.unbounded_send(ObjectRef::from_obj(webhook));
+    }
+
+    /// A 410 switched the Webhook off: known here at once, before the
+    /// status write comes back through the watch.
+    pub fn switched_off(&self, webhook: &Webhook, disabled: Disabled) {
+        self.with_tally(webhook, |tally| tally.disabled = Some(disabled));
+        let _ = self.wake.unbounded_send(ObjectRef::from_obj(webhook));
+    }
+
+    /// Whether the Webhook was switched off for its current URL.
+    pub fn is_switched_off(&self, webhook: &Webhook) -> bool {
+        self.with_tally(webhook, |tally| {
+            tally
+                .disabled
+                .as_ref()
+                .is_some_and(|d| d.url == webhook.spec.url)
+        })
+    }
+
+    /// The Webhook's tally now.
+    pub fn tally(&self, webhook: &Webhook) -> DeliveryTally {
+        self.with_tally(webhook, |tally| tally.clone())
+    }
+}
 
 const KIND: &str = "Webhook";
 
@@ -29,7 +128,7 @@ const KIND: &str = "Webhook";
 pub enum WebhookError {
     #[error(
         "writing the status of {name}: {}",
-        crate::runtime::describe_kube_error(source)
+        kubeapi::describe_kube_error(source)
     )]
     WriteStatus {
         name: String,
@@ -46,11 +145,13 @@ struct WebhookContext {
 }
 
 /// Runs the Webhook controller of one scope until shutdown.
+#[allow(clippy::too_many_arguments)]
 pub async fn controller(
     webhooks: impl futures::Stream<Item = Arc<Webhook>> + Send + 'static,
     store: Store<Webhook>,
     delivery_changes: impl futures::Stream<Item = Arc<WebhookDelivery>> + Send + 'static,
     deliveries: Store<WebhookDelivery>,
+    tally_changes: impl futures::Stream<Item = ObjectRef<Webhook>> + Send + 'static,
     base: Arc<Context>,
     allow_private_addresses: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -68,6 +169,7 @@ pub async fn controller(
     };
     Controller::for_shared_stream(webhooks, store)
         .watches_shared_stream(delivery_changes, owner)
+        .reconcile_on(tally_changes)
         .with_config(
             ControllerRuntimeConfig::default()
                 .debounce(Duration::from_secs(1))
@@ -84,7 +186,7 @@ fn error_policy(
     error: &WebhookError,
     context: Arc<WebhookContext>,
 ) -> Action {
-    super::retry_after_failure(KIND, webhook.as_ref(), "WriteStatus", error, &context.base)
+    retry_after_failure(KIND, webhook.as_ref(), "WriteStatus", error, &context.base)
 }
 
 async fn reconcile(
@@ -92,7 +194,7 @@ async fn reconcile(
     context: Arc<WebhookContext>,
 ) -> Result<Action, WebhookError> {
     let work = reconcile_inner(webhook.clone(), context.clone());
-    super::instrumented_reconcile(KIND, webhook.as_ref(), &context.base, work).await
+    instrumented_reconcile(KIND, webhook.as_ref(), &context.base, work).await
 }
 
 async fn reconcile_inner(
@@ -107,12 +209,7 @@ async fn reconcile_inner(
         .secrets
         .get(&namespace, &webhook.spec.secret_ref.name)
         .await
-        .map_err(|e| {
-            format!(
-                "reading the Secret: {}",
-                crate::runtime::describe_kube_error(&e)
-            )
-        })
+        .map_err(|e| format!("reading the Secret: {}", kubeapi::describe_kube_error(&e)))
         .and_then(|s| signing_keys(&webhook, s.as_deref()).map(|_| ()));
     let address = check_address(&webhook.spec.url, context.allow_private_addresses).await;
     let ca_bundle = match &webhook.spec.ca_bundle {
@@ -121,19 +218,23 @@ async fn reconcile_inner(
             .map_err(|e| e.to_string()),
         None => Ok(()),
     };
-    let all = context.deliveries.state();
-    let mine: Vec<&WebhookDelivery> = all
+    let pending = context
+        .deliveries
+        .state()
         .iter()
         .filter(|d| {
-            d.spec.webhook_name == name && d.namespace().as_deref() == Some(namespace.as_str())
+            d.spec.webhook_name == name
+                && d.namespace().as_deref() == Some(namespace.as_str())
+                && is_pending(d)
         })
-        .map(|d| d.as_ref())
-        .collect();
+        .count() as i64;
+    let tally = context.base.ledger.tally(&webhook);
 
     // plan
     let status = plan(
         &webhook,
-        &mine,
+        pending,
+        &tally,
         &WebhookObservation {
             secret,
             address,
@@ -161,11 +262,8 @@ async fn write_status(
     );
     let mut updated = webhook.clone();
     updated.status = Some(status);
-    match api
-        .replace_status(&webhook.name_any(), &PostParams::default(), &updated)
-        .await
-    {
-        Ok(_) => {
+    match kubeapi::replace_status(&api, &updated).await {
+        Ok(StatusWrite::Written(_)) => {
             context
                 .base
                 .metrics
@@ -176,7 +274,7 @@ async fn write_status(
         }
         // Someone wrote first (a 410 switching it off, or a spec change):
         // the watch brings a fresh copy and another reconcile.
-        Err(kube::Error::Api(response)) if response.code == 409 || response.code == 404 => Ok(()),
+        Ok(StatusWrite::Conflict | StatusWrite::Gone) => Ok(()),
         Err(source) => Err(WebhookError::WriteStatus {
             name: webhook.name_any(),
             source,

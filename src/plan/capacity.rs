@@ -3,52 +3,22 @@
 //! host itself, so a sandbox that fits nowhere waits with a condition that
 //! says why, instead of leaving a Pending pod behind.
 
-use std::collections::BTreeMap;
-
 use crate::api::Placement;
+use crate::provider::{Host, SANDBOX_HOST_TAINT};
 
-/// The taint that marks hosts dedicated to sandboxes. Sandbox pods tolerate
-/// it; other pods stay away.
-pub const SANDBOX_HOST_TAINT: &str = "ctrlplane.dev/sandbox-host";
-
-/// A host as the capacity check sees it. CPU in millicores, memory in bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Host {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub allocatable_cpu: i64,
-    pub allocatable_memory: i64,
-    pub requested_cpu: i64,
-    pub requested_memory: i64,
-    /// Ready and not cordoned.
-    pub schedulable: bool,
-    /// Taints with a NoSchedule or NoExecute effect, by key.
-    pub blocking_taints: Vec<String>,
-}
-
-impl Host {
-    pub fn free_cpu(&self) -> i64 {
-        self.allocatable_cpu - self.requested_cpu
-    }
-
-    pub fn free_memory(&self) -> i64 {
-        self.allocatable_memory - self.requested_memory
-    }
-
-    /// Whether a sandbox with this placement may go here at all.
-    fn eligible(&self, placement: Option<&Placement>) -> bool {
-        let placed = match placement {
-            Some(Placement {
-                host: Some(host), ..
-            }) => &self.name == host,
-            Some(p) => p
-                .node_selector
-                .iter()
-                .all(|(k, v)| self.labels.get(k) == Some(v)),
-            None => true,
-        };
-        self.schedulable && placed && self.blocking_taints.iter().all(|t| t == SANDBOX_HOST_TAINT)
-    }
+/// Whether a sandbox with this placement may go to `host` at all.
+fn eligible(host: &Host, placement: Option<&Placement>) -> bool {
+    let placed = match placement {
+        Some(Placement {
+            host: Some(name), ..
+        }) => &host.name == name,
+        Some(p) => p
+            .node_selector
+            .iter()
+            .all(|(k, v)| host.labels.get(k) == Some(v)),
+        None => true,
+    };
+    host.schedulable && placed && host.blocking_taints.iter().all(|t| t == SANDBOX_HOST_TAINT)
 }
 
 /// What a sandbox asks for.
@@ -71,7 +41,7 @@ pub fn choose_host(
     request: Request,
     placement: Option<&Placement>,
 ) -> Result<String, NoRoom> {
-    let eligible: Vec<&Host> = hosts.iter().filter(|h| h.eligible(placement)).collect();
+    let eligible: Vec<&Host> = hosts.iter().filter(|h| eligible(h, placement)).collect();
     let asked = format!(
         "asked for {} CPU and {} memory",
         format_cpu(request.cpu),
@@ -161,6 +131,7 @@ pub fn format_memory(bytes: i64) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     const GI: i64 = 1 << 30;
 

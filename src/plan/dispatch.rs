@@ -1,10 +1,12 @@
-//! Which WebhookDeliveries a lifecycle history calls for. Pure.
+//! Webhook dispatch, the deciding half. Pure.
 //!
-//! Each undispatched history entry becomes one delivery per matching, active
-//! Webhook in the object's namespace. A delivery's name is derived from the
-//! webhook, the object's UID and the sequence, so creating it twice is
-//! harmless and a crash between creating deliveries and recording
-//! `dispatchedSeq` re-creates instead of losing.
+//! Each undispatched history entry goes to every matching, active Webhook
+//! in the object's namespace. An entry is dispatched once every one of them
+//! has answered 2xx or been handed a durable WebhookDelivery; `dispatchedSeq`
+//! then moves past it. A delivery record's name is derived from the webhook,
+//! the object's UID and the sequence, so creating it twice is harmless, and
+//! the event id a receiver sees is the same on every attempt, so a crash that
+//! sends an event again is one receivers can drop.
 
 use std::hash::{Hash, Hasher};
 
@@ -66,63 +68,89 @@ pub fn event_id(uid: &str, sequence: i64) -> String {
     format!("evt_{}_{sequence}", uid.replace('-', ""))
 }
 
-/// The deliveries for every entry past `dispatched`, for every webhook that
-/// takes it.
-pub fn deliveries_for(
-    subject: &EventSubject,
-    history: &[HistoryEntry],
-    dispatched: i64,
-    webhooks: &[&Webhook],
-) -> Vec<WebhookDelivery> {
-    let mut deliveries = Vec::new();
-    for entry in history.iter().filter(|e| e.sequence > dispatched) {
-        for webhook in webhooks {
-            if !webhook_accepts(webhook) || !event_matches(&webhook.spec.events, entry.type_) {
-                continue;
-            }
-            let webhook_name = webhook.name_any();
-            let mut delivery = WebhookDelivery::new(
-                &delivery_name(&webhook_name, &subject.uid, entry.sequence),
-                WebhookDeliverySpec {
-                    webhook_name: webhook_name.clone(),
-                    event: DeliveryEvent {
-                        id: event_id(&subject.uid, entry.sequence),
-                        type_: entry.type_,
-                        timestamp: entry.time,
-                        subject: subject.clone(),
-                        sequence: entry.sequence,
-                        from: entry.from.clone(),
-                        to: entry.to.clone(),
-                        reason: entry.reason.clone(),
-                        message: entry.message.clone(),
-                        details: entry.details.clone(),
-                    },
-                },
-            );
-            delivery.metadata = ObjectMeta {
-                namespace: webhook.namespace(),
-                labels: Some(
-                    [
-                        (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
-                        (WEBHOOK_LABEL.to_string(), webhook_name.clone()),
-                    ]
-                    .into(),
-                ),
-                // The webhook owns its deliveries: deleting it removes them.
-                owner_references: Some(vec![OwnerReference {
-                    api_version: Webhook::api_version(&()).into_owned(),
-                    kind: Webhook::kind(&()).into_owned(),
-                    name: webhook_name,
-                    uid: webhook.uid().unwrap_or_default(),
-                    controller: Some(true),
-                    block_owner_deletion: None,
-                }]),
-                ..delivery.metadata
-            };
-            deliveries.push(delivery);
-        }
+/// The Webhooks among `webhooks` that take an entry.
+pub fn takers<'a>(webhooks: &[&'a Webhook], entry: &HistoryEntry) -> Vec<&'a Webhook> {
+    webhooks
+        .iter()
+        .copied()
+        .filter(|w| webhook_accepts(w) && event_matches(&w.spec.events, entry.type_))
+        .collect()
+}
+
+/// The event a history entry becomes on the wire.
+pub fn delivery_event(subject: &EventSubject, entry: &HistoryEntry) -> DeliveryEvent {
+    DeliveryEvent {
+        id: event_id(&subject.uid, entry.sequence),
+        type_: entry.type_,
+        timestamp: entry.time,
+        subject: subject.clone(),
+        sequence: entry.sequence,
+        from: entry.from.clone(),
+        to: entry.to.clone(),
+        reason: entry.reason.clone(),
+        message: entry.message.clone(),
+        details: entry.details.clone(),
     }
-    deliveries
+}
+
+/// The durable record of one event to one Webhook, owned by the Webhook (so
+/// deleting it removes its records).
+pub fn delivery_record(webhook: &Webhook, event: DeliveryEvent) -> WebhookDelivery {
+    let webhook_name = webhook.name_any();
+    let mut delivery = WebhookDelivery::new(
+        &delivery_name(&webhook_name, &event.subject.uid, event.sequence),
+        WebhookDeliverySpec {
+            webhook_name: webhook_name.clone(),
+            event,
+        },
+    );
+    delivery.metadata = ObjectMeta {
+        namespace: webhook.namespace(),
+        labels: Some(
+            [
+                (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+                (WEBHOOK_LABEL.to_string(), webhook_name.clone()),
+            ]
+            .into(),
+        ),
+        owner_references: Some(vec![OwnerReference {
+            api_version: Webhook::api_version(&()).into_owned(),
+            kind: Webhook::kind(&()).into_owned(),
+            name: webhook_name,
+            uid: webhook.uid().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        }]),
+        ..delivery.metadata
+    };
+    delivery
+}
+
+/// How far dispatch has got for one object: the highest sequence such that
+/// every history entry up to it is dispatched. An entry is dispatched when
+/// it is at or below `known` (the persisted `dispatchedSeq`, or what this
+/// process has seen finish), or when it was handed over and nothing of it
+/// is still under way, or when no Webhook takes it at all.
+pub fn dispatched_through(
+    history: &[HistoryEntry],
+    known: i64,
+    handed_over: i64,
+    under_way: impl Fn(i64) -> bool,
+    taken: impl Fn(&HistoryEntry) -> bool,
+) -> i64 {
+    let mut through = known;
+    for entry in history.iter().filter(|e| e.sequence > known) {
+        let done = if entry.sequence <= handed_over {
+            !under_way(entry.sequence)
+        } else {
+            !taken(entry)
+        };
+        if !done {
+            break;
+        }
+        through = entry.sequence;
+    }
+    through
 }
 
 #[cfg(test)]
@@ -146,6 +174,74 @@ mod tests {
             &filter(&["sandbox.*", "deploy.failed"]),
             DeployFailed
         ));
+    }
+
+    fn entry(sequence: i64, type_: EventType) -> HistoryEntry {
+        HistoryEntry {
+            sequence,
+            type_,
+            from: None,
+            to: None,
+            reason: "Test".into(),
+            message: String::new(),
+            details: Default::default(),
+            time: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn dispatch_moves_past_entries_that_are_done_or_taken_by_nobody() {
+        use EventType::*;
+        let history = [
+            entry(1, InstanceCreated),
+            entry(2, InstanceStarting),
+            entry(3, InstanceStarted),
+            entry(4, DeployFailed),
+        ];
+        let only_deploy = |e: &HistoryEntry| e.type_.family() == "deploy";
+        // Nothing handed over: entries nobody takes pass, the first taken stops it.
+        assert_eq!(
+            dispatched_through(&history, 0, 0, |_| false, only_deploy),
+            3
+        );
+        // Everything taken and handed over, the third still under way.
+        assert_eq!(dispatched_through(&history, 1, 4, |s| s == 3, |_| true), 2);
+        // Handed over and finished.
+        assert_eq!(dispatched_through(&history, 1, 4, |_| false, |_| true), 4);
+        // Known dispatched beyond the history (trimmed): stays.
+        assert_eq!(dispatched_through(&history, 9, 0, |_| true, |_| true), 9);
+    }
+
+    proptest::proptest! {
+        /// Dispatch never moves past an entry that a Webhook takes and that
+        /// was not handed over, nor past one still under way.
+        #[test]
+        fn dispatch_never_skips_an_undelivered_entry(
+            taken in proptest::collection::vec(proptest::bool::ANY, 0..20),
+            known in 0i64..20,
+            handed in 0i64..25,
+            busy in proptest::collection::vec(0i64..25, 0..5),
+        ) {
+            let history: Vec<_> = (1..=taken.len() as i64)
+                .map(|s| entry(s, EventType::InstanceScaled))
+                .collect();
+            let through = dispatched_through(
+                &history,
+                known,
+                handed,
+                |s| busy.contains(&s),
+                |e| taken[(e.sequence - 1) as usize],
+            );
+            proptest::prop_assert!(through >= known);
+            for e in history.iter().filter(|e| e.sequence > known && e.sequence <= through) {
+                let delivered = if e.sequence <= handed {
+                    !busy.contains(&e.sequence)
+                } else {
+                    !taken[(e.sequence - 1) as usize]
+                };
+                proptest::prop_assert!(delivered, "moved past {}", e.sequence);
+            }
+        }
     }
 
     #[test]

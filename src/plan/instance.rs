@@ -29,7 +29,7 @@ use crate::api::{
     Protocol, Release, ReleaseOutcome, RollbackPolicy,
 };
 use crate::lifecycle::{Lifecycle, TransitionError, validate_transition};
-use crate::provider::{InstanceWorkload, UnknownProvider, WorkloadStatus};
+use crate::provider::{Cleanup, INSTANCE_LABEL, InstanceWorkload, UnknownProvider, WorkloadStatus};
 
 /// The Ready reason of a Running Instance whose replicas are unready with
 /// no spec change to explain it.
@@ -39,20 +39,21 @@ const UPDATE_REASONS: &[&str] = &["RollingOut", "Restarting", "Scaling"];
 
 /// How many releases status.releases keeps.
 pub const RELEASE_LIMIT: usize = 10;
-/// The label that ties children and pods to their Instance.
-pub const INSTANCE_LABEL: &str = "ctrlplane.dev/instance";
 
 /// What the reconciler observed before planning.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceObservation {
     /// The provider that spec.provider (or the default) names, or why none.
     pub provider: Result<String, UnknownProvider>,
+    /// How that provider's children go when the Instance is deleted.
+    pub cleanup: Cleanup,
     /// What the provider reports; `None` when nothing exists.
     pub workload: Option<WorkloadStatus>,
 }
 
-/// A provider call, in the order the plan lists them. Each receives the
-/// plan's whole desired workload.
+/// Why the provider is called, in the order the plan decided them. Every
+/// one but `Deprovision` is the same call (make the workload match); the
+/// most telling reason is passed along and recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderAction {
     Provision,
@@ -610,14 +611,15 @@ impl<'a> Planner<'a> {
                             "Deleted".into(),
                             "the Instance was deleted".into(),
                         ))
-                    } else if self.observed.workload.is_some() {
+                    } else {
+                        // The provider is asked to create the workload in
+                        // this very reconcile; whether that worked shows in
+                        // Synced, and what runs in the replica counts.
                         Some((
                             Starting,
                             "Provisioned".into(),
-                            "the workload exists; starting it".into(),
+                            "the workload is created; starting it".into(),
                         ))
-                    } else {
-                        None
                     }
                 }
                 Some(Starting) => {
@@ -733,13 +735,22 @@ impl<'a> Planner<'a> {
                         None
                     }
                 }
-                Some(Destroying) => self.observed.workload.is_none().then(|| {
-                    (
+                // Children owned by the Instance go with it (the garbage
+                // collector); others must be gone first.
+                Some(Destroying) => match self.observed.cleanup {
+                    Cleanup::GarbageCollected => Some((
                         Destroyed,
                         "Deprovisioned".into(),
-                        "every child object is gone".into(),
-                    )
-                }),
+                        "its children are owned by it and go with it".into(),
+                    )),
+                    Cleanup::Deprovision => self.observed.workload.is_none().then(|| {
+                        (
+                            Destroyed,
+                            "Deprovisioned".into(),
+                            "every child object is gone".into(),
+                        )
+                    }),
+                },
                 Some(Destroyed) => None,
             };
             let Some((to, reason, message)) = next else {
@@ -804,7 +815,7 @@ impl<'a> Planner<'a> {
             event,
             self.now,
         );
-        self.events.push(announce(&entry));
+        self.events.extend(announce(&entry));
     }
 
     // --------------------------------------------------------------- actions
@@ -814,7 +825,7 @@ impl<'a> Planner<'a> {
         let phase = self.status.phase;
         if self.deleting() {
             self.actions.clear();
-            if phase == Some(Destroying) {
+            if matches!(phase, Some(Destroying) | Some(Destroyed)) {
                 self.actions.push(ProviderAction::Deprovision);
             }
             return;

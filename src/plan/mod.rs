@@ -6,12 +6,14 @@
 
 pub mod capacity;
 pub mod conditions;
+pub mod delivery;
 pub mod dispatch;
 pub mod history;
 pub mod instance;
 pub mod sandbox;
 pub mod webhook;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::api::{EventType, HistoryEntry};
@@ -86,18 +88,60 @@ pub fn is_warning(type_: EventType) -> bool {
     )
 }
 
-/// The Kubernetes Event that announces a history entry: "from -> to: why".
-pub fn announce(entry: &HistoryEntry) -> PlannedEvent {
+/// Whether a lifecycle event is also published as a Kubernetes Event.
+///
+/// Every history entry reaches the webhooks and stays in `status.history`.
+/// Kubernetes Events are for a person running `kubectl describe` or `get
+/// events`: where the object arrived (running, stopped, deleted), what
+/// changed on request (scaled, restarted, a release), and every warning.
+/// The steps on the way (created, starting, stopping, deleting) are left to
+/// the history: each Event costs a write to the API server, and those steps
+/// are followed within moments by the arrival they lead to.
+pub fn deserves_event(type_: EventType) -> bool {
+    use EventType::*;
+    !matches!(
+        type_,
+        InstanceCreated
+            | InstanceStarting
+            | InstanceStopping
+            | InstanceDeleting
+            | SandboxCreated
+            | SandboxStarting
+    )
+}
+
+/// The Kubernetes Event that announces a history entry ("from -> to: why"),
+/// when it [deserves one](deserves_event).
+pub fn announce(entry: &HistoryEntry) -> Option<PlannedEvent> {
+    if !deserves_event(entry.type_) {
+        return None;
+    }
     let message = match (&entry.from, &entry.to) {
         (Some(from), Some(to)) => format!("{from} -> {to}: {}", entry.message),
         (None, Some(to)) => format!("-> {to}: {}", entry.message),
         _ => entry.message.clone(),
     };
-    PlannedEvent {
+    Some(PlannedEvent {
         warning: is_warning(entry.type_),
         reason: event_reason(entry.type_).to_string(),
         message,
-    }
+    })
+}
+
+/// What every lifecycle plan decides besides its provider calls: the
+/// status to record, the Events, the finalizer, the labels the object
+/// itself should carry, whether it deletes itself, and when to look again.
+/// The lifecycle engine acts on this the same way for every kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision<S> {
+    pub status: S,
+    pub events: Vec<PlannedEvent>,
+    pub requeue_after: Duration,
+    pub finalizer: FinalizerAction,
+    /// Labels the object should carry and does not yet.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Delete the object itself (an expired sandbox).
+    pub delete_object: bool,
 }
 
 /// The Synced condition after a plan, and when the plan refused a phase
@@ -125,5 +169,115 @@ pub fn synced(refused: Option<&TransitionError>) -> (DesiredCondition, Option<Pl
             ),
             None,
         ),
+    }
+}
+
+/// Whether `new` differs from `old` only in what reports progress rather
+/// than a decision: the named fields (counts, addresses, how far dispatch
+/// has got), the messages of conditions whose status and reason stay the
+/// same, and history entries trimmed away. A new phase, a new history
+/// entry, a condition changing status or reason, or any other field is a
+/// decision. Such changes can wait a little to be written together.
+pub fn only_progress<S: serde::Serialize>(old: &S, new: &S, progress_fields: &[&str]) -> bool {
+    fn essence(status: &serde_json::Value, progress_fields: &[&str]) -> serde_json::Value {
+        let mut essence = status.clone();
+        if let Some(fields) = essence.as_object_mut() {
+            for field in progress_fields {
+                fields.remove(*field);
+            }
+            if let Some(conditions) = fields.get_mut("conditions").and_then(|c| c.as_array_mut()) {
+                for condition in conditions.iter_mut() {
+                    if let Some(condition) = condition.as_object_mut() {
+                        condition.remove("message");
+                        condition.remove("lastTransitionTime");
+                    }
+                }
+            }
+            // Entries are only ever appended or trimmed from the front: the
+            // newest sequence says whether anything was appended.
+            let newest = fields
+                .get("history")
+                .and_then(|h| h.as_array())
+                .and_then(|h| h.last())
+                .and_then(|e| e.get("sequence"))
+                .cloned();
+            if let Some(newest) = newest {
+                fields.insert("history".into(), newest);
+            }
+        }
+        essence
+    }
+    let (Ok(old), Ok(new)) = (serde_json::to_value(old), serde_json::to_value(new)) else {
+        return false;
+    };
+    old != new && essence(&old, progress_fields) == essence(&new, progress_fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ConditionStatus, InstancePhase, InstanceStatus};
+    use chrono::Utc;
+
+    const PROGRESS: &[&str] = &["replicas", "readyReplicas", "dispatchedSeq"];
+
+    fn starting() -> InstanceStatus {
+        let mut status = InstanceStatus {
+            phase: Some(InstancePhase::Starting),
+            ..InstanceStatus::default()
+        };
+        conditions::set_condition(
+            &mut status.conditions,
+            DesiredCondition::new(types::READY, false, "Starting", "0 of 2 replicas ready"),
+            Some(1),
+            Utc::now(),
+        );
+        history::append(
+            &mut status.history,
+            0,
+            history::NewEvent::new(EventType::InstanceStarting, "Provisioned", ""),
+            Utc::now(),
+        );
+        status
+    }
+
+    #[test]
+    fn counts_and_messages_are_progress_and_phases_and_reasons_are_not() {
+        let old = starting();
+        assert!(
+            !only_progress(&old, &old, PROGRESS),
+            "no change is no progress"
+        );
+
+        let mut counted = old.clone();
+        counted.replicas = 2;
+        counted.ready_replicas = 1;
+        counted.conditions[0].message = "1 of 2 replicas ready".into();
+        assert!(only_progress(&old, &counted, PROGRESS));
+
+        let mut running = counted.clone();
+        running.phase = Some(InstancePhase::Running);
+        assert!(!only_progress(&old, &running, PROGRESS));
+
+        let mut reason = counted.clone();
+        reason.conditions[0].reason = "ReplicasNotReady".into();
+        assert!(!only_progress(&old, &reason, PROGRESS));
+
+        let mut ready = counted.clone();
+        ready.conditions[0].status = ConditionStatus::True;
+        assert!(!only_progress(&old, &ready, PROGRESS));
+
+        let mut event = counted.clone();
+        history::append(
+            &mut event.history,
+            0,
+            history::NewEvent::new(EventType::InstanceScaled, "Scaled", ""),
+            Utc::now(),
+        );
+        assert!(!only_progress(&old, &event, PROGRESS));
+
+        let mut dispatched = old.clone();
+        dispatched.dispatched_seq = 1;
+        assert!(only_progress(&old, &dispatched, PROGRESS));
     }
 }

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
-use super::capacity::{Host, Request, choose_host};
+use super::capacity::{Request, choose_host};
 use super::conditions::{self, DesiredCondition, types};
 use super::history::{self, NewEvent};
 use super::{
@@ -24,89 +24,38 @@ use super::{
     synced,
 };
 use crate::api::{
-    DesiredState, EnvVar, EventType, ExpiryPolicy, PortSpec, ProviderRef, Sandbox, SandboxPhase,
-    SandboxStatus,
+    DesiredState, EventType, ExpiryPolicy, ProviderRef, Sandbox, SandboxPhase, SandboxStatus,
 };
 use crate::lifecycle::{Lifecycle, TransitionError, validate_transition};
-use crate::provider::UnknownProvider;
+use crate::provider::{
+    AGENT_LABEL, Cleanup, Host, JOB_LABEL, PodObserved, RunWanted, SANDBOX_LABEL, SandboxObserved,
+    SandboxWorkload, UnknownProvider, milli,
+};
 
-/// The label that ties a sandbox's children to it.
-pub const SANDBOX_LABEL: &str = "ctrlplane.dev/sandbox";
-/// The label that carries spec.agentId, on the Sandbox and its Pod.
-pub const AGENT_LABEL: &str = "ctrlplane.dev/agent-id";
-/// The label that carries spec.jobId, on the Sandbox and its Pod.
-pub const JOB_LABEL: &str = "ctrlplane.dev/job-id";
 /// While waiting for room, look again this often.
 pub const REQUEUE_WAITING_FOR_ROOM: Duration = Duration::from_secs(5);
-
-/// Everything a provider needs to run a sandbox.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SandboxWorkload {
-    pub namespace: String,
-    pub name: String,
-    pub owner: OwnerReference,
-    pub labels: BTreeMap<String, String>,
-    pub image: String,
-    pub cpu: String,
-    pub memory: String,
-    pub storage: String,
-    pub storage_class: Option<String>,
-    pub env: Vec<EnvVar>,
-    pub ports: Vec<PortSpec>,
-    /// The host the Pod goes to, when one is to be created.
-    pub host: Option<String>,
-    /// Changes whenever the Pod must be made again (image, resources, env,
-    /// ports, placement, a restart request).
-    pub revision: String,
-    /// Name of the claim that holds the sandbox's data.
-    pub claim_name: String,
-}
-
-/// What the provider reports about a sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SandboxObserved {
-    pub claim: Option<ClaimObserved>,
-    pub pod: Option<PodObserved>,
-    pub service: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimObserved {
-    pub name: String,
-    pub bound: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodObserved {
-    pub name: String,
-    /// The revision the Pod was made from.
-    pub revision: Option<String>,
-    pub ready: bool,
-    pub ip: Option<String>,
-    pub host: Option<String>,
-    /// It failed or cannot start: crash, image pull, unschedulable, exited.
-    pub failed: bool,
-    pub problems: Vec<String>,
-    pub terminating: bool,
-}
 
 /// What the reconciler observed before planning.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxObservation {
     pub provider: Result<String, UnknownProvider>,
+    /// How that provider's children go when the Sandbox is deleted.
+    pub cleanup: Cleanup,
     pub observed: SandboxObserved,
     /// The hosts and what they have free, for placing a new Pod.
     pub hosts: Vec<Host>,
 }
 
-/// A provider call.
+/// Why the provider is called. `Provision`, `Start` and `Stop` are one
+/// call (make the sandbox match the workload, whose `run` says whether it
+/// runs); `Deprovision` removes everything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SandboxAction {
     /// Create or repair the claim (and the Service).
     Provision,
-    /// Create the Pod on the workload's host.
+    /// Run it on the workload's host.
     Start,
-    /// Delete the Pod; the claim stays.
+    /// Stop it; the claim stays.
     Stop,
     /// Delete everything.
     Deprovision,
@@ -169,6 +118,8 @@ struct Planner<'a> {
     retry: bool,
     no_room: Option<String>,
     waiting_for_claim: bool,
+    /// Where a new Pod goes, when one is to be made.
+    chosen_host: Option<String>,
     requeue_after: Duration,
 }
 
@@ -187,6 +138,7 @@ impl<'a> Planner<'a> {
             retry: false,
             no_room: None,
             waiting_for_claim: false,
+            chosen_host: None,
             requeue_after: REQUEUE_SETTLED,
         }
     }
@@ -225,7 +177,7 @@ impl<'a> Planner<'a> {
         self.plan_expiry();
         self.plan_restart();
         let mut workload =
-            (!self.deleting() && self.intent() != Intent::Gone).then(|| self.workload(None));
+            (!self.deleting() && self.intent() != Intent::Gone).then(|| self.workload());
         let revision = workload.as_ref().map(|w| w.revision.clone());
         // A Pod made from an older revision, or one that failed and is to
         // be tried again, is replaced.
@@ -233,32 +185,32 @@ impl<'a> Planner<'a> {
             .pod()
             .is_some_and(|p| revision.is_some() && p.revision != revision);
 
-        // Where a new Pod would go.
+        // Where a new Pod would go. It is made at once, with its claim: a
+        // claim that binds only when a pod uses it (WaitForFirstConsumer)
+        // would never bind otherwise, and a pod waiting for its claim is
+        // not taken for a failure.
         let needs_pod = self.intent() == Intent::Running && (self.pod().is_none() || stale_pod);
-        // The Pod waits for its claim: a Pod on an unbound claim is only
-        // unschedulable for a while, and would look like a failure.
-        let claim_bound = self
+        self.waiting_for_claim = self
             .observation
             .observed
             .claim
             .as_ref()
-            .is_some_and(|c| c.bound);
-        if needs_pod && workload.is_some() && !claim_bound {
-            self.waiting_for_claim = true;
-        } else if needs_pod && workload.is_some() {
+            .is_some_and(|c| !c.bound)
+            || self.pod().is_some_and(|p| p.waiting_for_data);
+        if needs_pod && workload.is_some() {
             let request = self.request();
             match choose_host(
                 &self.observation.hosts,
                 request,
                 self.sandbox.spec.placement.as_ref(),
             ) {
-                Ok(host) => workload = Some(self.workload(Some(host))),
+                Ok(host) => self.chosen_host = Some(host),
                 Err(no_room) => self.no_room = Some(no_room.message),
             }
         }
 
         self.advance_phase(stale_pod);
-        self.plan_actions(workload.as_ref(), stale_pod);
+        self.plan_actions(&mut workload, stale_pod);
         self.update_status(&provider, workload.as_ref());
         history::trim(&mut self.status.history, self.status.dispatched_seq);
         self.status.observed_generation = self.generation;
@@ -280,7 +232,8 @@ impl<'a> Planner<'a> {
         ) && self
             .pod()
             .is_none_or(|p| p.ready || self.status.phase != Some(SandboxPhase::Running));
-        if self.no_room.is_some() || self.waiting_for_claim {
+        // Room frees up without telling us; a claim that binds does tell.
+        if self.no_room.is_some() {
             self.requeue_after = self.requeue_after.min(REQUEUE_WAITING_FOR_ROOM);
         } else if !settled {
             self.requeue_after = self.requeue_after.min(REQUEUE_PROGRESSING);
@@ -427,7 +380,7 @@ impl<'a> Planner<'a> {
         Request { cpu, memory }
     }
 
-    fn workload(&self, host: Option<String>) -> SandboxWorkload {
+    fn workload(&self) -> SandboxWorkload {
         let spec = &self.sandbox.spec;
         let meta = &self.sandbox.metadata;
         let name = meta.name.clone().unwrap_or_default();
@@ -461,9 +414,8 @@ impl<'a> Planner<'a> {
             storage_class: spec.resources.storage_class_name.clone(),
             env: spec.env.clone(),
             ports: spec.ports.clone(),
-            host,
+            run: RunWanted::AsIs,
             revision: format!("{:016x}", hasher.finish()),
-            claim_name: claim_name(&name),
         }
     }
 
@@ -477,18 +429,23 @@ impl<'a> Planner<'a> {
             let intent = self.intent();
             let pod_gone = pod.is_none();
             let current_pod = pod.filter(|p| !stale_pod && !p.terminating);
+            // A pod is made in this very reconcile: starting has begun.
+            let starting_now = pod_gone && self.chosen_host.is_some() && intent == Intent::Running;
             let next: Option<(SandboxPhase, String, String)> = match self.status.phase {
                 None => Some((Created, "Created".into(), "the sandbox was created".into())),
                 Some(Destroyed) => None,
-                Some(_) if intent == Intent::Gone && self.deleting() => {
-                    self.everything_gone().then(|| {
-                        (
-                            Destroyed,
-                            "Deleted".into(),
-                            "the pod, its claim and its service are gone".into(),
-                        )
-                    })
-                }
+                // Children owned by the Sandbox go with it (the garbage
+                // collector); others must be gone first.
+                Some(_) if intent == Intent::Gone && self.deleting() => (self.observation.cleanup
+                    == Cleanup::GarbageCollected
+                    || self.everything_gone())
+                .then(|| {
+                    (
+                        Destroyed,
+                        "Deleted".into(),
+                        "the sandbox was deleted; its pod, claim and service go with it".into(),
+                    )
+                }),
                 Some(Created) => match intent {
                     Intent::Stopped | Intent::Gone => pod_gone.then(|| {
                         (
@@ -497,8 +454,8 @@ impl<'a> Planner<'a> {
                             "the sandbox is stopped; its data is kept".into(),
                         )
                     }),
-                    Intent::Running => current_pod
-                        .map(|_| (Starting, "PodCreated".into(), "its pod was created".into())),
+                    Intent::Running => (current_pod.is_some() || starting_now)
+                        .then(|| (Starting, "PodCreated".into(), "its pod was created".into())),
                 },
                 Some(Starting) => match intent {
                     Intent::Stopped | Intent::Gone => pod_gone.then(|| {
@@ -539,8 +496,8 @@ impl<'a> Planner<'a> {
                     },
                 },
                 Some(Stopped) => match intent {
-                    Intent::Running => current_pod
-                        .map(|_| (Starting, "PodCreated".into(), "its pod was created".into())),
+                    Intent::Running => (current_pod.is_some() || starting_now)
+                        .then(|| (Starting, "PodCreated".into(), "its pod was created".into())),
                     _ => None,
                 },
                 Some(Error) => match intent {
@@ -551,8 +508,9 @@ impl<'a> Planner<'a> {
                             "the sandbox is stopped; its data is kept".into(),
                         )
                     }),
-                    Intent::Running if self.retry || stale_pod => current_pod
-                        .map(|_| (Starting, "Retrying".into(), "a new pod was created".into())),
+                    Intent::Running if self.retry || stale_pod => (current_pod.is_some()
+                        || starting_now)
+                        .then(|| (Starting, "Retrying".into(), "a new pod was created".into())),
                     // A pod that got better on its own (a passing crash):
                     // through Starting, back to Running.
                     Intent::Running => current_pod
@@ -611,16 +569,16 @@ impl<'a> Planner<'a> {
             event,
             self.now,
         );
-        self.events.push(announce(&entry));
+        self.events.extend(announce(&entry));
     }
 
     // --------------------------------------------------------------- actions
 
-    fn plan_actions(&mut self, workload: Option<&SandboxWorkload>, stale_pod: bool) {
+    fn plan_actions(&mut self, workload: &mut Option<SandboxWorkload>, stale_pod: bool) {
         if self.deleting() {
-            if self.status.phase != Some(SandboxPhase::Destroyed) {
-                self.actions.push(SandboxAction::Deprovision);
-            }
+            // Providers whose children go with the Sandbox do nothing here;
+            // the others remove everything before the phase moves on.
+            self.actions.push(SandboxAction::Deprovision);
             return;
         }
         if self.intent() == Intent::Gone {
@@ -631,19 +589,29 @@ impl<'a> Planner<'a> {
         self.actions.push(SandboxAction::Provision);
         let pod = self.pod();
         let failed_pod_to_retry = pod.is_some_and(|p| p.failed) && self.retry;
-        match self.intent() {
+        let run = match self.intent() {
             Intent::Running => {
                 if pod.is_some_and(|p| !p.terminating) && (stale_pod || failed_pod_to_retry) {
                     self.actions.push(SandboxAction::Stop);
-                } else if pod.is_none() && workload.is_some_and(|w| w.host.is_some()) {
+                    RunWanted::Stopped
+                } else if let (None, Some(host)) = (pod, &self.chosen_host) {
                     self.actions.push(SandboxAction::Start);
+                    RunWanted::On(host.clone())
+                } else {
+                    RunWanted::AsIs
                 }
             }
             Intent::Stopped | Intent::Gone => {
                 if pod.is_some_and(|p| !p.terminating) {
                     self.actions.push(SandboxAction::Stop);
+                    RunWanted::Stopped
+                } else {
+                    RunWanted::AsIs
                 }
             }
+        };
+        if let Some(workload) = workload {
+            workload.run = run;
         }
     }
 
@@ -651,7 +619,6 @@ impl<'a> Planner<'a> {
 
     fn update_status(&mut self, provider: &str, workload: Option<&SandboxWorkload>) {
         use SandboxPhase::*;
-        let name = self.sandbox.name_any();
         let observed = &self.observation.observed;
         let pod = observed.pod.as_ref();
         self.status.pod_ip = pod
@@ -659,11 +626,9 @@ impl<'a> Planner<'a> {
             .filter(|_| self.status.phase == Some(Running));
         // Where it runs now; a stopped sandbox runs nowhere.
         self.status.host = pod.and_then(|p| p.host.clone());
-        self.status.claim_name = observed
-            .claim
-            .as_ref()
-            .map(|c| c.name.clone())
-            .or_else(|| Some(claim_name(&name)));
+        if let Some(claim) = &observed.claim {
+            self.status.claim_name = Some(claim.name.clone());
+        }
         self.status.provider_ref = match (pod, self.status.phase) {
             (_, Some(Destroyed)) => None,
             (Some(p), _) => Some(ProviderRef {
@@ -707,7 +672,7 @@ impl<'a> Planner<'a> {
                 "WaitingForRoom",
                 self.no_room.clone().unwrap_or_default(),
             ),
-            Some(Created) if self.waiting_for_claim => DesiredCondition::new(
+            Some(Created | Starting) if self.waiting_for_claim => DesiredCondition::new(
                 types::READY,
                 false,
                 "WaitingForClaim",
@@ -763,7 +728,7 @@ impl<'a> Planner<'a> {
         let scheduled = match (
             &self.no_room,
             pod.and_then(|p| p.host.clone()),
-            workload.and_then(|w| w.host.clone()),
+            workload.and(self.chosen_host.clone()),
         ) {
             (Some(message), _, _) => DesiredCondition::new(
                 types::SCHEDULED,
@@ -821,19 +786,6 @@ fn failure(pod: &PodObserved) -> String {
     } else {
         pod.problems.join("; ")
     }
-}
-
-/// The claim that keeps a sandbox's data.
-pub fn claim_name(sandbox: &str) -> String {
-    format!("{sandbox}-data")
-}
-
-/// A quantity in thousandths (CPU: millicores) or units (memory: bytes),
-/// rounded up.
-pub fn milli(quantity: &kube_quantity::ParsedQuantity, thousandths: bool) -> Option<i64> {
-    let value = quantity.to_bytes_f64()?;
-    let value = if thousandths { value * 1000.0 } else { value };
-    value.is_finite().then(|| value.ceil() as i64)
 }
 
 /// The Sandbox as the controlling owner of its children.

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::conditions::{self, DesiredCondition, types};
-use crate::api::{DeliveryPhase, LastDelivery, Webhook, WebhookDelivery, WebhookStatus};
+use crate::api::{Disabled, LastDelivery, Webhook, WebhookStatus};
 
 /// What the reconciler observed about a Webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,15 +18,80 @@ pub struct WebhookObservation {
     pub ca_bundle: Result<(), String>,
 }
 
-/// The Webhook's new status.
+/// What became of a Webhook's deliveries, counted as every attempt is made
+/// (most deliveries leave no record to count afterwards).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeliveryTally {
+    pub succeeded: i64,
+    pub failed: i64,
+    pub consecutive_failures: i64,
+    pub last_delivery: Option<LastDelivery>,
+    /// Switched off by a 410 Gone, when that is newer than what the status says.
+    pub disabled: Option<Disabled>,
+}
+
+/// How one attempt ended, for the tally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptEnd {
+    /// The delivery succeeded with this attempt.
+    Delivered,
+    /// The attempt failed; the delivery is retried.
+    Retrying,
+    /// The attempt failed and the delivery failed for good.
+    Failed,
+}
+
+impl DeliveryTally {
+    /// The tally a Webhook's status recorded last: where counting resumes
+    /// after the operator starts.
+    pub fn from_status(status: Option<&WebhookStatus>) -> Self {
+        let status = status.cloned().unwrap_or_default();
+        Self {
+            succeeded: status.succeeded,
+            failed: status.failed,
+            consecutive_failures: status.consecutive_failures,
+            last_delivery: status.last_delivery,
+            disabled: None,
+        }
+    }
+
+    /// Counts one attempt.
+    pub fn add(&mut self, attempt: LastDelivery, end: AttemptEnd) {
+        match end {
+            AttemptEnd::Delivered => {
+                self.succeeded += 1;
+                self.consecutive_failures = 0;
+            }
+            AttemptEnd::Retrying => self.consecutive_failures += 1,
+            AttemptEnd::Failed => {
+                self.failed += 1;
+                self.consecutive_failures += 1;
+            }
+        }
+        let newer = self
+            .last_delivery
+            .as_ref()
+            .is_none_or(|last| (attempt.time, &attempt.name) >= (last.time, &last.name));
+        if newer {
+            self.last_delivery = Some(attempt);
+        }
+    }
+}
+
+/// The Webhook's new status, from its tally and the number of its delivery
+/// records still pending.
 pub fn plan(
     webhook: &Webhook,
-    deliveries: &[&WebhookDelivery],
+    pending: i64,
+    tally: &DeliveryTally,
     observed: &WebhookObservation,
     now: DateTime<Utc>,
 ) -> WebhookStatus {
     let mut status = webhook.status.clone().unwrap_or_default();
     let generation = webhook.metadata.generation;
+    if let Some(disabled) = &tally.disabled {
+        status.disabled = Some(disabled.clone());
+    }
     // A new URL switches a webhook that answered 410 back on.
     if status
         .disabled
@@ -66,44 +131,11 @@ pub fn plan(
     };
     conditions::set_condition(&mut status.conditions, ready, generation, now);
 
-    let phase = |d: &&&WebhookDelivery| d.status.as_ref().and_then(|s| s.phase).unwrap_or_default();
-    status.succeeded = deliveries
-        .iter()
-        .filter(|d| phase(d) == DeliveryPhase::Succeeded)
-        .count() as i64;
-    status.failed = deliveries
-        .iter()
-        .filter(|d| phase(d) == DeliveryPhase::Failed)
-        .count() as i64;
-    status.pending = deliveries
-        .iter()
-        .filter(|d| phase(d) == DeliveryPhase::Pending)
-        .count() as i64;
-
-    // Every recorded attempt, newest first.
-    let mut attempts: Vec<(DateTime<Utc>, String, Option<i32>, bool)> = deliveries
-        .iter()
-        .flat_map(|d| {
-            let name = d.metadata.name.clone().unwrap_or_default();
-            d.status
-                .iter()
-                .flat_map(|s| s.attempt_log.iter())
-                .map(move |a| {
-                    let ok = a.status_code.is_some_and(|c| (200..300).contains(&c));
-                    (a.time, name.clone(), a.status_code, ok)
-                })
-        })
-        .collect();
-    attempts.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
-    if let Some((time, name, status_code, succeeded)) = attempts.first().cloned() {
-        status.last_delivery = Some(LastDelivery {
-            name,
-            time,
-            status_code,
-            succeeded,
-        });
-    }
-    status.consecutive_failures = attempts.iter().take_while(|a| !a.3).count() as i64;
+    status.succeeded = tally.succeeded;
+    status.failed = tally.failed;
+    status.pending = pending;
+    status.consecutive_failures = tally.consecutive_failures;
+    status.last_delivery = tally.last_delivery.clone();
     status.observed_generation = generation;
     status
 }
@@ -111,10 +143,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{
-        DeliveryAttempt, DeliveryEvent, Disabled, EventSubject, EventType, RetryPolicy,
-        WebhookDeliverySpec, WebhookDeliveryStatus, WebhookSecretRef, WebhookSpec,
-    };
+    use crate::api::{DeliveryRecords, Disabled, RetryPolicy, WebhookSecretRef, WebhookSpec};
 
     fn webhook(url: &str) -> Webhook {
         let mut webhook = Webhook::new(
@@ -131,6 +160,7 @@ mod tests {
                 active: true,
                 timeout_seconds: 10,
                 retry_policy: RetryPolicy::default(),
+                delivery_records: DeliveryRecords::Failures,
                 ca_bundle: None,
                 headers: Default::default(),
             },
@@ -143,46 +173,6 @@ mod tests {
         DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
     }
 
-    fn delivery(name: &str, phase: DeliveryPhase, codes: &[(i64, Option<i32>)]) -> WebhookDelivery {
-        let mut d = WebhookDelivery::new(
-            name,
-            WebhookDeliverySpec {
-                webhook_name: "hooks".into(),
-                event: DeliveryEvent {
-                    id: "evt".into(),
-                    type_: EventType::InstanceStarted,
-                    timestamp: at(0),
-                    subject: EventSubject {
-                        kind: "Instance".into(),
-                        name: "web".into(),
-                        uid: "u".into(),
-                    },
-                    sequence: 1,
-                    from: None,
-                    to: None,
-                    reason: "r".into(),
-                    message: String::new(),
-                    details: Default::default(),
-                },
-            },
-        );
-        d.status = Some(WebhookDeliveryStatus {
-            phase: Some(phase),
-            attempts: codes.len() as i32,
-            attempt_log: codes
-                .iter()
-                .map(|(t, code)| DeliveryAttempt {
-                    time: at(*t),
-                    status_code: *code,
-                    error: None,
-                    duration_ms: 1,
-                })
-                .collect(),
-            ..WebhookDeliveryStatus::default()
-        });
-        d
-    }
-
     fn ok() -> WebhookObservation {
         WebhookObservation {
             secret: Ok(()),
@@ -191,29 +181,46 @@ mod tests {
         }
     }
 
+    fn attempt(name: &str, secs: i64, code: Option<i32>) -> LastDelivery {
+        LastDelivery {
+            name: name.into(),
+            time: at(secs),
+            status_code: code,
+            succeeded: code.is_some_and(|c| (200..300).contains(&c)),
+        }
+    }
+
     #[test]
-    fn counts_and_the_last_attempts_are_derived_from_the_deliveries() {
-        let a = delivery(
-            "a",
-            DeliveryPhase::Succeeded,
-            &[(1, Some(500)), (2, Some(200))],
-        );
-        let b = delivery("b", DeliveryPhase::Pending, &[(3, Some(503)), (4, None)]);
-        let c = delivery("c", DeliveryPhase::Failed, &[(0, Some(500))]);
-        let status = plan(
-            &webhook("https://h.example.com/"),
-            &[&a, &b, &c],
-            &ok(),
-            at(10),
-        );
+    fn counts_and_the_last_attempt_come_from_the_tally() {
+        let mut tally = DeliveryTally::default();
+        tally.add(attempt("a", 1, Some(500)), AttemptEnd::Retrying);
+        tally.add(attempt("a", 2, Some(200)), AttemptEnd::Delivered);
+        tally.add(attempt("c", 0, Some(500)), AttemptEnd::Failed);
+        tally.add(attempt("b", 3, Some(503)), AttemptEnd::Retrying);
+        tally.add(attempt("b", 4, None), AttemptEnd::Retrying);
+        let status = plan(&webhook("https://h.example.com/"), 1, &tally, &ok(), at(10));
         assert_eq!((status.succeeded, status.failed, status.pending), (1, 1, 1));
-        assert_eq!(status.consecutive_failures, 2);
+        assert_eq!(status.consecutive_failures, 3);
         let last = status.last_delivery.unwrap();
         assert_eq!(
             (last.name.as_str(), last.status_code, last.succeeded),
             ("b", None, false)
         );
         assert!(conditions::is_true(&status.conditions, types::READY));
+    }
+
+    #[test]
+    fn counting_resumes_from_the_status_after_a_restart() {
+        let mut hook = webhook("https://h.example.com/");
+        hook.status = Some(WebhookStatus {
+            succeeded: 40,
+            failed: 2,
+            ..WebhookStatus::default()
+        });
+        let mut tally = DeliveryTally::from_status(hook.status.as_ref());
+        tally.add(attempt("x", 5, Some(204)), AttemptEnd::Delivered);
+        let status = plan(&hook, 0, &tally, &ok(), at(10));
+        assert_eq!((status.succeeded, status.failed), (41, 2));
     }
 
     #[test]
@@ -224,7 +231,7 @@ mod tests {
             address: Ok(()),
             ca_bundle: Ok(()),
         };
-        let status = plan(&hook, &[], &missing, at(0));
+        let status = plan(&hook, 0, &DeliveryTally::default(), &missing, at(0));
         let ready = conditions::find(&status.conditions, types::READY).unwrap();
         assert_eq!(
             (ready.reason.as_str(), ready.message.as_str()),
@@ -235,7 +242,7 @@ mod tests {
             ca_bundle: Err("spec.caBundle holds no usable PEM certificate".into()),
             ..ok()
         };
-        let status = plan(&hook, &[], &bad_bundle, at(0));
+        let status = plan(&hook, 0, &DeliveryTally::default(), &bad_bundle, at(0));
         let ready = conditions::find(&status.conditions, types::READY).unwrap();
         assert_eq!(
             (ready.reason.as_str(), ready.message.as_str()),
@@ -247,7 +254,7 @@ mod tests {
 
         let mut inactive = hook.clone();
         inactive.spec.active = false;
-        let status = plan(&inactive, &[], &ok(), at(0));
+        let status = plan(&inactive, 0, &DeliveryTally::default(), &ok(), at(0));
         assert_eq!(
             conditions::find(&status.conditions, types::READY)
                 .unwrap()
@@ -268,7 +275,7 @@ mod tests {
             }),
             ..WebhookStatus::default()
         });
-        let status = plan(&hook, &[], &ok(), at(1));
+        let status = plan(&hook, 0, &DeliveryTally::default(), &ok(), at(1));
         assert!(status.disabled.is_some());
         assert_eq!(
             conditions::find(&status.conditions, types::READY)
@@ -277,7 +284,7 @@ mod tests {
             "EndpointGone"
         );
         hook.spec.url = "https://new.example.com/".into();
-        let status = plan(&hook, &[], &ok(), at(2));
+        let status = plan(&hook, 0, &DeliveryTally::default(), &ok(), at(2));
         assert!(status.disabled.is_none());
         assert!(conditions::is_true(&status.conditions, types::READY));
     }

@@ -4,13 +4,19 @@
 //! Building the objects and reading their status are pure functions
 //! ([`deployment_for`], [`service_for`], [`workload_status`]); the provider
 //! itself only applies them (server-side apply, one field manager, forced, so
-//! hand edits of our fields are put back) and reads its reflector caches.
+//! hand edits of our fields are put back) and reads its reflector caches,
+//! which hold every Deployment and Service in scope (other people's trimmed
+//! to their metadata), so whose an object of the same name is, is known
+//! without asking the API server.
 //!
 //! It remembers, per object, the hash of what it last applied and the
 //! generation the API server answered with. A reconcile whose desired object
 //! hashes the same, against a cached object at that generation, makes no API
 //! call at all; a hand edit bumps the generation and is repaired, a deleted
 //! object is missing from the cache and is created again.
+//!
+//! Everything it makes is owned by the Instance, so the garbage collector
+//! removes it once the Instance is gone: deletion costs no request here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -24,26 +30,28 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use super::shape;
+use super::shape::{self, Ownership};
 use super::{
-    ActionNote, Deprovision, InstanceProvider, InstanceWorkload, ProviderError, ProviderResult,
-    WorkloadId, WorkloadStatus,
+    ActionNote, ApplyReason, Cleanup, Deprovision, INSTANCE_LABEL, InstanceProvider,
+    InstanceWorkload, ProviderError, ProviderResult, WorkloadId, WorkloadStatus,
 };
 use crate::api::{MANAGED_BY, MANAGED_BY_LABEL, ProviderRef};
-use crate::plan::instance::INSTANCE_LABEL;
 
 /// The provider's name in spec.provider.
 pub const NAME: &str = "kubernetes";
 /// The field manager of every server-side apply the operator makes.
-pub const FIELD_MANAGER: &str = "ctrlplane-operator";
+pub use super::shape::FIELD_MANAGER;
 /// The pod-template annotation whose change rolls the replicas.
 pub const RESTART_ANNOTATION: &str = "ctrlplane.dev/restartedAt";
 /// The name of the one container of an Instance's pods.
 pub const CONTAINER_NAME: &str = "app";
+/// The annotation that carries the hash of the Deployment last applied, so
+/// an operator that starts again knows what it applied before.
+pub const APPLIED_HASH_ANNOTATION: &str = "ctrlplane.dev/applied-hash";
 
 /// The labels that mark a child as ours and tie it to its Instance.
 pub fn child_labels(workload: &InstanceWorkload) -> BTreeMap<String, String> {
@@ -163,27 +171,6 @@ pub fn service_for(workload: &InstanceWorkload) -> Option<Service> {
         (INSTANCE_LABEL, &workload.name),
         &workload.ports,
     )
-}
-
-/// Whether a cached Service still says what we would apply.
-fn service_matches(cached: &Service, desired: &Service) -> bool {
-    let ours = |s: &Service| {
-        let spec = s.spec.clone().unwrap_or_default();
-        let ports: Vec<_> = spec
-            .ports
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| (p.name, p.port, p.target_port, p.protocol))
-            .collect();
-        (spec.selector, spec.type_, ports)
-    };
-    let labels_kept = desired
-        .labels()
-        .iter()
-        .all(|(k, v)| cached.labels().get(k) == Some(v));
-    labels_kept
-        && ours(cached) == ours(desired)
-        && cached.owner_references() == desired.owner_references()
 }
 
 /// What an Instance's pods say about why they are not ready, in words a user
@@ -363,8 +350,11 @@ struct Applied {
 /// The caches the provider reads, filled by the controller's reflectors.
 #[derive(Clone)]
 pub struct Caches {
+    /// Every Deployment in scope; those not ours keep only their metadata.
     pub deployments: Store<Deployment>,
+    /// Every Service in scope; those not ours keep only their metadata.
     pub services: Store<Service>,
+    /// Our pods.
     pub pods: Store<Pod>,
 }
 
@@ -373,14 +363,37 @@ pub struct KubernetesProvider {
     client: Client,
     caches: Caches,
     applied: Mutex<HashMap<(String, String), Applied>>,
+    wakeups: super::WakeupSlot,
 }
 
 impl KubernetesProvider {
-    pub fn new(client: Client, caches: Caches) -> Self {
+    /// `changes` are the watch events of the Deployments, Services and pods
+    /// it reads, which wake the Instance they belong to.
+    pub fn new(
+        client: Client,
+        caches: Caches,
+        deployments: impl futures::Stream<Item = Arc<Deployment>> + Send + 'static,
+        services: impl futures::Stream<Item = Arc<Service>> + Send + 'static,
+        pods: impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
+    ) -> Self {
+        use futures::StreamExt;
+        let owner = |id: Option<WorkloadId>| futures::future::ready(id);
+        let wakeups = futures::stream::select_all([
+            deployments
+                .filter_map(move |d| owner(shape::owner_of(d.as_ref(), "Instance")))
+                .boxed(),
+            services
+                .filter_map(move |s| owner(shape::owner_of(s.as_ref(), "Instance")))
+                .boxed(),
+            pods.filter_map(move |p| owner(unready_pod_owner(&p)))
+                .boxed(),
+        ])
+        .boxed();
         Self {
             client,
             caches,
             applied: Mutex::new(HashMap::new()),
+            wakeups: super::WakeupSlot::new(wakeups),
         }
     }
 
@@ -395,12 +408,25 @@ impl KubernetesProvider {
     /// only when the cache shows they do not already.
     async fn ensure(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>> {
         let mut notes = Vec::new();
+        let id = workload.id();
         let key = (workload.namespace.clone(), workload.name.clone());
-        let desired = deployment_for(workload);
+        let mut desired = deployment_for(workload);
         let hash = hash_of(&desired);
+        desired
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(APPLIED_HASH_ANNOTATION.to_string(), format!("{hash:016x}"));
         let object = ObjectRef::<Deployment>::new(&workload.name).within(&workload.namespace);
         let cached = self.caches.deployments.get(&object);
-        let record = self.applied_record(&key);
+        if let Some(existing) = cached.as_deref()
+            && ownership(existing, &id) == Ownership::Foreign
+        {
+            return Err(conflict("Deployment", &workload.name));
+        }
+        let record = self
+            .applied_record(&key)
+            .or_else(|| applied_before_a_restart(cached.as_deref(), workload, hash));
         let up_to_date = match (&cached, &record) {
             (Some(cached), Some(record)) => {
                 record.hash == hash
@@ -409,41 +435,44 @@ impl KubernetesProvider {
             }
             _ => false,
         };
+        if up_to_date
+            && let Some(record) = &record
+            && let Ok(mut map) = self.applied.lock()
+        {
+            map.entry(key.clone()).or_insert_with(|| record.clone());
+        }
         if !up_to_date {
-            let api: Api<Deployment> = Api::namespaced(self.client.clone(), &workload.namespace);
-            match cached.as_deref() {
-                Some(existing) => self.check_ownership(existing, workload, "Deployment")?,
-                None => {
-                    if let Some(existing) = get_opt(&api, &workload.name).await? {
-                        self.check_ownership(&existing, workload, "Deployment")?;
-                    }
-                    if record.is_some() {
-                        notes.push(ActionNote {
-                            warning: true,
-                            reason: "DriftRepaired".into(),
-                            message: format!(
-                                "Deployment {} was missing and has been created again",
-                                workload.name
-                            ),
-                        });
-                    }
-                }
-            }
-            if let (Some(cached), Some(record)) = (&cached, &record)
-                && record.hash == hash
-                && cached.metadata.generation.unwrap_or_default() > record.generation
-            {
-                notes.push(ActionNote {
+            match (&cached, &record) {
+                (None, Some(_)) => notes.push(ActionNote {
                     warning: true,
                     reason: "DriftRepaired".into(),
                     message: format!(
-                        "Deployment {} was changed by hand; its spec has been put back",
+                        "Deployment {} was missing and has been created again",
                         workload.name
                     ),
-                });
+                }),
+                (Some(cached), Some(record))
+                    if record.hash == hash
+                        && cached.metadata.generation.unwrap_or_default() > record.generation =>
+                {
+                    notes.push(ActionNote {
+                        warning: true,
+                        reason: "DriftRepaired".into(),
+                        message: format!(
+                            "Deployment {} was changed by hand; its spec has been put back",
+                            workload.name
+                        ),
+                    })
+                }
+                _ => {}
             }
+            let api: Api<Deployment> = Api::namespaced(self.client.clone(), &workload.namespace);
             let applied = api
-                .patch(&workload.name, &apply_params(), &Patch::Apply(&desired))
+                .patch(
+                    &workload.name,
+                    &PatchParams::apply(shape::FIELD_MANAGER).force(),
+                    &Patch::Apply(&desired),
+                )
                 .await
                 .map_err(|source| {
                     ProviderError::kube(
@@ -463,97 +492,88 @@ impl KubernetesProvider {
                 );
             }
         }
-        self.ensure_service(workload, &mut notes).await?;
+        notes.extend(
+            shape::ensure_service(
+                &self.client,
+                &self.caches.services,
+                &id,
+                "Instance",
+                INSTANCE_LABEL,
+                service_for(workload),
+            )
+            .await?,
+        );
         Ok(notes)
     }
+}
 
-    async fn ensure_service(
-        &self,
-        workload: &InstanceWorkload,
-        notes: &mut Vec<ActionNote>,
-    ) -> ProviderResult<()> {
-        let api: Api<Service> = Api::namespaced(self.client.clone(), &workload.namespace);
-        let object = ObjectRef::<Service>::new(&workload.name).within(&workload.namespace);
-        let cached = self.caches.services.get(&object);
-        let Some(desired) = service_for(workload) else {
-            // No ports any more: a Service of ours has nothing to serve.
-            if let Some(existing) = cached
-                && is_owned_by(existing.as_ref(), workload)
-            {
-                delete_opt(&api, &workload.name, false).await?;
-            }
-            return Ok(());
-        };
-        match cached.as_deref() {
-            Some(existing) if service_matches(existing, &desired) => return Ok(()),
-            Some(existing) => {
-                self.check_ownership(existing, workload, "Service")?;
-                if is_owned_by(existing, workload) {
-                    notes.push(ActionNote {
-                        warning: false,
-                        reason: "ServiceUpdated".into(),
-                        message: format!("Service {} updated to match spec.ports", workload.name),
-                    });
-                }
-            }
-            None => {
-                if let Some(existing) = get_opt(&api, &workload.name).await? {
-                    self.check_ownership(&existing, workload, "Service")?;
-                }
-            }
-        }
-        api.patch(&workload.name, &apply_params(), &Patch::Apply(&desired))
-            .await
-            .map_err(|source| {
-                ProviderError::kube(
-                    format!("applying Service {}", workload.name),
-                    &workload.namespace,
-                    source,
-                )
-            })?;
-        Ok(())
+/// What an earlier run of the operator applied, read off a cached
+/// Deployment of ours: its hash annotation says what was applied, and what
+/// the plan cares most about (the image, the replicas, the restart token)
+/// must still be as asked. Then a restart applies nothing again; a hand
+/// edit of those made while no operator ran is still put back.
+fn applied_before_a_restart(
+    cached: Option<&Deployment>,
+    workload: &InstanceWorkload,
+    hash: u64,
+) -> Option<Applied> {
+    let cached = cached?;
+    let noted = cached.annotations().get(APPLIED_HASH_ANNOTATION)?;
+    if noted != &format!("{hash:016x}") || ownership(cached, &workload.id()) != Ownership::Ours {
+        return None;
     }
+    let spec = cached.spec.as_ref()?;
+    let template = &spec.template;
+    let image = template
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.as_deref());
+    let token = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(RESTART_ANNOTATION));
+    let as_asked = image == Some(workload.image.as_str())
+        && spec.replicas == Some(workload.replicas)
+        && token == workload.restart_token.as_ref();
+    as_asked.then(|| Applied {
+        hash,
+        uid: cached.uid().unwrap_or_default(),
+        generation: cached.metadata.generation.unwrap_or_default(),
+    })
+}
 
-    /// An existing object is ours to manage when the Instance controls it,
-    /// or when it carries our labels and no controller (it is adopted).
-    fn check_ownership<K: Resource>(
-        &self,
-        existing: &K,
-        workload: &InstanceWorkload,
-        kind: &str,
-    ) -> ProviderResult<()> {
-        let controller = existing
-            .owner_references()
-            .iter()
-            .find(|o| o.controller == Some(true));
-        let ours = match controller {
-            Some(owner) => owner.uid == workload.owner.uid,
-            None => {
-                let labels = existing.meta().labels.clone().unwrap_or_default();
-                labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
-                    && labels.get(INSTANCE_LABEL) == Some(&workload.name)
-            }
-        };
-        if ours {
-            Ok(())
-        } else {
-            Err(ProviderError::Conflict {
-                kind: kind.to_string(),
-                name: workload.name.clone(),
-            })
-        }
+fn ownership<K: Resource>(existing: &K, id: &WorkloadId) -> Ownership {
+    shape::ownership(existing, &id.uid, (INSTANCE_LABEL, &id.name))
+}
+
+fn conflict(kind: &str, name: &str) -> ProviderError {
+    ProviderError::Conflict {
+        kind: kind.into(),
+        name: name.into(),
+        owner: "Instance".into(),
     }
 }
 
-fn is_owned_by<K: Resource>(existing: &K, workload: &InstanceWorkload) -> bool {
-    existing
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && o.uid == workload.owner.uid)
-}
-
-fn apply_params() -> PatchParams {
-    PatchParams::apply(FIELD_MANAGER).force()
+/// A pod wakes its Instance only when it is not ready: its problems are
+/// news; a ready pod shows up in the Deployment's status anyway.
+fn unready_pod_owner(pod: &Pod) -> Option<WorkloadId> {
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    if ready {
+        return None;
+    }
+    Some(WorkloadId {
+        namespace: pod.namespace()?,
+        name: pod.labels().get(INSTANCE_LABEL)?.clone(),
+        // Pods are owned by ReplicaSets; the label names the Instance, and
+        // a wake-up needs no more than its name.
+        uid: String::new(),
+    })
 }
 
 fn hash_of(object: &impl serde::Serialize) -> u64 {
@@ -564,41 +584,6 @@ fn hash_of(object: &impl serde::Serialize) -> u64 {
     hasher.finish()
 }
 
-async fn get_opt<K>(api: &Api<K>, name: &str) -> ProviderResult<Option<K>>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    api.get_opt(name)
-        .await
-        .map_err(|source| ProviderError::Kube {
-            action: format!("reading {name}"),
-            source,
-        })
-}
-
-/// Deletes an object; `Ok(true)` when it is already gone.
-async fn delete_opt<K>(api: &Api<K>, name: &str, foreground: bool) -> ProviderResult<bool>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let params = if foreground {
-        DeleteParams {
-            propagation_policy: Some(PropagationPolicy::Foreground),
-            ..DeleteParams::default()
-        }
-    } else {
-        DeleteParams::default()
-    };
-    match api.delete(name, &params).await {
-        Ok(_) => Ok(false),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(true),
-        Err(source) => Err(ProviderError::Kube {
-            action: format!("deleting {name}"),
-            source,
-        }),
-    }
-}
-
 impl super::Named for KubernetesProvider {
     fn name(&self) -> &str {
         NAME
@@ -607,61 +592,45 @@ impl super::Named for KubernetesProvider {
 
 #[async_trait]
 impl InstanceProvider for KubernetesProvider {
-    async fn provision(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>> {
+    async fn apply(
+        &self,
+        workload: &InstanceWorkload,
+        reason: ApplyReason,
+    ) -> ProviderResult<Vec<ActionNote>> {
+        tracing::debug!(reason = reason.as_str(), "applying the workload");
         self.ensure(workload).await
     }
 
+    /// The garbage collector removes the Deployment and the Service once the
+    /// Instance is gone; all that is left to do is forget what was applied.
     async fn deprovision(&self, id: &WorkloadId) -> ProviderResult<Deprovision> {
-        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &id.namespace);
-        let services: Api<Service> = Api::namespaced(self.client.clone(), &id.namespace);
-        // Foreground: the Deployment is gone only once its pods are.
-        let deployment_gone = delete_opt(&deployments, &id.name, true).await?;
-        let service_gone = delete_opt(&services, &id.name, false).await?;
         if let Ok(mut map) = self.applied.lock() {
             map.remove(&(id.namespace.clone(), id.name.clone()));
         }
-        Ok(if deployment_gone && service_gone {
-            Deprovision::Done
-        } else {
-            Deprovision::InProgress
-        })
+        Ok(Deprovision::Done)
     }
 
-    async fn start(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>> {
-        self.ensure(workload).await
+    fn cleanup(&self) -> Cleanup {
+        Cleanup::GarbageCollected
     }
 
-    async fn stop(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>> {
-        self.ensure(workload).await
+    fn wakeups(&self) -> Option<super::Wakeups> {
+        self.wakeups.take()
     }
 
-    async fn restart(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>> {
-        self.ensure(workload).await
-    }
-
-    async fn scale(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>> {
-        self.ensure(workload).await
-    }
-
-    async fn deploy(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>> {
-        self.ensure(workload).await
-    }
-
-    async fn rollback(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>> {
-        self.ensure(workload).await
-    }
-
-    async fn status(&self, id: &WorkloadId) -> ProviderResult<Option<WorkloadStatus>> {
+    async fn observe(&self, id: &WorkloadId) -> ProviderResult<Option<WorkloadStatus>> {
         let deployment = self
             .caches
             .deployments
-            .get(&ObjectRef::new(&id.name).within(&id.namespace));
+            .get(&shape::named(&id.namespace, &id.name))
+            .filter(|d| ownership(d.as_ref(), id) == Ownership::Ours);
         let service = self
             .caches
             .services
-            .get(&ObjectRef::new(&id.name).within(&id.namespace));
+            .get(&shape::named(&id.namespace, &id.name))
+            .filter(|s| ownership(s.as_ref(), id) == Ownership::Ours);
         let Some(deployment) = deployment else {
-            // A Service without its Deployment still has to be cleaned up.
+            // A Service without its Deployment is still something of ours.
             return Ok(service.map(|_| WorkloadStatus {
                 provider_ref: ProviderRef {
                     provider: NAME.to_string(),

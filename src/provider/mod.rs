@@ -1,29 +1,101 @@
-//! Providers: what turns an object's decided state into something that runs.
+//! Providers: what turns an object's decided state into something that runs,
+//! and reports what runs.
 //!
-//! The trait is modelled on the ctrlplane provider interface (provision,
-//! deprovision, start, stop, restart, status, scale, deploy, rollback). Every
-//! verb receives the whole desired [`InstanceWorkload`] the planner decided on,
-//! so each call is idempotent: a provider makes the world match it, and the
-//! verb says why, for providers to which the difference matters (a VM is
-//! started, not scaled).
+//! The contract is small, the same for every kind: make the workload match
+//! what the plan decided (the reason, such as deploy, scale or restart, is
+//! passed along and recorded, not a separate method), deprovision, and
+//! observe. Its types (the desired workloads, the observations, the labels
+//! children carry) live here, in the providers' room: the planners use them
+//! and nothing else of a provider, and no provider imports a planner.
 //!
-//! A [`ProviderRegistry`] holds providers by name with a default. Reconcilers
-//! only ever see the trait, so a new provider plugs in beside `kubernetes`
-//! without any change to them.
+//! A [`Registry`] holds the providers of one kind by name, with a default.
+//! The lifecycle engine only ever sees the traits, so a new provider plugs
+//! in beside `kubernetes` or `pod` without any change to a reconciler: a
+//! test registers one of its own and drives an Instance through its life.
 
 pub mod kubernetes;
 pub mod pod;
 pub mod shape;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use crate::api::{EnvVar, HealthCheck, InstanceResources, PortSpec, ProviderRef};
-use crate::plan::capacity::Host;
-use crate::plan::sandbox::{SandboxObserved, SandboxWorkload};
+
+/// The label that ties an Instance's children and pods to it.
+pub const INSTANCE_LABEL: &str = "ctrlplane.dev/instance";
+/// The label that ties a Sandbox's children to it.
+pub const SANDBOX_LABEL: &str = "ctrlplane.dev/sandbox";
+/// The label that carries a Sandbox's spec.agentId, on it and its Pod.
+pub const AGENT_LABEL: &str = "ctrlplane.dev/agent-id";
+/// The label that carries a Sandbox's spec.jobId, on it and its Pod.
+pub const JOB_LABEL: &str = "ctrlplane.dev/job-id";
+/// The taint that marks hosts dedicated to sandboxes. Sandbox pods tolerate
+/// it; other pods stay away.
+pub const SANDBOX_HOST_TAINT: &str = "ctrlplane.dev/sandbox-host";
+
+/// The object a workload belongs to: its namespace, name and UID (two
+/// objects of one name, one deleted and one new, are told apart by it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WorkloadId {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// Why a provider is asked to make a workload match. Providers to which
+/// the difference matters (a VM is started, not scaled) read it; the
+/// `kubernetes` provider applies the same desired objects whatever it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApplyReason {
+    /// Create what is missing, or repair what drifted.
+    Provision,
+    /// Roll out a new release.
+    Deploy,
+    /// Return to an earlier release.
+    Rollback,
+    /// Change the number or size of the replicas.
+    Scale,
+    /// Replace every replica.
+    Restart,
+    /// Run the replicas (or the sandbox).
+    Start,
+    /// Stop every replica (or the sandbox), keeping the rest.
+    Stop,
+}
+
+impl ApplyReason {
+    /// A lower-case word for logs and notes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provision => "provision",
+            Self::Deploy => "deploy",
+            Self::Rollback => "rollback",
+            Self::Scale => "scale",
+            Self::Restart => "restart",
+            Self::Start => "start",
+            Self::Stop => "stop",
+        }
+    }
+}
+
+/// How what a provider made goes away when its object is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cleanup {
+    /// Everything is owned by the object (owner references), so the garbage
+    /// collector removes it once the object is gone: deletion waits for
+    /// nothing but the object's last events.
+    GarbageCollected,
+    /// The provider must deprovision first (an external host, a VM), and
+    /// the object stays until it has.
+    Deprovision,
+}
+
+// ------------------------------------------------------------------ Instance
 
 /// Everything a provider needs to run an Instance, as the planner decided it.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,18 +121,12 @@ pub struct InstanceWorkload {
     pub progress_deadline_seconds: i32,
 }
 
-/// The names that identify an Instance's workload, for calls that need no spec.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkloadId {
-    pub namespace: String,
-    pub name: String,
-}
-
 impl InstanceWorkload {
     pub fn id(&self) -> WorkloadId {
         WorkloadId {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
+            uid: self.owner.uid.clone(),
         }
     }
 }
@@ -95,7 +161,119 @@ pub struct WorkloadStatus {
     pub terminating: bool,
 }
 
-/// What a deprovision call achieved.
+// ------------------------------------------------------------------- Sandbox
+
+/// Whether a sandbox's running part (its Pod, its VM) should exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunWanted {
+    /// Leave it as it is (running fine, or waiting for room to start).
+    AsIs,
+    /// Start it on this host, if it is not running.
+    On(String),
+    /// Stop it; its data stays.
+    Stopped,
+}
+
+/// Everything a provider needs to run a sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxWorkload {
+    pub namespace: String,
+    pub name: String,
+    pub owner: OwnerReference,
+    pub labels: BTreeMap<String, String>,
+    pub image: String,
+    pub cpu: String,
+    pub memory: String,
+    pub storage: String,
+    pub storage_class: Option<String>,
+    pub env: Vec<EnvVar>,
+    pub ports: Vec<PortSpec>,
+    /// Whether it should run, and where.
+    pub run: RunWanted,
+    /// Changes whenever the running part must be made again (image,
+    /// resources, env, ports, placement, a restart request).
+    pub revision: String,
+}
+
+impl SandboxWorkload {
+    pub fn id(&self) -> WorkloadId {
+        WorkloadId {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.owner.uid.clone(),
+        }
+    }
+}
+
+/// What the provider reports about a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SandboxObserved {
+    pub claim: Option<ClaimObserved>,
+    pub pod: Option<PodObserved>,
+    pub service: bool,
+}
+
+/// The sandbox's data (a PersistentVolumeClaim for the `pod` provider).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimObserved {
+    pub name: String,
+    pub bound: bool,
+}
+
+/// The sandbox's running part (a Pod for the `pod` provider).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodObserved {
+    pub name: String,
+    /// The revision it was made from.
+    pub revision: Option<String>,
+    pub ready: bool,
+    pub ip: Option<String>,
+    pub host: Option<String>,
+    /// It failed or cannot start: crash, image pull, unschedulable, exited.
+    pub failed: bool,
+    /// It waits for its data to be attached (an unbound claim): not a
+    /// failure, and not ready yet.
+    pub waiting_for_data: bool,
+    pub problems: Vec<String>,
+    pub terminating: bool,
+}
+
+/// A host as the capacity check sees it. CPU in millicores, memory in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub allocatable_cpu: i64,
+    pub allocatable_memory: i64,
+    pub requested_cpu: i64,
+    pub requested_memory: i64,
+    /// Ready and not cordoned.
+    pub schedulable: bool,
+    /// Taints with a NoSchedule or NoExecute effect, by key.
+    pub blocking_taints: Vec<String>,
+}
+
+impl Host {
+    pub fn free_cpu(&self) -> i64 {
+        self.allocatable_cpu - self.requested_cpu
+    }
+
+    pub fn free_memory(&self) -> i64 {
+        self.allocatable_memory - self.requested_memory
+    }
+}
+
+/// A quantity in thousandths (CPU: millicores) or units (memory: bytes),
+/// rounded up: the units [`Host`] counts in.
+pub fn milli(quantity: &kube_quantity::ParsedQuantity, thousandths: bool) -> Option<i64> {
+    let value = quantity.to_bytes_f64()?;
+    let value = if thousandths { value * 1000.0 } else { value };
+    value.is_finite().then(|| value.ceil() as i64)
+}
+
+// -------------------------------------------------------------- the contract
+
+/// What deprovisioning achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deprovision {
     /// Everything is gone.
@@ -124,14 +302,18 @@ pub enum ProviderError {
     },
     /// An object of the same name exists and belongs to someone else.
     #[error(
-        "{kind} {name} already exists and is not managed by this Instance; rename the Instance or remove the {kind}"
+        "{kind} {name} already exists and is not managed by this {owner}; rename the {owner} or remove the {kind}"
     )]
-    Conflict { kind: String, name: String },
+    Conflict {
+        kind: String,
+        name: String,
+        owner: String,
+    },
     /// The provider cannot do what was asked.
     #[error("the {provider} provider does not support {what}")]
     Unsupported { provider: String, what: String },
     /// The namespace is being deleted: nothing new can be created in it, and
-    /// the Instance's own deletion is on its way.
+    /// the object's own deletion is on its way.
     #[error("namespace {namespace} is being deleted; nothing can be created in it")]
     NamespaceTerminating { namespace: String },
 }
@@ -139,10 +321,7 @@ pub enum ProviderError {
 impl ProviderError {
     /// Wraps a kube error, telling a terminating namespace apart.
     pub fn kube(action: impl Into<String>, namespace: &str, source: kube::Error) -> Self {
-        if let kube::Error::Api(status) = &source
-            && status.code == 403
-            && status.message.contains("because it is being terminated")
-        {
+        if crate::runtime::kubeapi::is_namespace_terminating(&source) {
             return Self::NamespaceTerminating {
                 namespace: namespace.to_string(),
             };
@@ -152,9 +331,7 @@ impl ProviderError {
             source,
         }
     }
-}
 
-impl ProviderError {
     /// A short CamelCase reason for conditions and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -168,47 +345,71 @@ impl ProviderError {
 
 pub type ProviderResult<T> = Result<T, ProviderError>;
 
+/// Changes a provider sees in what it runs, by the object they belong to,
+/// so the object is looked at again. Taken once, when the controller starts.
+pub type Wakeups = BoxStream<'static, WorkloadId>;
+
+/// Holds a provider's wake-up stream until the controller takes it.
+#[derive(Default)]
+pub struct WakeupSlot(Mutex<Option<Wakeups>>);
+
+impl WakeupSlot {
+    pub fn new(wakeups: Wakeups) -> Self {
+        Self(Mutex::new(Some(wakeups)))
+    }
+
+    pub fn take(&self) -> Option<Wakeups> {
+        self.0.lock().ok()?.take()
+    }
+}
+
 /// A provider of Instances. Every call is idempotent.
 #[async_trait]
 pub trait InstanceProvider: Named + Send + Sync {
-    /// Creates whatever the Instance needs, or repairs it to match.
-    async fn provision(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>>;
-    /// Removes everything the Instance had.
+    /// Makes what runs match the workload: creates what is missing, repairs
+    /// what drifted, changes what the plan changed. `reason` says why.
+    async fn apply(
+        &self,
+        workload: &InstanceWorkload,
+        reason: ApplyReason,
+    ) -> ProviderResult<Vec<ActionNote>>;
+    /// Removes everything the Instance had. Only called for providers whose
+    /// [`Cleanup`] is `Deprovision`.
     async fn deprovision(&self, id: &WorkloadId) -> ProviderResult<Deprovision>;
-    /// Runs the replicas.
-    async fn start(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>>;
-    /// Stops every replica, keeping the rest (for example the Service).
-    async fn stop(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>>;
-    /// Replaces every replica, one after another.
-    async fn restart(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>>;
-    /// Changes the number or size of the replicas in place.
-    async fn scale(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>>;
-    /// Rolls out a new release.
-    async fn deploy(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>>;
-    /// Rolls back to an earlier release.
-    async fn rollback(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>>;
-    /// What runs now; `None` when nothing exists.
-    async fn status(&self, id: &WorkloadId) -> ProviderResult<Option<WorkloadStatus>>;
+    /// What runs now, from the provider's caches; `None` when nothing does.
+    async fn observe(&self, id: &WorkloadId) -> ProviderResult<Option<WorkloadStatus>>;
+    /// How its children go when the Instance is deleted.
+    fn cleanup(&self) -> Cleanup;
+    /// Changes to what it runs, once (see [`Wakeups`]).
+    fn wakeups(&self) -> Option<Wakeups> {
+        None
+    }
 }
 
-/// A provider of Sandboxes. Every call is idempotent. Scaling, deploying and
-/// rolling back belong to long-running applications; a sandbox is made
-/// again from its spec instead.
+/// A provider of Sandboxes. Every call is idempotent.
 #[async_trait]
 pub trait SandboxProvider: Named + Send + Sync {
-    /// Creates what outlives a stop (the sandbox's data) and its network
-    /// endpoint, or repairs them.
-    async fn provision(&self, workload: &SandboxWorkload) -> ProviderResult<Vec<ActionNote>>;
-    /// Runs the sandbox on `workload.host`.
-    async fn start(&self, workload: &SandboxWorkload) -> ProviderResult<Vec<ActionNote>>;
-    /// Stops it; its data stays.
-    async fn stop(&self, id: &WorkloadId) -> ProviderResult<()>;
-    /// Removes everything, data included.
+    /// Makes the sandbox match the workload: its data and network endpoint
+    /// exist, and it runs, is left as it is, or stops, as `workload.run`
+    /// says. `reason` says why.
+    async fn apply(
+        &self,
+        workload: &SandboxWorkload,
+        reason: ApplyReason,
+    ) -> ProviderResult<Vec<ActionNote>>;
+    /// Removes everything, data included. Only called for providers whose
+    /// [`Cleanup`] is `Deprovision`.
     async fn deprovision(&self, id: &WorkloadId) -> ProviderResult<Deprovision>;
-    /// What exists now.
-    async fn status(&self, id: &WorkloadId) -> ProviderResult<SandboxObserved>;
+    /// What exists now, from the provider's caches.
+    async fn observe(&self, id: &WorkloadId) -> ProviderResult<SandboxObserved>;
     /// The hosts a sandbox could run on, with what they have free.
     async fn hosts(&self) -> ProviderResult<Vec<Host>>;
+    /// How its children go when the Sandbox is deleted.
+    fn cleanup(&self) -> Cleanup;
+    /// Changes to what it runs, once (see [`Wakeups`]).
+    fn wakeups(&self) -> Option<Wakeups> {
+        None
+    }
 }
 
 /// Every provider has a name, the one users put in spec.provider.
@@ -224,9 +425,9 @@ pub struct Registry<P: ?Sized> {
 }
 
 /// The Instance providers.
-pub type ProviderRegistry = Registry<dyn InstanceProvider>;
+pub type InstanceProviders = Registry<dyn InstanceProvider>;
 /// The Sandbox providers.
-pub type SandboxProviderRegistry = Registry<dyn SandboxProvider>;
+pub type SandboxProviders = Registry<dyn SandboxProvider>;
 
 /// A provider name that is not registered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -251,6 +452,11 @@ impl<P: ?Sized + Named> Registry<P> {
     /// The default provider's name.
     pub fn default_name(&self) -> &str {
         &self.default
+    }
+
+    /// Every registered provider.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<P>> {
+        self.providers.values()
     }
 
     /// The provider for a spec.provider value (`None` means the default).

@@ -19,16 +19,17 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 
-use super::kubernetes::{FIELD_MANAGER, pod_problems};
-use super::shape;
-use super::{ActionNote, Deprovision, ProviderError, ProviderResult, SandboxProvider, WorkloadId};
-use crate::api::{MANAGED_BY, MANAGED_BY_LABEL};
-use crate::plan::capacity::{Host, SANDBOX_HOST_TAINT};
-use crate::plan::sandbox::{
-    ClaimObserved, PodObserved, SANDBOX_LABEL, SandboxObserved, SandboxWorkload, claim_name, milli,
+use super::kubernetes::pod_problems;
+use super::shape::{self, Ownership};
+use super::{
+    ActionNote, ApplyReason, ClaimObserved, Cleanup, Deprovision, Host, PodObserved, ProviderError,
+    ProviderResult, RunWanted, SANDBOX_HOST_TAINT, SANDBOX_LABEL, SandboxObserved, SandboxProvider,
+    SandboxWorkload, WorkloadId, milli,
 };
+use crate::api::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::runtime::kubeapi::{delete_if_present, is_conflict};
 
 /// The provider's name in spec.provider.
 pub const NAME: &str = "pod";
@@ -38,6 +39,11 @@ pub const REVISION_ANNOTATION: &str = "ctrlplane.dev/revision";
 pub const HOST_ANNOTATION: &str = "ctrlplane.dev/host";
 /// Where the claim is mounted in the sandbox.
 pub const DATA_PATH: &str = "/data";
+
+/// The claim that keeps a sandbox's data.
+pub fn claim_name(sandbox: &str) -> String {
+    format!("{sandbox}-data")
+}
 /// The user sandbox containers run as when the image does not say.
 const SANDBOX_USER: i64 = 65532;
 
@@ -61,7 +67,7 @@ fn meta(workload: &SandboxWorkload, name: &str) -> ObjectMeta {
 /// The claim that keeps a sandbox's data. Pure.
 pub fn claim_for(workload: &SandboxWorkload) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
-        metadata: meta(workload, &workload.claim_name),
+        metadata: meta(workload, &claim_name(&workload.name)),
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: workload.storage_class.clone(),
@@ -148,7 +154,7 @@ pub fn pod_for(workload: &SandboxWorkload, host: &str, host_label: &str) -> Pod 
             volumes: Some(vec![Volume {
                 name: "data".into(),
                 persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: workload.claim_name.clone(),
+                    claim_name: claim_name(&workload.name),
                     read_only: Some(false),
                 }),
                 ..Volume::default()
@@ -198,7 +204,17 @@ pub fn pod_observed(pod: &Pod) -> PodObserved {
             .and_then(|w| w.reason.as_deref())
             .is_some_and(|r| STUCK.contains(&r))
     });
-    let failed = status.phase.as_deref() == Some("Failed") || unschedulable || stuck;
+    // A pod whose claim is not bound yet is not scheduled until it is: it
+    // waits for its data, which is no failure.
+    let waiting_for_data = status.conditions.iter().flatten().any(|c| {
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.message
+                .as_deref()
+                .is_some_and(|m| m.contains("unbound") && m.contains("PersistentVolumeClaim"))
+    });
+    let failed =
+        status.phase.as_deref() == Some("Failed") || (unschedulable && !waiting_for_data) || stuck;
     let problems = if ready {
         Vec::new()
     } else {
@@ -211,6 +227,7 @@ pub fn pod_observed(pod: &Pod) -> PodObserved {
         ip: status.pod_ip.clone(),
         host: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
         failed,
+        waiting_for_data,
         problems,
         terminating: pod.metadata.deletion_timestamp.is_some(),
     }
@@ -352,9 +369,10 @@ pub fn hosts_from(
 /// The caches the pod provider reads.
 #[derive(Clone)]
 pub struct Caches {
-    /// Our Pods, PVCs and Services in the scope.
+    /// Our Pods and claims in the scope.
     pub pods: Store<Pod>,
     pub claims: Store<PersistentVolumeClaim>,
+    /// Every Service in scope; those not ours keep only their metadata.
     pub services: Store<Service>,
     /// Every node, and every Pod in the cluster, for the capacity check.
     pub nodes: Store<Node>,
@@ -374,14 +392,37 @@ pub struct PodProvider {
     client: Client,
     caches: Caches,
     reservations: Mutex<HashMap<(String, String), Reservation>>,
+    wakeups: super::WakeupSlot,
 }
 
 impl PodProvider {
-    pub fn new(client: Client, caches: Caches) -> Self {
+    /// `pods`, `services` and `claims` are the watch events of what it
+    /// reads, which wake the Sandbox they belong to.
+    pub fn new(
+        client: Client,
+        caches: Caches,
+        pods: impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
+        services: impl futures::Stream<Item = Arc<Service>> + Send + 'static,
+        claims: impl futures::Stream<Item = Arc<PersistentVolumeClaim>> + Send + 'static,
+    ) -> Self {
+        use futures::StreamExt;
+        let owner = |id: Option<WorkloadId>| futures::future::ready(id);
+        let wakeups = futures::stream::select_all([
+            pods.filter_map(move |p| owner(shape::owner_of(p.as_ref(), "Sandbox")))
+                .boxed(),
+            services
+                .filter_map(move |s| owner(shape::owner_of(s.as_ref(), "Sandbox")))
+                .boxed(),
+            claims
+                .filter_map(move |c| owner(shape::owner_of(c.as_ref(), "Sandbox")))
+                .boxed(),
+        ])
+        .boxed();
         Self {
             client,
             caches,
             reservations: Mutex::new(HashMap::new()),
+            wakeups: super::WakeupSlot::new(wakeups),
         }
     }
 
@@ -393,6 +434,57 @@ impl PodProvider {
         let namespace = namespace.to_string();
         move |source| ProviderError::kube(action, &namespace, source)
     }
+
+    /// Creates a child that the cache does not show. An object of that name
+    /// appearing in between (409) is looked at once: ours (the cache was
+    /// behind) is fine, ours to adopt gets our owner reference, anything
+    /// else is a conflict that is never touched.
+    async fn create_child<K>(
+        &self,
+        workload: &SandboxWorkload,
+        kind: &str,
+        object: &K,
+    ) -> ProviderResult<bool>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let name = object.meta().name.clone().unwrap_or_default();
+        let api: Api<K> = Api::namespaced(self.client.clone(), &workload.namespace);
+        let error =
+            |action: &str| self.kube_error(format!("{action} {kind} {name}"), &workload.namespace);
+        match api.create(&PostParams::default(), object).await {
+            Ok(_) => return Ok(true),
+            Err(source) if is_conflict(&source) => {}
+            Err(source) => return Err(error("creating")(source)),
+        }
+        let existing = api.get(&name).await.map_err(error("reading"))?;
+        let id = workload.id();
+        match shape::ownership(&existing, &id.uid, (SANDBOX_LABEL, &id.name)) {
+            Ownership::Ours => Ok(false),
+            Ownership::Adoptable => {
+                let patch = serde_json::json!({
+                    "metadata": {"ownerReferences": [workload.owner.clone()]}
+                });
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(error("adopting"))?;
+                Ok(false)
+            }
+            Ownership::Foreign => Err(ProviderError::Conflict {
+                kind: kind.into(),
+                name,
+                owner: "Sandbox".into(),
+            }),
+        }
+    }
+
+    fn ours<K: Resource>(&self, object: &Arc<K>, id: &WorkloadId) -> bool {
+        shape::ownership(object.as_ref(), &id.uid, (SANDBOX_LABEL, &id.name)) == Ownership::Ours
+    }
 }
 
 impl super::Named for PodProvider {
@@ -403,84 +495,63 @@ impl super::Named for PodProvider {
 
 #[async_trait]
 impl SandboxProvider for PodProvider {
-    async fn provision(&self, workload: &SandboxWorkload) -> ProviderResult<Vec<ActionNote>> {
-        let claims: Api<PersistentVolumeClaim> =
-            Api::namespaced(self.client.clone(), &workload.namespace);
-        let cached = self
+    async fn apply(
+        &self,
+        workload: &SandboxWorkload,
+        reason: ApplyReason,
+    ) -> ProviderResult<Vec<ActionNote>> {
+        tracing::debug!(reason = reason.as_str(), "applying the sandbox");
+        let id = workload.id();
+        let claim = claim_name(&workload.name);
+        if self
             .caches
             .claims
-            .get(&ObjectRef::new(&workload.claim_name).within(&workload.namespace));
-        if cached.is_none() {
-            match claims
-                .create(&PostParams::default(), &claim_for(workload))
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 409 => {}
-                Err(source) => {
-                    return Err(self.kube_error(
-                        format!("creating claim {}", workload.claim_name),
-                        &workload.namespace,
-                    )(source));
-                }
-            }
+            .get(&shape::named(&workload.namespace, &claim))
+            .is_none()
+        {
+            self.create_child(workload, "claim", &claim_for(workload))
+                .await?;
         }
-        let services: Api<Service> = Api::namespaced(self.client.clone(), &workload.namespace);
-        let cached_service = self
+        let notes = shape::ensure_service(
+            &self.client,
+            &self.caches.services,
+            &id,
+            "Sandbox",
+            SANDBOX_LABEL,
+            service_for(workload),
+        )
+        .await?;
+        let pod = self
             .caches
-            .services
-            .get(&ObjectRef::new(&workload.name).within(&workload.namespace));
-        match service_for(workload) {
-            Some(desired) => {
-                let ports = |s: &Service| {
-                    s.spec
-                        .as_ref()
-                        .and_then(|s| s.ports.clone())
-                        .unwrap_or_default()
-                };
-                if cached_service
-                    .as_deref()
-                    .is_none_or(|c| ports(c) != ports(&desired))
-                {
-                    services
-                        .patch(
-                            &workload.name,
-                            &PatchParams::apply(FIELD_MANAGER).force(),
-                            &Patch::Apply(&desired),
-                        )
+            .pods
+            .get(&shape::named(&workload.namespace, &workload.name));
+        match &workload.run {
+            RunWanted::AsIs => {}
+            RunWanted::Stopped => {
+                if pod.is_some() {
+                    let pods: Api<Pod> = Api::namespaced(self.client.clone(), &workload.namespace);
+                    delete_if_present(&pods, &workload.name, &DeleteParams::default())
                         .await
                         .map_err(self.kube_error(
-                            format!("applying Service {}", workload.name),
+                            format!("deleting pod {}", workload.name),
                             &workload.namespace,
                         ))?;
                 }
             }
-            None if cached_service.is_some() => {
-                let _ = services
-                    .delete(&workload.name, &DeleteParams::default())
-                    .await;
-            }
-            None => {}
-        }
-        Ok(Vec::new())
-    }
-
-    async fn start(&self, workload: &SandboxWorkload) -> ProviderResult<Vec<ActionNote>> {
-        let Some(host) = &workload.host else {
-            return Ok(Vec::new());
-        };
-        let host_label = self
-            .caches
-            .nodes
-            .get(&ObjectRef::new(host))
-            .and_then(|n| n.labels().get("kubernetes.io/hostname").cloned())
-            .unwrap_or_else(|| host.clone());
-        let pod = pod_for(workload, host, &host_label);
-        let (cpu, memory) = pod_requests(&pod);
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &workload.namespace);
-        match pods.create(&PostParams::default(), &pod).await {
-            Ok(_) => {
-                if let Ok(mut reservations) = self.reservations.lock() {
+            RunWanted::On(host) if pod.is_none() => {
+                let host_label = self
+                    .caches
+                    .nodes
+                    .get(&ObjectRef::new(host))
+                    .and_then(|n| n.labels().get("kubernetes.io/hostname").cloned())
+                    .unwrap_or_else(|| host.clone());
+                let pod = pod_for(workload, host, &host_label);
+                let (cpu, memory) = pod_requests(&pod);
+                // Where it went is in the Sandbox's Scheduled condition and
+                // status.host; an Event for it would only repeat that.
+                if self.create_child(workload, "pod", &pod).await?
+                    && let Ok(mut reservations) = self.reservations.lock()
+                {
                     reservations.insert(
                         (workload.namespace.clone(), workload.name.clone()),
                         Reservation {
@@ -491,76 +562,35 @@ impl SandboxProvider for PodProvider {
                         },
                     );
                 }
-                Ok(vec![ActionNote {
-                    warning: false,
-                    reason: "PodCreated".into(),
-                    message: format!("pod {} placed on {host}", workload.name),
-                }])
             }
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok(Vec::new()),
-            Err(source) => Err(self.kube_error(
-                format!("creating pod {}", workload.name),
-                &workload.namespace,
-            )(source)),
+            RunWanted::On(_) => {}
         }
+        Ok(notes)
     }
 
-    async fn stop(&self, id: &WorkloadId) -> ProviderResult<()> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &id.namespace);
-        match pods.delete(&id.name, &DeleteParams::default()).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-            Err(source) => Err(self
-                .kube_error(format!("deleting pod {}", id.name), &id.namespace)(
-                source
-            )),
-        }
-    }
-
+    /// The garbage collector removes the Pod, the claim and the Service once
+    /// the Sandbox is gone: nothing to ask the API server for.
     async fn deprovision(&self, id: &WorkloadId) -> ProviderResult<Deprovision> {
-        let mut gone = true;
-        let delete = |result: Result<_, kube::Error>, what: String| match result {
-            Ok(_) => Ok(false),
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(true),
-            Err(source) => Err(ProviderError::kube(what, &id.namespace, source)),
-        };
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &id.namespace);
-        gone &= delete(
-            pods.delete(&id.name, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-            format!("deleting pod {}", id.name),
-        )?;
-        let services: Api<Service> = Api::namespaced(self.client.clone(), &id.namespace);
-        gone &= delete(
-            services
-                .delete(&id.name, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-            format!("deleting Service {}", id.name),
-        )?;
-        let claims: Api<PersistentVolumeClaim> =
-            Api::namespaced(self.client.clone(), &id.namespace);
-        let claim = claim_name(&id.name);
-        gone &= delete(
-            claims
-                .delete(&claim, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-            format!("deleting claim {claim}"),
-        )?;
-        Ok(if gone {
-            Deprovision::Done
-        } else {
-            Deprovision::InProgress
-        })
+        if let Ok(mut reservations) = self.reservations.lock() {
+            reservations.remove(&(id.namespace.clone(), id.name.clone()));
+        }
+        Ok(Deprovision::Done)
     }
 
-    async fn status(&self, id: &WorkloadId) -> ProviderResult<SandboxObserved> {
+    fn cleanup(&self) -> Cleanup {
+        Cleanup::GarbageCollected
+    }
+
+    fn wakeups(&self) -> Option<super::Wakeups> {
+        self.wakeups.take()
+    }
+
+    async fn observe(&self, id: &WorkloadId) -> ProviderResult<SandboxObserved> {
         let pod = self
             .caches
             .pods
-            .get(&ObjectRef::new(&id.name).within(&id.namespace));
+            .get(&shape::named(&id.namespace, &id.name))
+            .filter(|p| self.ours(p, id));
         if pod.is_some()
             && let Ok(mut reservations) = self.reservations.lock()
         {
@@ -569,7 +599,8 @@ impl SandboxProvider for PodProvider {
         let claim = self
             .caches
             .claims
-            .get(&ObjectRef::new(&claim_name(&id.name)).within(&id.namespace))
+            .get(&shape::named(&id.namespace, &claim_name(&id.name)))
+            .filter(|c| self.ours(c, id))
             .map(|c| ClaimObserved {
                 name: c.name_any(),
                 bound: c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"),
@@ -577,8 +608,8 @@ impl SandboxProvider for PodProvider {
         let service = self
             .caches
             .services
-            .get(&ObjectRef::new(&id.name).within(&id.namespace))
-            .is_some_and(|s| s.labels().get(SANDBOX_LABEL) == Some(&id.name));
+            .get(&shape::named(&id.namespace, &id.name))
+            .is_some_and(|s| self.ours(&s, id));
         Ok(SandboxObserved {
             claim,
             pod: pod.map(|p| pod_observed(&p)),

@@ -1,6 +1,6 @@
-//! Pieces of Kubernetes objects that both providers build the same way from
-//! our API types: container env and ports, and the Service in front of the
-//! pods. Pure.
+//! What both providers do the same way: build container env and ports and
+//! the Service in front of the pods from our API types (pure), tell whose a
+//! child is, and keep a Service as it should be.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +11,16 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::{EnvVar, PortSpec, Protocol};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use super::{ActionNote, ProviderError, ProviderResult, WorkloadId};
+use crate::api::{EnvVar, MANAGED_BY, MANAGED_BY_LABEL, PortSpec, Protocol};
+use crate::runtime::kubeapi::delete_if_present;
+
+/// The field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "ctrlplane-operator";
 
 /// A container's env: plain values as they are, Secret references as
 /// `secretKeyRef`s that must exist (so a missing Secret stops the pod rather
@@ -90,4 +99,154 @@ fn protocol_name(protocol: Protocol) -> &'static str {
         Protocol::Udp => "UDP",
         Protocol::Sctp => "SCTP",
     }
+}
+
+/// Whose a child object is, as far as the operator is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// The object's owner controls it.
+    Ours,
+    /// Nobody controls it, and it carries our labels for this owner: it is
+    /// taken over (an owner reference is added) at the next apply.
+    Adoptable,
+    /// Someone else controls it, or it is not ours at all: never touched.
+    Foreign,
+}
+
+/// Whose `existing` is, for the owner with UID `owner_uid`, whose children
+/// carry the label `owner_label` (key, value).
+pub fn ownership<K: Resource>(
+    existing: &K,
+    owner_uid: &str,
+    owner_label: (&str, &str),
+) -> Ownership {
+    let controller = existing
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true));
+    match controller {
+        Some(owner) if owner.uid == owner_uid => Ownership::Ours,
+        Some(_) => Ownership::Foreign,
+        None => {
+            let labels = existing.labels();
+            let ours = labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+                && labels.get(owner_label.0).map(String::as_str) == Some(owner_label.1);
+            if ours {
+                Ownership::Adoptable
+            } else {
+                Ownership::Foreign
+            }
+        }
+    }
+}
+
+/// The cache key of an object in a namespace.
+pub fn named<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> ObjectRef<K> {
+    ObjectRef::new(name).within(namespace)
+}
+
+/// Whether an object carries the operator's managed-by label.
+pub fn is_managed<K: Resource>(object: &K) -> bool {
+    object.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+}
+
+/// The owner a child belongs to, from its controlling owner reference, when
+/// that owner is of `owner_kind`: how a change to a child wakes its owner.
+pub fn owner_of<K: Resource>(child: &K, owner_kind: &str) -> Option<WorkloadId> {
+    let owner = child
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == owner_kind)?;
+    Some(WorkloadId {
+        namespace: child.meta().namespace.clone()?,
+        name: owner.name.clone(),
+        uid: owner.uid.clone(),
+    })
+}
+
+/// Whether a cached Service still says what we would apply: the ports,
+/// selector, type, our labels and our owner.
+pub fn service_matches(cached: &Service, desired: &Service) -> bool {
+    let ours = |s: &Service| {
+        let spec = s.spec.clone().unwrap_or_default();
+        let ports: Vec<_> = spec
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (p.name, p.port, p.target_port, p.protocol))
+            .collect();
+        (spec.selector, spec.type_, ports)
+    };
+    let labels_kept = desired
+        .labels()
+        .iter()
+        .all(|(k, v)| cached.labels().get(k) == Some(v));
+    labels_kept
+        && ours(cached) == ours(desired)
+        && cached.owner_references() == desired.owner_references()
+}
+
+/// Makes an owner's Service match `desired` (or go, when `None`: it declares
+/// no ports any more), reading what exists from the cache of every Service
+/// in scope: no request when it already matches, and a Service of the same
+/// name that belongs to someone else is never touched. Both providers'
+/// Services go through here.
+pub async fn ensure_service(
+    client: &Client,
+    cache: &Store<Service>,
+    owner: &WorkloadId,
+    owner_kind: &str,
+    owner_label: &str,
+    desired: Option<Service>,
+) -> ProviderResult<Vec<ActionNote>> {
+    let api: Api<Service> = Api::namespaced(client.clone(), &owner.namespace);
+    let cached = cache.get(&ObjectRef::new(&owner.name).within(&owner.namespace));
+    let whose = cached
+        .as_deref()
+        .map(|s| ownership(s, &owner.uid, (owner_label, &owner.name)));
+    let Some(desired) = desired else {
+        if whose == Some(Ownership::Ours) {
+            delete_if_present(&api, &owner.name, &DeleteParams::default())
+                .await
+                .map_err(|source| {
+                    ProviderError::kube(
+                        format!("deleting Service {}", owner.name),
+                        &owner.namespace,
+                        source,
+                    )
+                })?;
+        }
+        return Ok(Vec::new());
+    };
+    let mut notes = Vec::new();
+    match (cached.as_deref(), whose) {
+        (_, Some(Ownership::Foreign)) => {
+            return Err(ProviderError::Conflict {
+                kind: "Service".into(),
+                name: owner.name.clone(),
+                owner: owner_kind.into(),
+            });
+        }
+        (Some(existing), _) if service_matches(existing, &desired) => return Ok(notes),
+        (Some(_), Some(Ownership::Ours)) => notes.push(ActionNote {
+            warning: false,
+            reason: "ServiceUpdated".into(),
+            message: format!("Service {} updated to match spec.ports", owner.name),
+        }),
+        _ => {}
+    }
+    api.patch(
+        &owner.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&desired),
+    )
+    .await
+    .map_err(|source| {
+        ProviderError::kube(
+            format!("applying Service {}", owner.name),
+            &owner.namespace,
+            source,
+        )
+    })?;
+    Ok(notes)
 }

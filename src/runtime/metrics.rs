@@ -38,7 +38,53 @@ pub struct DeliveryLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    /// The Kubernetes verb: get, list, watch, create, update, patch, delete.
     pub verb: String,
+    /// The resource, with its subresource: `deployments`, `instances/status`.
+    pub resource: String,
+}
+
+impl RequestLabels {
+    /// The verb and resource of a request to the API server, read off its
+    /// method and path as the API server's own authorizer does.
+    pub fn of(method: &http::Method, uri: &http::Uri) -> Self {
+        let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+        // /api/v1/... or /apis/<group>/<version>/...
+        let rest: &[&str] = match segments.as_slice() {
+            ["api", _, rest @ ..] => rest,
+            ["apis", _, _, rest @ ..] => rest,
+            _ => &[],
+        };
+        let rest = match rest {
+            ["namespaces", _, rest @ ..] if !rest.is_empty() => rest,
+            other => other,
+        };
+        let (resource, named) = match rest {
+            [resource] => (resource.to_string(), false),
+            [resource, _name] => (resource.to_string(), true),
+            [resource, _name, subresource, ..] => (format!("{resource}/{subresource}"), true),
+            [] => (uri.path().to_string(), false),
+        };
+        let watching = uri.query().is_some_and(|q| {
+            q.split('&')
+                .any(|pair| pair == "watch=true" || pair == "watch=1")
+        });
+        let verb = match *method {
+            http::Method::GET if watching => "watch",
+            http::Method::GET if named => "get",
+            http::Method::GET => "list",
+            http::Method::POST => "create",
+            http::Method::PUT => "update",
+            http::Method::PATCH => "patch",
+            http::Method::DELETE if named => "delete",
+            http::Method::DELETE => "deletecollection",
+            _ => "other",
+        };
+        Self {
+            verb: verb.to_string(),
+            resource,
+        }
+    }
 }
 
 /// Every metric the operator exports.
@@ -92,7 +138,7 @@ impl Default for Metrics {
         let api_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "kube_api_requests",
-            "Requests the operator made to the Kubernetes API, by HTTP verb (watches included)",
+            "Requests the operator made to the Kubernetes API, by verb and resource (watches included)",
             api_requests.clone(),
         );
         let deliveries = Family::<DeliveryLabels, Counter>::default();
@@ -159,16 +205,19 @@ impl Metrics {
 
     /// The total of API requests made so far.
     pub fn api_request_total(&self) -> u64 {
-        ["GET", "POST", "PUT", "PATCH", "DELETE"]
-            .iter()
-            .map(|verb| {
-                self.api_requests
-                    .get_or_create(&RequestLabels {
-                        verb: verb.to_string(),
-                    })
-                    .get()
-            })
-            .sum()
+        let mut total = 0;
+        let text = self.encode();
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("ctrlplane_kube_api_requests_total"))
+        {
+            total += line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0) as u64;
+        }
+        total
     }
 }
 
@@ -210,10 +259,76 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         self.metrics
             .api_requests
-            .get_or_create(&RequestLabels {
-                verb: request.method().as_str().to_string(),
-            })
+            .get_or_create(&RequestLabels::of(request.method(), request.uri()))
             .inc();
         self.inner.call(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(method: http::Method, uri: &str) -> (String, String) {
+        let labels = RequestLabels::of(&method, &uri.parse().unwrap());
+        (labels.verb, labels.resource)
+    }
+
+    #[test]
+    fn requests_are_counted_by_kubernetes_verb_and_resource() {
+        use http::Method;
+        let cases = [
+            (
+                Method::GET,
+                "/apis/apps/v1/namespaces/a/deployments?watch=true&resourceVersion=5",
+                "watch",
+                "deployments",
+            ),
+            (
+                Method::GET,
+                "/apis/apps/v1/namespaces/a/deployments?limit=500",
+                "list",
+                "deployments",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/a/secrets/signing",
+                "get",
+                "secrets",
+            ),
+            (
+                Method::PATCH,
+                "/apis/apps/v1/namespaces/a/deployments/web?fieldManager=x",
+                "patch",
+                "deployments",
+            ),
+            (
+                Method::PUT,
+                "/apis/ctrlplane.dev/v1alpha1/namespaces/a/instances/web/status",
+                "update",
+                "instances/status",
+            ),
+            (
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/a/events",
+                "create",
+                "events",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/a/pods/box",
+                "delete",
+                "pods",
+            ),
+            (Method::GET, "/api/v1/nodes?watch=1", "watch", "nodes"),
+            (Method::POST, "/api/v1/namespaces", "create", "namespaces"),
+        ];
+        for (method, uri, verb, resource) in cases {
+            assert_eq!(
+                labels(method, uri),
+                (verb.to_string(), resource.to_string()),
+                "{uri}"
+            );
+        }
     }
 }

@@ -1,7 +1,10 @@
 //! What the operator needs around its controllers: configuration, logging,
 //! the Kubernetes client, metrics, and the health and metrics endpoints.
 
+pub mod kubeapi;
 pub mod metrics;
+
+pub use kubeapi::describe_kube_error;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,17 +18,6 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 use metrics::{CountRequestsLayer, Metrics};
-
-/// A kube error in one line a person can read: for an API error, the API
-/// server's own message and code, without the debug dump of the response.
-pub fn describe_kube_error(error: &kube::Error) -> String {
-    match error {
-        kube::Error::Api(status) => {
-            format!("{} ({} {})", status.message, status.code, status.reason)
-        }
-        other => other.to_string(),
-    }
-}
 
 /// How logs are written.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -460,6 +460,63 @@ impl Operator {
             .sum()
     }
 
+    /// The requests the operator made about single objects, by "verb
+    /// resource": every verb but list and watch, which each watch makes for
+    /// all objects at once, whatever their number.
+    pub fn object_requests(&self) -> std::collections::BTreeMap<String, f64> {
+        let mut requests = std::collections::BTreeMap::new();
+        for line in self
+            .metrics()
+            .lines()
+            .filter(|l| l.starts_with("ctrlplane_kube_api_requests_total{"))
+        {
+            let label = |name: &str| line.split(&format!("{name}=\"")).nth(1)?.split('"').next();
+            let (Some(verb), Some(resource)) = (label("verb"), label("resource")) else {
+                continue;
+            };
+            if verb == "list" || verb == "watch" {
+                continue;
+            }
+            let count: f64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            *requests.entry(format!("{verb} {resource}")).or_insert(0.0) += count;
+        }
+        requests
+    }
+
+    /// Waits until the operator has made no request and run no reconcile
+    /// for `window`: whatever it was doing has run its course. Polls once a
+    /// second; panics after `timeout`.
+    pub async fn wait_quiet(&self, window: Duration, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let reading = || {
+            (
+                self.metric("ctrlplane_kube_api_requests_total"),
+                self.metric("ctrlplane_reconciles_total"),
+            )
+        };
+        let mut last = reading();
+        let mut quiet_since = Instant::now();
+        let mut every_second = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every_second.tick().await;
+            let now = reading();
+            if now != last {
+                last = now;
+                quiet_since = Instant::now();
+            } else if quiet_since.elapsed() >= window {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the operator never went quiet for {window:?} within {timeout:?}"
+            );
+        }
+    }
+
     /// The operator's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
@@ -517,4 +574,16 @@ pub fn assert_history_gapless(instance: &ctrlplane_operator::api::Instance) {
         "{}: {sequences:?}",
         instance.metadata.name.as_deref().unwrap_or_default()
     );
+}
+
+/// Requests made between two readings of [`Operator::object_requests`].
+pub fn requests_between(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) -> std::collections::BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(key, count)| (key.clone(), count - before.get(key).copied().unwrap_or(0.0)))
+        .filter(|(_, count)| *count > 0.0)
+        .collect()
 }

@@ -24,6 +24,8 @@ pub enum Mode {
     Answer(u16),
     /// 200 OK, after this long: a slow receiver.
     Slow(std::time::Duration),
+    /// Takes the request and never answers.
+    Hang,
 }
 
 /// One request that arrived.
@@ -239,6 +241,10 @@ async fn handle(
         // Being slow is this receiver's whole behaviour.
         tokio::time::sleep(delay).await;
     }
+    if mode == Mode::Hang {
+        // Never answering is this receiver's whole behaviour.
+        futures::future::pending::<()>().await;
+    }
     let mut shared = shared.lock().unwrap();
     shared.in_flight -= 1;
     let verified_with = shared
@@ -254,7 +260,7 @@ async fn handle(
         .collect();
     let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let status = match shared.mode {
-        Mode::Accept | Mode::Slow(_) => 200,
+        Mode::Accept | Mode::Slow(_) | Mode::Hang => 200,
         Mode::Answer(code) => code,
     };
     let data = &parsed["data"];

@@ -72,6 +72,7 @@ fn ready_workload(image: &str, replicas: i32) -> WorkloadStatus {
 fn observed(workload: Option<WorkloadStatus>) -> InstanceObservation {
     InstanceObservation {
         provider: Ok("kubernetes".into()),
+        cleanup: Cleanup::Deprovision,
         workload,
     }
 }
@@ -132,9 +133,19 @@ fn a_new_instance_is_provisioned_then_started_then_running() {
     instance.metadata.finalizers = None;
     let first = step(&mut instance, &observed(None), t0());
     assert_eq!(first.finalizer, FinalizerAction::Add);
-    assert_eq!(first.status.phase, Some(InstancePhase::Provisioning));
-    assert_eq!(first.actions, vec![ProviderAction::Provision]);
-    assert_eq!(types_of(&first, 0), vec![EventType::InstanceCreated]);
+    // The workload is created in this reconcile: it is Starting at once,
+    // through Provisioning, so one status write says both.
+    assert_eq!(first.status.phase, Some(InstancePhase::Starting));
+    assert_eq!(
+        first.actions,
+        vec![ProviderAction::Provision, ProviderAction::Start]
+    );
+    assert_eq!(
+        types_of(&first, 0),
+        vec![EventType::InstanceCreated, EventType::InstanceStarting]
+    );
+    // Steps on the way are in the history, not Kubernetes Events.
+    assert!(first.events.is_empty(), "{:?}", first.events);
     let workload = first.workload.as_ref().unwrap();
     assert_eq!(
         (workload.image.as_str(), workload.replicas),
@@ -620,6 +631,7 @@ fn an_unknown_provider_is_a_condition_not_a_state_change() {
             name: "kubevirt".into(),
             known: "kubernetes".into(),
         }),
+        cleanup: Cleanup::GarbageCollected,
         workload: None,
     };
     let plan = plan(&instance, &observation, t0());
@@ -793,6 +805,7 @@ prop_compose! {
         finalizer in any::<bool>(),
         workload in proptest::option::of(workload_strategy()),
         known_provider in proptest::bool::weighted(0.9),
+        garbage_collected in any::<bool>(),
         later in 0i64..200,
     ) -> (Instance, InstanceObservation, DateTime<Utc>) {
         let mut instance = instance(spec);
@@ -815,6 +828,7 @@ prop_compose! {
             } else {
                 Err(UnknownProvider { name: "other".into(), known: "kubernetes".into() })
             },
+            cleanup: if garbage_collected { Cleanup::GarbageCollected } else { Cleanup::Deprovision },
             workload,
         };
         (instance, observation, t0() + ChronoDuration::seconds(later))
@@ -907,7 +921,7 @@ proptest! {
         (mut instance, observation, now) in case_strategy()
     ) {
         let mut world = observation.workload.clone();
-        let observation = InstanceObservation { provider: Ok("kubernetes".into()), workload: None };
+        let observation = InstanceObservation { provider: Ok("kubernetes".into()), cleanup: observation.cleanup, workload: None };
         let stuck_failed = instance.status.as_ref().is_some_and(|s| {
             s.phase == Some(InstancePhase::Failed)
                 && s.failed_generation.is_some_and(|g| instance.metadata.generation.is_some_and(|current| current <= g))

@@ -8,6 +8,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::api::{ConditionStatus, SandboxResources, SandboxSpec};
+use crate::provider::ClaimObserved;
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 1, 12, 0, 0).unwrap()
@@ -64,6 +65,7 @@ fn host(name: &str, free_cpu: i64) -> Host {
 fn observation(observed: SandboxObserved) -> SandboxObservation {
     SandboxObservation {
         provider: Ok("pod".into()),
+        cleanup: Cleanup::Deprovision,
         observed,
         hosts: vec![host("node-a", 8000), host("node-b", 4000)],
     }
@@ -77,7 +79,7 @@ fn world_after(plan: &SandboxPlan, before: &SandboxObserved) -> SandboxObserved 
             SandboxAction::Provision => {
                 if let Some(w) = &plan.workload {
                     world.claim = Some(ClaimObserved {
-                        name: w.claim_name.clone(),
+                        name: format!("{}-data", w.name),
                         bound: true,
                     });
                     world.service = !w.ports.is_empty();
@@ -101,10 +103,22 @@ fn ready_pod(workload: &SandboxWorkload) -> PodObserved {
         revision: Some(workload.revision.clone()),
         ready: true,
         ip: Some("10.244.0.7".into()),
-        host: workload.host.clone(),
+        host: match &workload.run {
+            RunWanted::On(host) => Some(host.clone()),
+            _ => None,
+        },
         failed: false,
+        waiting_for_data: false,
         problems: Vec::new(),
         terminating: false,
+    }
+}
+
+/// The host a plan starts the sandbox on, if it does.
+fn run_on(plan: &SandboxPlan) -> Option<&str> {
+    match plan.workload.as_ref().map(|w| &w.run) {
+        Some(RunWanted::On(host)) => Some(host),
+        _ => None,
     }
 }
 
@@ -136,27 +150,21 @@ fn run_to_running(sandbox: &mut Sandbox, world: &mut SandboxObserved) {
 }
 
 #[test]
-fn a_new_sandbox_gets_a_claim_then_a_pod_on_the_roomiest_host_then_runs() {
+fn a_new_sandbox_gets_its_claim_and_a_pod_on_the_roomiest_host_at_once_then_runs() {
     let mut sandbox = sandbox(spec());
     let mut world = SandboxObserved::default();
     let first = step(&mut sandbox, &mut world, t0());
-    assert_eq!(first.status.phase, Some(SandboxPhase::Created));
-    assert_eq!(first.actions, vec![SandboxAction::Provision]);
+    assert_eq!(first.status.phase, Some(SandboxPhase::Starting));
+    // The pod is made with its claim: a claim that binds only once a pod
+    // uses it would never bind otherwise.
+    assert_eq!(
+        first.actions,
+        vec![SandboxAction::Provision, SandboxAction::Start]
+    );
+    assert_eq!(run_on(&first), Some("node-a"));
     assert_eq!(
         first.labels,
         Some([(AGENT_LABEL.to_string(), "agent-a1".to_string())].into())
-    );
-    let ready = conditions::find(&first.status.conditions, types::READY).unwrap();
-    assert_eq!(ready.reason, "WaitingForClaim");
-
-    let second = step(&mut sandbox, &mut world, t0());
-    assert_eq!(
-        second.actions,
-        vec![SandboxAction::Provision, SandboxAction::Start]
-    );
-    assert_eq!(
-        second.workload.as_ref().unwrap().host.as_deref(),
-        Some("node-a")
     );
 
     run_to_running(&mut sandbox, &mut world);
@@ -284,6 +292,50 @@ fn extending_the_ttl_before_the_deadline_postpones_it() {
 }
 
 #[test]
+fn a_deleted_sandbox_whose_children_go_with_it_is_destroyed_at_once() {
+    let mut sandbox = sandbox(spec());
+    let mut world = SandboxObserved::default();
+    run_to_running(&mut sandbox, &mut world);
+    sandbox.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    let observation = SandboxObservation {
+        cleanup: Cleanup::GarbageCollected,
+        ..observation(world.clone())
+    };
+    let plan = plan(&sandbox, &observation, t0());
+    assert_eq!(plan.status.phase, Some(SandboxPhase::Destroyed));
+    assert_eq!(plan.finalizer, FinalizerAction::Release);
+    // The provider is still told, so it can forget what it kept.
+    assert_eq!(plan.actions, vec![SandboxAction::Deprovision]);
+    assert_eq!(
+        plan.events
+            .iter()
+            .map(|e| e.reason.as_str())
+            .collect::<Vec<_>>(),
+        ["Destroyed"]
+    );
+}
+
+#[test]
+fn a_pod_waiting_for_its_claim_is_not_a_failure() {
+    let mut sandbox = sandbox(spec());
+    let mut world = SandboxObserved::default();
+    step(&mut sandbox, &mut world, t0());
+    world.claim.as_mut().unwrap().bound = false;
+    let pod = world.pod.as_mut().unwrap();
+    pod.ready = false;
+    pod.waiting_for_data = true;
+    pod.problems = vec![
+        "pod box cannot be scheduled: pod has unbound immediate PersistentVolumeClaims".into(),
+    ];
+    let waiting = plan(&sandbox, &observation(world.clone()), t0());
+    assert_eq!(waiting.status.phase, Some(SandboxPhase::Starting));
+    let ready = conditions::find(&waiting.status.conditions, types::READY).unwrap();
+    assert_eq!(ready.reason, "WaitingForClaim");
+    assert!(ready.message.contains("box-data"), "{}", ready.message);
+    assert!(!waiting.actions.contains(&SandboxAction::Stop));
+}
+
+#[test]
 fn a_sandbox_that_fits_nowhere_waits_and_says_why() {
     let mut s = spec();
     s.resources.cpu = Quantity("16".into());
@@ -366,9 +418,8 @@ fn pinned_placement_goes_to_that_host_or_waits() {
     });
     let mut sandbox = sandbox(s);
     let mut world = SandboxObserved::default();
-    step(&mut sandbox, &mut world, t0());
     let placed = step(&mut sandbox, &mut world, t0());
-    assert_eq!(placed.workload.unwrap().host.as_deref(), Some("node-b"));
+    assert_eq!(run_on(&placed), Some("node-b"));
 }
 
 use crate::api::Placement;
@@ -394,6 +445,7 @@ fn world_strategy() -> impl Strategy<Value = SandboxObserved> {
                 ip: ready.then(|| "10.244.0.9".into()),
                 host: Some("node-a".into()),
                 failed,
+                waiting_for_data: false,
                 problems: if failed {
                     vec!["crash".into()]
                 } else {

@@ -17,6 +17,7 @@ use crate::api::{
     EnvVar, ExecHealthCheck, HealthCheck, HttpHealthCheck, InstanceResources, PortSpec,
     SecretKeySelector,
 };
+use crate::provider::shape::service_matches;
 
 fn workload() -> InstanceWorkload {
     InstanceWorkload {

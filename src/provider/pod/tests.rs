@@ -34,9 +34,8 @@ fn workload() -> SandboxWorkload {
             port: 2222,
             protocol: Protocol::Tcp,
         }],
-        host: Some("node-a".into()),
+        run: RunWanted::On("node-a".into()),
         revision: "rev-1".into(),
-        claim_name: "box-data".into(),
     }
 }
 

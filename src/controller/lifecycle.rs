@@ -1,0 +1,300 @@
+//! The lifecycle engine: one reconcile for every kind with a lifecycle.
+//!
+//! A kind brings three things ([`LifecycleKind`]): how to observe its world
+//! (from the providers' caches), its pure planner, and how to act on its
+//! provider. The engine does everything else, once, the same way for all:
+//!
+//! 1. take the freshest copy of the object (our own last write, when the
+//!    cache has not caught up with it: see [`super::record::WrittenObjects`]);
+//! 2. observe, then plan (pure);
+//! 3. one metadata patch when the plan asks for one (the finalizer goes on
+//!    before anything is created; labels the object should carry);
+//! 4. act through the provider; a failure becomes `Synced=False` with the
+//!    error, a Warning Event, and a retry with backoff;
+//! 5. record: one status write when the plan decided something, carrying
+//!    the resourceVersion it planned from (a conflict means observe again);
+//!    a change of progress alone (counts, addresses, how far dispatch has
+//!    got) waits up to [`PROGRESS_FOLD`](super::record::PROGRESS_FOLD) to fold into the next one. Then
+//!    the Events the plan asked for and the provider's notes;
+//! 6. hand the recorded history entries to the webhook [`Dispatcher`], which
+//!    sends them without holding the reconcile;
+//! 7. for a deleted object: once its last events are dispatched, release the
+//!    finalizer. Its children are owned by it and go with it (the garbage
+//!    collector), so nothing else waits, unless its provider must
+//!    deprovision first.
+//!
+//! When two kinds seem to need different engines, the difference belongs in
+//! the kind's planner.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kube::api::DeleteParams;
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+use tracing::{debug, info};
+
+use super::Context;
+use super::dispatch::Dispatcher;
+use super::harness::{instrumented_reconcile, retry_after_failure};
+use super::record::{
+    HasHistory, LifecycleObject, MetadataChange, RecordError, patch_metadata, publish, write_status,
+};
+use crate::plan::conditions::{DesiredCondition, set_condition, types};
+use crate::plan::{Decision, FinalizerAction, PlannedEvent, only_progress};
+use crate::provider::{ActionNote, ProviderError};
+use crate::runtime::kubeapi::delete_if_present;
+
+/// What a kind with a lifecycle brings to the engine.
+#[async_trait]
+pub trait LifecycleKind: LifecycleObject {
+    /// What was observed before planning.
+    type Observation: Send + Sync;
+    /// The provider calls a plan asks for.
+    type Acts: Send + Sync;
+
+    /// Observes the object's world, from the providers' caches.
+    async fn observe(&self, context: &Context) -> Result<Self::Observation, ProviderError>;
+
+    /// Plans (pure): what the engine records, and what the kind acts on.
+    fn plan(
+        &self,
+        observation: &Self::Observation,
+        now: DateTime<Utc>,
+    ) -> (Decision<Self::Status>, Self::Acts);
+
+    /// Makes the provider calls; what happened that is worth an Event comes
+    /// back as notes.
+    async fn act(
+        &self,
+        context: &Context,
+        acts: &Self::Acts,
+    ) -> Result<Vec<ActionNote>, ProviderError>;
+}
+
+/// Errors of one lifecycle reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}
+
+impl EngineError {
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Record(e) => e.metric_label(),
+            Self::Provider(e) => e.reason(),
+        }
+    }
+}
+
+/// How soon a reconcile that lost a race (a status write conflicted) looks
+/// again: the watch brings the newer object within moments.
+const AFTER_CONFLICT: Duration = Duration::from_millis(200);
+/// How soon a deleted object whose last events are on their way looks
+/// again if the dispatcher does not wake it first.
+const RELEASE_RECHECK: Duration = Duration::from_secs(5);
+
+/// The reconcile of every lifecycle kind.
+pub async fn reconcile<K: LifecycleKind>(
+    object: Arc<K>,
+    context: Arc<Context>,
+) -> Result<Action, EngineError> {
+    let work = run(object.clone(), &context);
+    instrumented_reconcile(K::KIND, object.as_ref(), &context, work).await
+}
+
+/// What every lifecycle kind does when a reconcile fails.
+pub fn error_policy<K: LifecycleKind>(
+    object: Arc<K>,
+    error: &EngineError,
+    context: Arc<Context>,
+) -> Action {
+    retry_after_failure(
+        K::KIND,
+        object.as_ref(),
+        error.metric_label(),
+        error,
+        &context,
+    )
+}
+
+async fn run<K: LifecycleKind>(object: Arc<K>, context: &Context) -> Result<Action, EngineError> {
+    let object = context.written.freshest(object.as_ref().clone());
+    let namespace = object.namespace().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(context.client.clone(), &namespace);
+
+    // observe, plan
+    let observation = object.observe(context).await?;
+    let (mut decision, acts) = object.plan(&observation, Utc::now());
+
+    // The finalizer goes on before anything is created, so nothing can be
+    // left behind by a delete that races the first reconcile.
+    let change = MetadataChange {
+        add_finalizer: decision.finalizer == FinalizerAction::Add,
+        remove_finalizer: false,
+        labels: decision.labels.clone().unwrap_or_default(),
+    };
+    let object = if change.is_empty() {
+        object
+    } else {
+        match patch_metadata(&api, &object, &change).await? {
+            Some(patched) => patched,
+            None => return Ok(Action::await_change()),
+        }
+    };
+
+    // act
+    match object.act(context, &acts).await {
+        Ok(notes) => decision
+            .events
+            .extend(notes.into_iter().map(|note| PlannedEvent {
+                warning: note.warning,
+                reason: note.reason,
+                message: note.message,
+            })),
+        Err(ProviderError::NamespaceTerminating { .. }) => {
+            // Not a fault of the object, and Events cannot be created in a
+            // terminating namespace: wait quietly for its deletion.
+            debug!("namespace is terminating; waiting for the object's deletion");
+            return Ok(Action::requeue(Duration::from_secs(10)));
+        }
+        Err(error) => {
+            // The status still records what happened, with the error in
+            // Synced; the error then retries the reconcile with backoff.
+            set_condition(
+                decision.status.conditions_mut(),
+                DesiredCondition::new(types::SYNCED, false, error.reason(), error.to_string()),
+                object.meta().generation,
+                Utc::now(),
+            );
+            decision.events.push(PlannedEvent {
+                warning: true,
+                reason: error.reason().to_string(),
+                message: error.to_string(),
+            });
+            record(&api, &object, &mut decision, context).await?;
+            return Err(error.into());
+        }
+    }
+
+    if object.meta().deletion_timestamp.is_some() && decision.finalizer == FinalizerAction::Release
+    {
+        return release(&api, &object, &decision, context).await;
+    }
+
+    let Some(written) = record(&api, &object, &mut decision, context).await? else {
+        return Ok(Action::requeue(AFTER_CONFLICT));
+    };
+    if decision.delete_object {
+        info!("deleting the object, as its plan decided");
+        delete_if_present(&api, &written.name_any(), &DeleteParams::default())
+            .await
+            .map_err(|source| RecordError::Delete {
+                name: written.name_any(),
+                source,
+            })?;
+        return Ok(Action::await_change());
+    }
+    // One line per reconcile at debug level, inside the reconcile span.
+    debug!(
+        requeue_after_secs = decision.requeue_after.as_secs(),
+        "reconciled"
+    );
+    Ok(Action::requeue(decision.requeue_after))
+}
+
+/// The record step: the status write (when something changed), the Events,
+/// and the hand-over of recorded history entries to the dispatcher. `None`
+/// when the write conflicted.
+async fn record<K: LifecycleKind>(
+    api: &Api<K>,
+    object: &K,
+    decision: &mut Decision<K::Status>,
+    context: &Context,
+) -> Result<Option<K>, RecordError> {
+    let old = object.status().cloned().unwrap_or_default();
+    let subject = Dispatcher::subject(object);
+    let namespace = object.namespace().unwrap_or_default();
+    // Entries already dispatched, and entries no webhook takes, are marked
+    // so in this write.
+    context
+        .dispatcher
+        .settle(&subject, &namespace, &mut decision.status);
+    let uid = object.uid().unwrap_or_default();
+    // A decision is written at once; progress alone (counts, addresses,
+    // dispatch) waits a little, to fold into the next write.
+    let write = if decision.status == old {
+        false
+    } else if only_progress(&old, &decision.status, K::PROGRESS_FIELDS) {
+        match context.deferrals.wait_left(&uid) {
+            Some(left) => {
+                decision.requeue_after = decision.requeue_after.min(left);
+                false
+            }
+            None => true,
+        }
+    } else {
+        true
+    };
+    let written = if write {
+        match write_status(api, object, &decision.status, context).await? {
+            Some(written) => {
+                context.deferrals.written(&uid);
+                written
+            }
+            None => return Ok(None),
+        }
+    } else {
+        object.clone()
+    };
+    publish(context, object, &decision.events).await;
+    // Only entries that are durably recorded are sent.
+    if let Some(status) = written.status() {
+        context.dispatcher.submit(&subject, &namespace, status);
+    }
+    Ok(Some(written))
+}
+
+/// A deleted object whose provider is done: once its last history entries
+/// are dispatched (sent, or handed to a durable delivery record), its
+/// Events go out and the finalizer is released. Nothing is written to its
+/// status, which is about to go with it; the entries are the plan's own,
+/// the same on every try, so a crash in between sends them again with the
+/// same ids rather than losing them.
+async fn release<K: LifecycleKind>(
+    api: &Api<K>,
+    object: &K,
+    decision: &Decision<K::Status>,
+    context: &Context,
+) -> Result<Action, EngineError> {
+    let subject = Dispatcher::subject(object);
+    let namespace = object.namespace().unwrap_or_default();
+    let mut status = decision.status.clone();
+    context.dispatcher.settle(&subject, &namespace, &mut status);
+    context.dispatcher.submit(&subject, &namespace, &status);
+    let last = status.history().last().map_or(0, |e| e.sequence);
+    if status.dispatched_seq() < last {
+        debug!(
+            dispatched = status.dispatched_seq(),
+            last, "waiting for the last events to be dispatched"
+        );
+        return Ok(Action::requeue(RELEASE_RECHECK));
+    }
+    publish(context, object, &decision.events).await;
+    let change = MetadataChange {
+        remove_finalizer: true,
+        ..MetadataChange::default()
+    };
+    patch_metadata(api, object, &change).await?;
+    let uid = object.uid().unwrap_or_default();
+    context.written.forget(&uid);
+    context.dispatcher.forget(&uid);
+    info!("finalizer released; the object is gone");
+    Ok(Action::await_change())
+}
