@@ -42,7 +42,7 @@ use crate::delivery::backoff::Policy;
 use crate::delivery::client::{Request, Sender};
 use crate::delivery::signing::{SigningKey, signature_header};
 use crate::delivery::{self, AttemptResult, Completion};
-use crate::plan::delivery::{DeliveryStep, is_pending, next_step};
+use crate::plan::delivery::{DeliveryStep, is_pending, next_step, redelivered};
 use crate::runtime::kubeapi::{self, StatusWrite, delete_if_present};
 use crate::runtime::metrics::{DeliveryLabels, Metrics};
 
@@ -399,6 +399,12 @@ async fn reconcile_inner(
         Utc::now(),
     );
     let webhook = match (step, webhook) {
+        (DeliveryStep::Redeliver, _) => {
+            info!(delivery = name, "sending again, as asked");
+            let again = redelivered(&delivery.status.clone().unwrap_or_default());
+            write_delivery_status(&api, delivery, again).await?;
+            return Ok(Action::await_change());
+        }
         (DeliveryStep::Expire, _) => {
             delete_if_present(&api, &name, &Default::default())
                 .await

@@ -11,11 +11,19 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::dispatch::webhook_accepts;
-use crate::api::{DeliveryPhase, Webhook, WebhookDelivery};
+use crate::api::{DeliveryPhase, Webhook, WebhookDelivery, WebhookDeliveryStatus};
+
+/// The annotation that asks for a completed delivery to be sent again
+/// (`kubectl ctrlplane redeliver`), with the time it was asked. A request
+/// newer than the record's completion makes it Pending again, with a fresh
+/// count of attempts; its attempt log is kept.
+pub const REDELIVER_ANNOTATION: &str = "ctrlplane.dev/redeliver-requested-at";
 
 /// The next step of a delivery record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryStep {
+    /// Completed, and asked to be sent again: make it Pending.
+    Redeliver,
     /// Completed and kept long enough: delete the record.
     Expire,
     /// Nothing to do for this long (its retry is not due, its time to
@@ -51,6 +59,18 @@ pub fn is_pending(delivery: &WebhookDelivery) -> bool {
         .is_none_or(|p| p == DeliveryPhase::Pending)
 }
 
+/// A completed record made Pending again, as a redelivery asks: a fresh
+/// count of attempts, due now; what happened before stays in its log.
+pub fn redelivered(status: &WebhookDeliveryStatus) -> WebhookDeliveryStatus {
+    WebhookDeliveryStatus {
+        phase: Some(DeliveryPhase::Pending),
+        attempts: 0,
+        next_attempt_at: None,
+        completed_at: None,
+        ..status.clone()
+    }
+}
+
 /// Decides a record's next step.
 ///
 /// - `webhook`: its Webhook, if it still exists;
@@ -65,7 +85,22 @@ pub fn next_step(
     now: DateTime<Utc>,
 ) -> DeliveryStep {
     let status = delivery.status.clone().unwrap_or_default();
+    let annotation = |key: &str| {
+        delivery
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
+            .map(|at| at.with_timezone(&Utc))
+    };
     if !is_pending(delivery) {
+        let asked_again = annotation(REDELIVER_ANNOTATION);
+        if let (Some(asked), Some(completed)) = (asked_again, status.completed_at)
+            && asked > completed
+        {
+            return DeliveryStep::Redeliver;
+        }
         let completed = status.completed_at.unwrap_or(now);
         let expires = completed + chrono::Duration::from_std(keep_completed).unwrap_or_default();
         return if expires <= now {
@@ -77,15 +112,8 @@ pub fn next_step(
     let Some(webhook) = webhook else {
         return DeliveryStep::Park;
     };
-    let first_attempt_at = delivery
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(FIRST_ATTEMPT_ANNOTATION))
-        .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
-        .map(|at| at.with_timezone(&Utc));
     if delivery.status.is_none()
-        && let Some(at) = first_attempt_at
+        && let Some(at) = annotation(FIRST_ATTEMPT_ANNOTATION)
     {
         let grace_ends = at + chrono::Duration::from_std(FIRST_ATTEMPT_GRACE).unwrap_or_default();
         if grace_ends > now {
@@ -217,6 +245,45 @@ mod tests {
         let later = t0() + chrono::Duration::from_std(FIRST_ATTEMPT_GRACE).unwrap();
         assert_eq!(
             next_step(&record, Some(&webhook(true)), false, DAY, later),
+            DeliveryStep::Attempt
+        );
+    }
+
+    #[test]
+    fn a_failed_record_asked_to_be_sent_again_is_pending_with_fresh_attempts() {
+        let mut failed = delivery(Some(WebhookDeliveryStatus {
+            phase: Some(DeliveryPhase::Failed),
+            attempts: 8,
+            completed_at: Some(t0()),
+            last_error: Some("the endpoint answered 500".into()),
+            ..Default::default()
+        }));
+        let asked =
+            |at: DateTime<Utc>| Some([(REDELIVER_ANNOTATION.to_string(), at.to_rfc3339())].into());
+        // Asked before it failed: an old request, already served.
+        failed.metadata.annotations = asked(t0() - chrono::Duration::seconds(5));
+        assert_ne!(
+            next_step(&failed, Some(&webhook(true)), false, DAY, t0()),
+            DeliveryStep::Redeliver
+        );
+        failed.metadata.annotations = asked(t0() + chrono::Duration::seconds(5));
+        let later = t0() + chrono::Duration::seconds(6);
+        assert_eq!(
+            next_step(&failed, Some(&webhook(true)), false, DAY, later),
+            DeliveryStep::Redeliver
+        );
+        let again = redelivered(failed.status.as_ref().unwrap());
+        assert_eq!(
+            (again.phase, again.attempts),
+            (Some(DeliveryPhase::Pending), 0)
+        );
+        assert_eq!(
+            again.last_error.as_deref(),
+            Some("the endpoint answered 500")
+        );
+        failed.status = Some(again);
+        assert_eq!(
+            next_step(&failed, Some(&webhook(true)), false, DAY, later),
             DeliveryStep::Attempt
         );
     }
