@@ -494,7 +494,13 @@ impl<'a> Planner<'a> {
             }
             return;
         }
-        if !observed.progress_deadline_exceeded {
+        // A verdict from before this release began (the Deployment keeps
+        // it until its controller has looked at the new template) is not
+        // about this release.
+        if observed
+            .progress_deadline_exceeded
+            .is_none_or(|at| at < release.created_at)
+        {
             return;
         }
         let why = failure_message(

@@ -307,9 +307,20 @@ pub fn workload_status(
         .iter()
         .flatten()
         .find(|c| c.type_ == "Progressing");
-    let progress_deadline_exceeded = progressing.is_some_and(|c| {
-        c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-    });
+    // When it was found stuck; without a time on the condition, now.
+    let progress_deadline_exceeded = progressing
+        .filter(|c| c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+        .map(|c| {
+            c.last_update_time
+                .as_ref()
+                .and_then(|t| {
+                    chrono::DateTime::<chrono::Utc>::from_timestamp(
+                        t.0.as_second(),
+                        t.0.subsec_nanosecond().max(0) as u32,
+                    )
+                })
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+        });
     let rollout_complete =
         observed && updated == desired && available == desired && replicas == desired;
     // Old replicas can keep `ready` up during a rollout, so the new pods'
@@ -332,7 +343,7 @@ pub fn workload_status(
         ready_replicas: ready,
         restart_token,
         rollout_complete,
-        progress_deadline_exceeded: observed && progress_deadline_exceeded,
+        progress_deadline_exceeded: progress_deadline_exceeded.filter(|_| observed),
         problems,
         endpoint_ready: !wants_service || service.is_some(),
         terminating: deployment.metadata.deletion_timestamp.is_some(),
@@ -644,7 +655,7 @@ impl InstanceProvider for KubernetesProvider {
                 ready_replicas: 0,
                 restart_token: None,
                 rollout_complete: false,
-                progress_deadline_exceeded: false,
+                progress_deadline_exceeded: None,
                 problems: Vec::new(),
                 endpoint_ready: true,
                 terminating: false,

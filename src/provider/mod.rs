@@ -151,8 +151,11 @@ pub struct WorkloadStatus {
     pub restart_token: Option<String>,
     /// Every replica runs the latest template and is available.
     pub rollout_complete: bool,
-    /// The rollout made no progress within the deadline.
-    pub progress_deadline_exceeded: bool,
+    /// The rollout made no progress within the deadline: since when the
+    /// workload says so. A planner compares it with when the release began,
+    /// since the verdict of an earlier rollout can still be standing while
+    /// the next one starts.
+    pub progress_deadline_exceeded: Option<chrono::DateTime<chrono::Utc>>,
     /// Why replicas are not ready, in words a user can act on.
     pub problems: Vec<String>,
     /// Whether the network endpoint (the Service) exists, when ports are declared.

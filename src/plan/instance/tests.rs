@@ -62,7 +62,7 @@ fn ready_workload(image: &str, replicas: i32) -> WorkloadStatus {
         ready_replicas: replicas,
         restart_token: None,
         rollout_complete: true,
-        progress_deadline_exceeded: false,
+        progress_deadline_exceeded: None,
         problems: Vec::new(),
         endpoint_ready: true,
         terminating: false,
@@ -360,7 +360,8 @@ fn stuck(image: &str, replicas: i32) -> WorkloadStatus {
     let mut workload = ready_workload(image, replicas);
     workload.ready_replicas = 0;
     workload.rollout_complete = false;
-    workload.progress_deadline_exceeded = true;
+    // Found stuck well after the release began.
+    workload.progress_deadline_exceeded = Some(t0() + ChronoDuration::hours(1));
     workload.problems =
         vec!["pod web-1: container app is in CrashLoopBackOff (restarted 5 times)".into()];
     workload
@@ -421,6 +422,50 @@ fn a_release_that_misses_its_deadline_fails_the_instance() {
     );
     assert_eq!(fixed.status.phase, Some(InstancePhase::Running));
     assert_eq!(fixed.status.current_release.as_ref().unwrap().version, 3);
+}
+
+#[test]
+fn a_verdict_from_before_the_rollback_does_not_fail_the_rollback() {
+    let mut s = spec("nginx:1.27");
+    s.rollback = RollbackPolicy::Auto;
+    let mut instance = running(s);
+    instance.spec.image = "example.test/crashloop:2".into();
+    instance.metadata.generation = Some(2);
+    step(
+        &mut instance,
+        &observed(Some(ready_workload("nginx:1.27", 2))),
+        t0(),
+    );
+    let mut stuck_before = stuck("example.test/crashloop:2", 2);
+    stuck_before.progress_deadline_exceeded = Some(t0() + ChronoDuration::minutes(5));
+    let rollback_at = t0() + ChronoDuration::minutes(6);
+    step(
+        &mut instance,
+        &observed(Some(stuck_before.clone())),
+        rollback_at,
+    );
+    let rollback = instance
+        .status
+        .as_ref()
+        .unwrap()
+        .current_release
+        .clone()
+        .unwrap();
+    assert_eq!(rollback.image, "nginx:1.27");
+    // The Deployment rolls back, still showing the old release's verdict.
+    let mut rolling = stuck_before;
+    rolling.image = "nginx:1.27".into();
+    let plan = step(
+        &mut instance,
+        &observed(Some(rolling)),
+        rollback_at + ChronoDuration::seconds(1),
+    );
+    assert_eq!(
+        plan.status.current_release.map(|r| r.outcome),
+        Some(ReleaseOutcome::Pending),
+        "the rollback is still under way, not failed"
+    );
+    assert_ne!(plan.status.phase, Some(InstancePhase::Failed));
 }
 
 #[test]
@@ -788,7 +833,7 @@ prop_compose! {
         w.current = current;
         w.restart_token = restart.map(|m| (t0() + ChronoDuration::minutes(m)).to_rfc3339());
         w.rollout_complete = complete;
-        w.progress_deadline_exceeded = exceeded;
+        w.progress_deadline_exceeded = exceeded.then(|| t0() + ChronoDuration::hours(1));
         w.problems = if problem { vec!["pod web-1: CrashLoopBackOff".into()] } else { Vec::new() };
         w.endpoint_ready = endpoint;
         w.terminating = terminating;

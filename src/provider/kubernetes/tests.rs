@@ -331,7 +331,9 @@ fn the_workload_status_reads_rollout_progress_and_the_deadline() {
         2,
     );
     let status = workload_status(&complete, None, &[], true, true);
-    assert!(status.current && status.rollout_complete && !status.progress_deadline_exceeded);
+    assert!(
+        status.current && status.rollout_complete && status.progress_deadline_exceeded.is_none()
+    );
     assert_eq!(status.image, "nginx:1.27");
     assert_eq!(
         status.restart_token.as_deref(),
@@ -372,5 +374,5 @@ fn the_workload_status_reads_rollout_progress_and_the_deadline() {
         2,
     );
     let status = workload_status(&stuck, None, &[], false, true);
-    assert!(status.progress_deadline_exceeded && !status.rollout_complete);
+    assert!(status.progress_deadline_exceeded.is_some() && !status.rollout_complete);
 }
