@@ -16,12 +16,15 @@
 # local CA) and pods (kwok-stages.yaml). `kubectl exec` into any pod runs the
 # command as a local process in <state dir>/exec/<namespace>/<pod>/
 # (kwok-exec.yaml; kwok is built with hack/controlplane/kwok/kwok-exec.patch for
-# exit codes, stdin and those directories).
+# exit codes, stdin and those directories). The VolumeSnapshot CRDs are
+# installed with a default VolumeSnapshotClass, and kwok plays the snapshot
+# controller too (kwok-snapshot-stages.yaml).
 #
 # Binaries are built from the Go module proxy (wrapper modules in hack/controlplane/*)
 # into ${XDG_CACHE_HOME:-~/.cache}/ctrlplane-operator/controlplane/<component>-<version>-<hash>/,
 # linked from .../controlplane/bin, so every clone and every CI run on a machine
-# shares one build. helm is built the same way, for the chart's tests.
+# shares one build. helm is built the same way, for the chart's tests; the
+# VolumeSnapshot CRDs are copied out of the external-snapshotter module's source.
 #
 # Settings (environment):
 #   CTRLPLANE_STATE_DIR   certificates, kubeconfig, data and logs (default: <repo>/.controlplane)
@@ -34,6 +37,8 @@ set -euo pipefail
 readonly KUBERNETES_VERSION=v1.36.3
 readonly ETCD_VERSION=v3.6.16
 readonly KWOK_VERSION=v0.8.0
+# The CSI external-snapshotter's client module, for its VolumeSnapshot CRDs.
+readonly SNAPSHOTTER_VERSION=v8.7.0
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 modules_dir="$repo_root/hack/controlplane"
@@ -55,7 +60,7 @@ cache_root() {
   echo "${CTRLPLANE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ctrlplane-operator/controlplane}"
 }
 
-# Each component (k8s, etcd, kwok, helm) is built into a folder of its own,
+# Each component (k8s, etcd, kwok, helm, snapshot-crds) is built into a folder of its own,
 # keyed by its pinned version, its wrapper module's go.mod, go.sum and patches
 # (*.patch), and the Go toolchain, so a change to one rebuilds only that one.
 component_dir() {
@@ -65,6 +70,7 @@ component_dir() {
     etcd) version=$ETCD_VERSION ;;
     kwok) version=$KWOK_VERSION ;;
     helm) version=$HELM_VERSION ;;
+    snapshot-crds) version=$SNAPSHOTTER_VERSION ;;
   esac
   local key
   key=$({
@@ -77,16 +83,28 @@ component_dir() {
   echo "$(cache_root)/$component-$version-$key"
 }
 
+# component_binaries COMPONENT: the executables it builds, linked into bin_dir.
 component_binaries() {
   case $1 in
     k8s) echo kube-apiserver kube-controller-manager kube-scheduler kubectl ;;
     etcd) echo etcd ;;
     kwok) echo kwok ;;
     helm) echo helm ;;
+    snapshot-crds) ;;
   esac
 }
 
-readonly COMPONENTS=(k8s etcd kwok helm)
+readonly SNAPSHOT_CRDS=(volumesnapshotclasses volumesnapshotcontents volumesnapshots)
+
+# component_files COMPONENT: everything its folder holds once built.
+component_files() {
+  case $1 in
+    snapshot-crds) printf 'snapshot.storage.k8s.io_%s.yaml\n' "${SNAPSHOT_CRDS[@]}" ;;
+    *) component_binaries "$1" ;;
+  esac
+}
+
+readonly COMPONENTS=(k8s etcd kwok helm snapshot-crds)
 
 # One folder with every binary (symbolic links into the component folders),
 # for PATH.
@@ -116,7 +134,7 @@ build_component() {
   local component=$1 dir tmp started=$SECONDS
   dir=$(component_dir "$component")
   local missing=0 b
-  for b in $(component_binaries "$component"); do [[ -x "$dir/$b" ]] || missing=1; done
+  for b in $(component_files "$component"); do [[ -s "$dir/$b" ]] || missing=1; done
   if (( missing == 0 )); then
     return
   fi
@@ -150,6 +168,15 @@ build_component() {
         && CGO_ENABLED=0 go build -trimpath -modfile="$modfile" \
           -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" -o "$tmp/kwok" sigs.k8s.io/kwok/cmd/kwok)
       rm -rf "$tmp/patched"
+      ;;
+    snapshot-crds)
+      # Not built: the CRD manifests are copied out of the module's source.
+      log "fetching the VolumeSnapshot CRDs of external-snapshotter $SNAPSHOTTER_VERSION"
+      local module=github.com/kubernetes-csi/external-snapshotter/client/v8 src crd
+      src=$(cd "$modules_dir/snapshot-crds" && go mod download "$module" && go list -m -f '{{.Dir}}' "$module")
+      for crd in $(component_files snapshot-crds); do
+        cp "$src/config/crd/$crd" "$tmp/$crd"; chmod u+w "$tmp/$crd"
+      done
       ;;
     helm)
       log "building helm $HELM_VERSION"
@@ -352,6 +379,18 @@ cmd_up() {
     --bind-address=127.0.0.1 --secure-port="$scheduler_port" --leader-elect=false \
     --kube-api-qps=200 --kube-api-burst=400 --profiling=false
 
+  local kubectl=("$bin/kubectl" --kubeconfig="$state_dir/kubeconfig")
+  # kwok plays the snapshot controller too (kwok-snapshot-stages.yaml), so the
+  # VolumeSnapshot CRDs must be served, in discovery and OpenAPI, before it starts.
+  local crd crd_files=() crd_names=()
+  for crd in "${SNAPSHOT_CRDS[@]}"; do
+    crd_files+=(-f "$(component_dir snapshot-crds)/snapshot.storage.k8s.io_$crd.yaml")
+    crd_names+=("crd/$crd.snapshot.storage.k8s.io")
+  done
+  "${kubectl[@]}" apply --server-side --field-manager=ctrlplane-controlplane "${crd_files[@]}" >/dev/null
+  "${kubectl[@]}" wait --for=condition=Established "${crd_names[@]}" --timeout=60s >/dev/null
+  wait_for "the VolumeSnapshot API" 60 snapshot_api_served "${kubectl[@]}"
+
   # kwok's nodes report 127.0.0.1 and the port of its kubelet-facing server,
   # which serves TLS with a certificate from the local CA. There kwok runs exec'd
   # commands as local processes (kwok-exec.yaml), in exec/<namespace>/<pod>/.
@@ -363,7 +402,8 @@ cmd_up() {
   printf '%s\n' "${exec_config//@EXEC_ROOT@/$exec_root}" > "$state_dir/kwok-exec.yaml"
   start kwok env -i PATH="$PATH" LANG=C.UTF-8 HOME="$state_dir" \
     "$bin/kwok" --kubeconfig="$state_dir/kwok.kubeconfig" \
-    --config="$modules_dir/kwok-stages.yaml" --config="$state_dir/kwok-exec.yaml" \
+    --config="$modules_dir/kwok-stages.yaml" --config="$modules_dir/kwok-snapshot-stages.yaml" \
+    --config="$state_dir/kwok-exec.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --cidr=10.244.0.0/16 --node-ip=127.0.0.1 --node-port="$kwok_port" --node-lease-duration-seconds=40 \
     --server-address="127.0.0.1:$kwok_port" \
@@ -372,7 +412,6 @@ cmd_up() {
   wait_for kube-scheduler 60 healthy kube-scheduler "https://127.0.0.1:$scheduler_port/healthz"
   wait_for kwok 60 healthy kwok "http://127.0.0.1:$kwok_port/healthz"
 
-  local kubectl=("$bin/kubectl" --kubeconfig="$state_dir/kubeconfig")
   "${kubectl[@]}" apply --server-side --field-manager=ctrlplane-controlplane \
     -f "$modules_dir/nodes.yaml" -f "$modules_dir/storage.yaml" >/dev/null
   "${kubectl[@]}" wait --for=condition=Ready node -l type=kwok --timeout=60s >/dev/null
@@ -381,6 +420,13 @@ cmd_up() {
   # manager creates; waiting for it means the controllers are really working.
   wait_for "the default ServiceAccount" 60 "${kubectl[@]}" get serviceaccount default -n default
   log "ready in $((SECONDS - started))s: export KUBECONFIG=$state_dir/kubeconfig"
+}
+
+# snapshot_api_served KUBECTL...: the VolumeSnapshot resources are in discovery
+# and in the OpenAPI v3 document (kwok needs both to patch their status).
+snapshot_api_served() {
+  "$@" get --raw /apis/snapshot.storage.k8s.io/v1 | grep -q '"name":"volumesnapshots"' \
+    && "$@" get --raw /openapi/v3/apis/snapshot.storage.k8s.io/v1 | grep -q '/volumesnapshots/{name}'
 }
 
 # readdress_nodes KUBECTL...: kwok writes a node's address and kubelet port
