@@ -396,12 +396,14 @@ cmd_up() {
   # commands as local processes (kwok-exec.yaml), in exec/<namespace>/<pod>/.
   # kwok gets an environment of its own, not whatever the caller of this script
   # had (HOME is the state directory, so no ~/.kwok/kwok.yaml is read either).
+  # It runs from its component folder rather than the shared bin/ link, which a
+  # checkout with another kwok build (without the patch) may point elsewhere.
   local exec_root=$state_dir/exec exec_config
   mkdir -p "$exec_root"
   exec_config=$(<"$modules_dir/kwok-exec.yaml")
   printf '%s\n' "${exec_config//@EXEC_ROOT@/$exec_root}" > "$state_dir/kwok-exec.yaml"
   start kwok env -i PATH="$PATH" LANG=C.UTF-8 HOME="$state_dir" \
-    "$bin/kwok" --kubeconfig="$state_dir/kwok.kubeconfig" \
+    "$(component_dir kwok)/kwok" --kubeconfig="$state_dir/kwok.kubeconfig" \
     --config="$modules_dir/kwok-stages.yaml" --config="$modules_dir/kwok-snapshot-stages.yaml" \
     --config="$state_dir/kwok-exec.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
