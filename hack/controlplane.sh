@@ -8,25 +8,37 @@
 #   hack/controlplane.sh status   show what is running
 #   hack/controlplane.sh env      print the exports that point kubectl at it
 #
-# Everything listens on 127.0.0.1 only. Certificates and the service-account key are
-# generated per state directory; the API server runs with RBAC authorization.
+# Everything listens on, and talks to, 127.0.0.1 only. Certificates and the
+# service-account key are generated per state directory; the API server runs with
+# RBAC authorization.
+#
+# kwok plays the nodes (at 127.0.0.1, kubelet port = kwok's server, TLS from the
+# local CA) and pods (kwok-stages.yaml). `kubectl exec` into any pod runs the
+# command as a local process in <state dir>/exec/<namespace>/<pod>/
+# (kwok-exec.yaml; kwok is built with hack/controlplane/kwok/kwok-exec.patch for
+# exit codes, stdin and those directories). The VolumeSnapshot CRDs are
+# installed with a default VolumeSnapshotClass, and kwok plays the snapshot
+# controller too (kwok-snapshot-stages.yaml).
 #
 # Binaries are built from the Go module proxy (wrapper modules in hack/controlplane/*)
 # into ${XDG_CACHE_HOME:-~/.cache}/ctrlplane-operator/controlplane/<component>-<version>-<hash>/,
 # linked from .../controlplane/bin, so every clone and every CI run on a machine
-# shares one build. helm is built the same way, for the chart's tests.
+# shares one build. helm is built the same way, for the chart's tests; the
+# VolumeSnapshot CRDs are copied out of the external-snapshotter module's source.
 #
 # Settings (environment):
 #   CTRLPLANE_STATE_DIR   certificates, kubeconfig, data and logs (default: <repo>/.controlplane)
 #   CTRLPLANE_CACHE_DIR   where built binaries live (default: see above)
 #   CTRLPLANE_PORT_BASE   first of a block of ports (default: 16440); the API server gets
 #                         base+3, etcd base+4/base+5, controller-manager base+7,
-#                         scheduler base+9, kwok base+1
+#                         scheduler base+9, kwok base+1 (its kubelet-facing server)
 set -euo pipefail
 
 readonly KUBERNETES_VERSION=v1.36.3
 readonly ETCD_VERSION=v3.6.16
 readonly KWOK_VERSION=v0.8.0
+# The CSI external-snapshotter's client module, for its VolumeSnapshot CRDs.
+readonly SNAPSHOTTER_VERSION=v8.7.0
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 modules_dir="$repo_root/hack/controlplane"
@@ -48,9 +60,9 @@ cache_root() {
   echo "${CTRLPLANE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ctrlplane-operator/controlplane}"
 }
 
-# Each component (k8s, etcd, kwok, helm) is built into a folder of its own,
-# keyed by its pinned version, its wrapper module's go.mod and go.sum, and the
-# Go toolchain, so a change to one rebuilds only that one.
+# Each component (k8s, etcd, kwok, helm, snapshot-crds) is built into a folder of its own,
+# keyed by its pinned version, its wrapper module's go.mod, go.sum and patches
+# (*.patch), and the Go toolchain, so a change to one rebuilds only that one.
 component_dir() {
   local component=$1 version
   case $component in
@@ -58,23 +70,41 @@ component_dir() {
     etcd) version=$ETCD_VERSION ;;
     kwok) version=$KWOK_VERSION ;;
     helm) version=$HELM_VERSION ;;
+    snapshot-crds) version=$SNAPSHOTTER_VERSION ;;
   esac
   local key
-  key=$({ echo "$version"; go env GOVERSION; cat "$modules_dir/$component/go.mod" "$modules_dir/$component/go.sum"; } \
-    | sha256sum | cut -c1-12)
+  key=$({
+    echo "$version"; go env GOVERSION; cat "$modules_dir/$component/go.mod" "$modules_dir/$component/go.sum"
+    local patch_file
+    for patch_file in "$modules_dir/$component"/*.patch; do
+      if [[ -f $patch_file ]]; then cat "$patch_file"; fi
+    done
+  } | sha256sum | cut -c1-12)
   echo "$(cache_root)/$component-$version-$key"
 }
 
+# component_binaries COMPONENT: the executables it builds, linked into bin_dir.
 component_binaries() {
   case $1 in
     k8s) echo kube-apiserver kube-controller-manager kube-scheduler kubectl ;;
     etcd) echo etcd ;;
     kwok) echo kwok ;;
     helm) echo helm ;;
+    snapshot-crds) ;;
   esac
 }
 
-readonly COMPONENTS=(k8s etcd kwok helm)
+readonly SNAPSHOT_CRDS=(volumesnapshotclasses volumesnapshotcontents volumesnapshots)
+
+# component_files COMPONENT: everything its folder holds once built.
+component_files() {
+  case $1 in
+    snapshot-crds) printf 'snapshot.storage.k8s.io_%s.yaml\n' "${SNAPSHOT_CRDS[@]}" ;;
+    *) component_binaries "$1" ;;
+  esac
+}
+
+readonly COMPONENTS=(k8s etcd kwok helm snapshot-crds)
 
 # One folder with every binary (symbolic links into the component folders),
 # for PATH.
@@ -82,11 +112,29 @@ bin_dir() {
   echo "$(cache_root)/bin"
 }
 
+# patched_modfile MODULE PATCH OUT: a copy of MODULE's source (the version
+# that the wrapper module in the current directory pins, from the module
+# cache) in OUT/src with PATCH applied, and a copy of the wrapper's go.mod and
+# go.sum in OUT that replaces MODULE with it; prints that go.mod's path, for
+# `go build -modfile`. (`go build -overlay` cannot replace files in the module
+# cache.)
+patched_modfile() {
+  local module=$1 patch_file=$2 out=$3 src
+  go mod download "$module"
+  src=$(go list -m -f '{{.Dir}}' "$module")
+  mkdir -p "$out"
+  cp -r "$src" "$out/src"; chmod -R u+w "$out/src"
+  patch --quiet --forward -p1 -d "$out/src" < "$patch_file"
+  cp go.mod go.sum "$out/"
+  go mod edit -replace="$module=$out/src" "$out/go.mod"
+  echo "$out/go.mod"
+}
+
 build_component() {
   local component=$1 dir tmp started=$SECONDS
   dir=$(component_dir "$component")
   local missing=0 b
-  for b in $(component_binaries "$component"); do [[ -x "$dir/$b" ]] || missing=1; done
+  for b in $(component_files "$component"); do [[ -s "$dir/$b" ]] || missing=1; done
   if (( missing == 0 )); then
     return
   fi
@@ -113,9 +161,22 @@ build_component() {
       (cd "$modules_dir/etcd" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
       ;;
     kwok)
-      log "building kwok $KWOK_VERSION"
-      (cd "$modules_dir/kwok" && CGO_ENABLED=0 go build -trimpath \
-        -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" -o "$tmp/kwok" sigs.k8s.io/kwok/cmd/kwok)
+      # With kwok-exec.patch (exit codes, stdin, per-pod exec directories; see the patch).
+      log "building kwok $KWOK_VERSION with hack/controlplane/kwok/kwok-exec.patch"
+      (cd "$modules_dir/kwok" \
+        && modfile=$(patched_modfile sigs.k8s.io/kwok "$modules_dir/kwok/kwok-exec.patch" "$tmp/patched") \
+        && CGO_ENABLED=0 go build -trimpath -modfile="$modfile" \
+          -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" -o "$tmp/kwok" sigs.k8s.io/kwok/cmd/kwok)
+      rm -rf "$tmp/patched"
+      ;;
+    snapshot-crds)
+      # Not built: the CRD manifests are copied out of the module's source.
+      log "fetching the VolumeSnapshot CRDs of external-snapshotter $SNAPSHOTTER_VERSION"
+      local module=github.com/kubernetes-csi/external-snapshotter/client/v8 src crd
+      src=$(cd "$modules_dir/snapshot-crds" && go mod download "$module" && go list -m -f '{{.Dir}}' "$module")
+      for crd in $(component_files snapshot-crds); do
+        cp "$src/config/crd/$crd" "$tmp/$crd"; chmod u+w "$tmp/$crd"
+      done
       ;;
     helm)
       log "building helm $HELM_VERSION"
@@ -167,6 +228,21 @@ EOF
     sign scheduler "/CN=system:kube-scheduler" client.ext
     sign kwok "/O=system:masters/CN=kwok" client.ext
     touch .complete
+  )
+}
+
+# gen_kwok_serving_cert: the certificate of kwok's kubelet-facing server, which
+# the API server verifies (--kubelet-certificate-authority) when it forwards
+# exec, logs and port-forward to a node at 127.0.0.1. Separate from gen_certs so
+# that a state directory from before it existed gets one too.
+gen_kwok_serving_cert() {
+  local pki=$state_dir/pki
+  [[ -f $pki/kwok-serving.crt && -f $pki/kwok-serving.key ]] && return
+  (
+    cd "$pki"
+    printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n' \
+      > kwok-serving.ext
+    sign kwok-serving "/CN=kwok-kubelet" kwok-serving.ext
   )
 }
 
@@ -248,6 +324,7 @@ cmd_up() {
   local bin; bin=$(bin_dir)
   mkdir -p "$state_dir"
   gen_certs
+  gen_kwok_serving_cert
   local pki=$state_dir/pki
   write_kubeconfig "$state_dir/kubeconfig" admin
   write_kubeconfig "$state_dir/controller-manager.kubeconfig" controller-manager
@@ -266,6 +343,9 @@ cmd_up() {
 
   # The endpoint reconciler is off because the API server advertises a loopback
   # address, which is not a valid Endpoints address for the `kubernetes` Service.
+  # Exec, logs and port-forward go to a node's InternalIP only (never a name
+  # that would need DNS), which kwok reports as 127.0.0.1, over TLS checked
+  # against the local CA.
   start kube-apiserver "$bin/kube-apiserver" \
     --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$apiserver_port" \
     --etcd-servers="http://127.0.0.1:$etcd_client_port" \
@@ -277,7 +357,8 @@ cmd_up() {
     --authorization-mode=RBAC --anonymous-auth=false \
     --allow-privileged=true --endpoint-reconciler-type=none --profiling=false \
     --max-requests-inflight=800 --max-mutating-requests-inflight=400 \
-    --event-ttl=1h
+    --event-ttl=1h \
+    --kubelet-preferred-address-types=InternalIP --kubelet-certificate-authority="$pki/ca.crt"
   wait_for kube-apiserver 120 apiserver_ready
 
   start kube-controller-manager "$bin/kube-controller-manager" \
@@ -297,34 +378,89 @@ cmd_up() {
     --authorization-kubeconfig="$state_dir/scheduler.kubeconfig" \
     --bind-address=127.0.0.1 --secure-port="$scheduler_port" --leader-elect=false \
     --kube-api-qps=200 --kube-api-burst=400 --profiling=false
-  start kwok "$bin/kwok" --kubeconfig="$state_dir/kwok.kubeconfig" \
-    --config="$modules_dir/kwok-stages.yaml" \
+
+  local kubectl=("$bin/kubectl" --kubeconfig="$state_dir/kubeconfig")
+  # kwok plays the snapshot controller too (kwok-snapshot-stages.yaml), so the
+  # VolumeSnapshot CRDs must be served, in discovery and OpenAPI, before it starts.
+  local crd crd_files=() crd_names=()
+  for crd in "${SNAPSHOT_CRDS[@]}"; do
+    crd_files+=(-f "$(component_dir snapshot-crds)/snapshot.storage.k8s.io_$crd.yaml")
+    crd_names+=("crd/$crd.snapshot.storage.k8s.io")
+  done
+  "${kubectl[@]}" apply --server-side --field-manager=ctrlplane-controlplane "${crd_files[@]}" >/dev/null
+  "${kubectl[@]}" wait --for=condition=Established "${crd_names[@]}" --timeout=60s >/dev/null
+  wait_for "the VolumeSnapshot API" 60 snapshot_api_served "${kubectl[@]}"
+
+  # kwok's nodes report 127.0.0.1 and the port of its kubelet-facing server,
+  # which serves TLS with a certificate from the local CA. There kwok runs exec'd
+  # commands as local processes (kwok-exec.yaml), in exec/<namespace>/<pod>/.
+  # kwok gets an environment of its own, not whatever the caller of this script
+  # had (HOME is the state directory, so no ~/.kwok/kwok.yaml is read either).
+  # It runs from its component folder rather than the shared bin/ link, which a
+  # checkout with another kwok build (without the patch) may point elsewhere.
+  local exec_root=$state_dir/exec exec_config
+  mkdir -p "$exec_root"
+  exec_config=$(<"$modules_dir/kwok-exec.yaml")
+  printf '%s\n' "${exec_config//@EXEC_ROOT@/$exec_root}" > "$state_dir/kwok-exec.yaml"
+  start kwok env -i PATH="$PATH" LANG=C.UTF-8 HOME="$state_dir" \
+    "$(component_dir kwok)/kwok" --kubeconfig="$state_dir/kwok.kubeconfig" \
+    --config="$modules_dir/kwok-stages.yaml" --config="$modules_dir/kwok-snapshot-stages.yaml" \
+    --config="$state_dir/kwok-exec.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-    --cidr=10.244.0.0/16 --node-ip=10.240.0.1 --node-lease-duration-seconds=40 \
-    --server-address="127.0.0.1:$kwok_port"
+    --cidr=10.244.0.0/16 --node-ip=127.0.0.1 --node-port="$kwok_port" --node-lease-duration-seconds=40 \
+    --server-address="127.0.0.1:$kwok_port" \
+    --tls-cert-file="$pki/kwok-serving.crt" --tls-private-key-file="$pki/kwok-serving.key"
   wait_for kube-controller-manager 60 healthy kube-controller-manager "https://127.0.0.1:$kcm_port/healthz"
   wait_for kube-scheduler 60 healthy kube-scheduler "https://127.0.0.1:$scheduler_port/healthz"
   wait_for kwok 60 healthy kwok "http://127.0.0.1:$kwok_port/healthz"
 
-  local kubectl=("$bin/kubectl" --kubeconfig="$state_dir/kubeconfig")
   "${kubectl[@]}" apply --server-side --field-manager=ctrlplane-controlplane \
     -f "$modules_dir/nodes.yaml" -f "$modules_dir/storage.yaml" >/dev/null
   "${kubectl[@]}" wait --for=condition=Ready node -l type=kwok --timeout=60s >/dev/null
+  readdress_nodes "${kubectl[@]}"
   # Pods need their namespace's `default` ServiceAccount, which the controller
   # manager creates; waiting for it means the controllers are really working.
   wait_for "the default ServiceAccount" 60 "${kubectl[@]}" get serviceaccount default -n default
   log "ready in $((SECONDS - started))s: export KUBECONFIG=$state_dir/kubeconfig"
 }
 
+# snapshot_api_served KUBECTL...: the VolumeSnapshot resources are in discovery
+# and in the OpenAPI v3 document (kwok needs both to patch their status).
+snapshot_api_served() {
+  "$@" get --raw /apis/snapshot.storage.k8s.io/v1 | grep -q '"name":"volumesnapshots"' \
+    && "$@" get --raw /openapi/v3/apis/snapshot.storage.k8s.io/v1 | grep -q '/volumesnapshots/{name}'
+}
+
+# readdress_nodes KUBECTL...: kwok writes a node's address and kubelet port
+# when it initialises the node, and keeps them on later heartbeats. A node from
+# a state directory of an older version of this script, or of other ports,
+# keeps what it had until then (an older version had 10.240.0.1), so correct it
+# now: nothing must ever dial anything but this kwok on 127.0.0.1.
+readdress_nodes() {
+  local node endpoint patch
+  patch='{"status":{"addresses":[{"type":"InternalIP","address":"127.0.0.1"}],'
+  patch+='"daemonEndpoints":{"kubeletEndpoint":{"Port":'$kwok_port'}}}}'
+  "$@" get nodes -l type=kwok -o jsonpath='{range .items[*]}{.metadata.name} {.status.addresses[?(@.type=="InternalIP")].address}:{.status.daemonEndpoints.kubeletEndpoint.Port}{"\n"}{end}' \
+    | while read -r node endpoint; do
+        if [[ $endpoint != "127.0.0.1:$kwok_port" ]]; then
+          log "node $node reported $endpoint; setting 127.0.0.1:$kwok_port"
+          "$@" patch node "$node" --subresource=status --type=merge -p "$patch" >/dev/null
+        fi
+      done
+}
+
 readonly STOP_ORDER=(kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
 
-# stop_all NAME...: SIGTERM to each, wait for all (SIGKILL after 20s).
+# stop_all NAME...: SIGTERM to each, wait for all (SIGKILL after 20s). Each runs
+# in a session and process group of its own (see start), and the whole group
+# goes: for kwok that includes the commands exec'd into pods, such as one left
+# running in the background.
 stop_all() {
   local name pid pids=() names=()
   for name in "$@"; do
     if is_running "$name"; then
       pid=$(cat "$(pid_file "$name")")
-      kill -TERM "$pid" 2>/dev/null || true
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
       pids+=("$pid"); names+=("$name")
     fi
     rm -f "$(pid_file "$name")"
@@ -337,6 +473,7 @@ stop_all() {
       kill -KILL "${pids[$i]}" 2>/dev/null || true
       while kill -0 "${pids[$i]}" 2>/dev/null; do sleep 0.1; done
     fi
+    kill -KILL -- "-${pids[$i]}" 2>/dev/null || true
   done
 }
 
