@@ -4,10 +4,13 @@
 //! are sent.
 //!
 //! Decoding is as lenient as Go's `encoding/json` where the Go client relies
-//! on it (a missing field is its zero value, `"events": null` is no events,
-//! unknown fields are ignored) and as strict where it is strict: a
+//! on it (a missing or null field is its zero value, `"events": null` is no
+//! events, unknown fields are ignored) and as strict where it is strict: a
 //! `resourceId` that is not a UUID fails the whole answer, as `uuid.UUID`'s
-//! text decoding does there.
+//! text decoding does there. Stricter in two corners: a missing `resourceId`
+//! fails too (Go would act on the nil UUID, an event about no resource),
+//! and the 38-character form must be in braces (Go drops the first and last
+//! character unchecked).
 
 use std::fmt;
 
@@ -125,16 +128,16 @@ impl<'de> Deserialize<'de> for Uuid {
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     /// Monotonically increasing sequence number.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub id: i64,
     /// `created` or `deleted`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub event_type: String,
     /// `org` or `project`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub resource_type: String,
     pub resource_id: Uuid,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub resource_name: String,
     /// Set for projects; null for organisations.
     #[serde(default)]
@@ -172,7 +175,16 @@ pub struct EventsPage {
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Event>, D::Error> {
-    Ok(Option::<Vec<Event>>::deserialize(deserializer)?.unwrap_or_default())
+    null_as_default(deserializer)
+}
+
+/// Go decodes `null` into a string or a number as its zero value.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// The body of `PUT /v1/status` (Go: `statusUpdateRequest`). `message` is
@@ -205,7 +217,7 @@ mod tests {
     const ID: &str = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
 
     #[test]
-    fn every_form_google_uuid_accepts_parses_to_the_canonical_one() {
+    fn every_form_google_uuid_names_parses_to_the_canonical_one() {
         for form in [
             ID.to_string(),
             ID.to_uppercase(),
@@ -225,6 +237,7 @@ mod tests {
             "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeee",
             "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeeg",
             "aaaaaaaabbbb-cccc-dddd-eeeeeeeeeeee-",
+            // Go takes this one; an id in parentheses is not one we expect.
             "(aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee)",
             "urn:uid:aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
             "aaaaaaaabbbbccccddddeeeeeeeeeeeZ",
@@ -265,6 +278,18 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<EventsPage>("{}").unwrap(),
             EventsPage::default()
+        );
+        let event: Event = serde_json::from_str(&format!(
+            r#"{{"id":null,"eventType":null,"resourceType":"org","resourceId":"{ID}","resourceName":null}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            (
+                event.id,
+                event.event_type.as_str(),
+                event.resource_name.as_str()
+            ),
+            (0, "", "")
         );
     }
 
