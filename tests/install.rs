@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::receiver::Receiver;
-use common::tenant_manager::TenantManager;
+use common::tenant_manager::{TenantManager, ensure_quotas_count_ctrlplane_kinds};
 use common::*;
 use ctrlplane_operator::api::{DeliveryPhase, Instance, InstancePhase, WebhookDelivery};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -889,6 +889,7 @@ async fn the_tenancy_source_works_with_exactly_the_permissions_the_chart_grants(
         &tenant_ns.name,
     ];
     args.extend(tenancy_args.iter().map(String::as_str));
+    ensure_quotas_count_ctrlplane_kinds();
     let operator = Operator::start_as(&ns.name, &kubeconfig, &args);
     wait_until("the project completed", WAIT, || async {
         Ok((tm.row(&project.id).map(|r| r.0).as_deref() == Some("completed")).then_some(()))

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::receiver::Receiver;
-use common::tenant_manager::{Project, TenantManager};
+use common::tenant_manager::{Project, TenantManager, ensure_quotas_count_ctrlplane_kinds};
 use common::*;
 use ctrlplane_operator::api::{Instance, InstancePhase, Webhook};
 use ctrlplane_operator::tenancy::objects::{
@@ -54,6 +54,7 @@ fn start_operator(
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ensure_quotas_count_ctrlplane_kinds();
     Operator::start_with(&ns.name, &args)
 }
 
@@ -125,41 +126,6 @@ fn labels(namespace: &Namespace) -> BTreeMap<String, String> {
     namespace.metadata.labels.clone().unwrap_or_default()
 }
 
-/// Waits until Kubernetes' quota controller counts Instances. It starts
-/// counting a new kind up to 30 s after its CRD appears, and a quota made
-/// before then counts it only from its next full resync (5 minutes), so a
-/// test that runs right after the CRDs were installed waits here first: a
-/// quota of its own, made again until it counts them.
-async fn wait_for_quotas_to_count_instances(ns: &TestNamespace) {
-    let quotas: Api<ResourceQuota> = Api::namespaced(client().await, &ns.name);
-    let probe = "apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: probe\nspec:\n  hard: {count/instances.ctrlplane.dev: \"100\"}\n";
-    let mut made = Instant::now() - Duration::from_secs(60);
-    wait_until("the quota controller to count Instances", WAIT, || {
-        // Each probe gets a few seconds to be counted before it is made again.
-        if made.elapsed() > Duration::from_secs(5) {
-            kubectl([
-                "delete",
-                "resourcequota",
-                "probe",
-                "-n",
-                &ns.name,
-                "--ignore-not-found",
-            ]);
-            apply_manifest(&ns.name, probe).expect_success("a probe quota");
-            made = Instant::now();
-        }
-        let quotas = quotas.clone();
-        async move {
-            let quota = quotas.get("probe").await.map_err(|e| e.to_string())?;
-            let used = quota.status.and_then(|s| s.used).unwrap_or_default();
-            Ok(used
-                .contains_key("count/instances.ctrlplane.dev")
-                .then_some(()))
-        }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenancy_a_project_becomes_a_namespace_with_its_quota_and_role_bindings() {
     ensure_crds();
@@ -169,7 +135,6 @@ async fn tenancy_a_project_becomes_a_namespace_with_its_quota_and_role_bindings(
     let org = tm.create_org("Acme Corp");
     let web = tm.create_project(&org, "Web Shop");
     let _web_ns = TestNamespace::adopt(&web.namespace());
-    wait_for_quotas_to_count_instances(&ns).await;
     let _operator = start_operator(
         &ns,
         &tm,

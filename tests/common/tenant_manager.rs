@@ -13,8 +13,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -26,6 +26,50 @@ use tokio::sync::oneshot;
 
 use ctrlplane_operator::tenancy::naming::{Tenant, namespace_name};
 use ctrlplane_operator::tenancy::protocol::Uuid;
+
+/// Waits, once per test binary, until Kubernetes' quota controller counts
+/// the ctrlplane.dev kinds. It starts counting a kind up to 30 s after its
+/// CRD appears, and a quota made before then counts it only from its next
+/// full resync (five minutes), refusing those objects meanwhile ("status
+/// unknown for quota"). Tests whose project quotas count them, right after
+/// the CRDs were installed, wait here first: a quota of their own, made
+/// again until it counts all three.
+pub fn ensure_quotas_count_ctrlplane_kinds() {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = READY.get_or_init(|| {
+        let ns = super::TestNamespace::create("quota-probe");
+        let kinds = ["instances", "sandboxes", "webhooks"].map(|k| format!("count/{k}.ctrlplane.dev"));
+        let hard: Vec<String> = kinds.iter().map(|k| format!("{k}: \"100\"")).collect();
+        let probe = format!(
+            "apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: probe\nspec:\n  hard: {{{}}}\n",
+            hard.join(", ")
+        );
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            super::kubectl(["delete", "resourcequota", "probe", "-n", &ns.name, "--ignore-not-found"]);
+            super::apply_manifest(&ns.name, &probe).expect_success("a probe quota");
+            // Each probe gets a few seconds to be counted before it is made again.
+            let made = Instant::now();
+            while made.elapsed() < Duration::from_secs(5) {
+                last = super::kubectl([
+                    "get", "resourcequota", "probe", "-n", &ns.name, "-o", "jsonpath={.status.used}",
+                ])
+                .stdout;
+                let used: serde_json::Map<String, Value> =
+                    serde_json::from_str(&last).unwrap_or_default();
+                if kinds.iter().all(|k| used.contains_key(k)) {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Err(format!("the quota controller never counted the ctrlplane.dev kinds; last: {last}"))
+    });
+    if let Err(err) = result {
+        panic!("{err}");
+    }
+}
 
 /// The page size the Go poller asks for.
 const POLL_LIMIT: &str = "100";
