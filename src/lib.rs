@@ -8,6 +8,7 @@
 //! - [`controller`]: watches, act, record, finalizers, Events.
 //! - [`delivery`]: webhook signing, retries, the address guard, the HTTP client.
 //! - [`runtime`]: configuration, logging, metrics, health endpoints.
+//! - [`tenancy`]: projects of a Tenant Manager become namespaces.
 
 pub mod api;
 pub mod controller;
@@ -16,3 +17,4 @@ pub mod lifecycle;
 pub mod plan;
 pub mod provider;
 pub mod runtime;
+pub mod tenancy;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use ctrlplane_operator::api;
 use ctrlplane_operator::controller::{self, ControllerConfig, Scope};
 use ctrlplane_operator::runtime::{self, Readiness, ReadyState, RunArgs, metrics::Metrics};
+use ctrlplane_operator::tenancy::TenancySource;
 use futures::FutureExt;
 
 #[derive(Parser)]
@@ -120,6 +121,18 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             "webhooks may reach loopback, link-local and private addresses (--allow-private-webhook-addresses)"
         );
     }
+    // Checked before anything waits for the lease, so a bad flag fails the start.
+    let tenancy = match args.tenancy.config()? {
+        Some(config) => {
+            tracing::info!(
+                url = config.url,
+                controller = config.controller,
+                "tenancy source on"
+            );
+            Some(TenancySource::new(client.clone(), config)?)
+        }
+        None => None,
+    };
     let shutdown = shutdown_signal().shared();
     let identity = config.reporter_instance.clone();
 
@@ -190,6 +203,12 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             shutdown.clone(),
         )
     });
+    // Like the controllers, the tenancy source runs only while this replica leads.
+    let tenancy = async {
+        if let Some(tenancy) = tenancy {
+            tenancy.run(shutdown.clone()).await;
+        }
+    };
     let lost_lease = async {
         match leadership.as_mut() {
             Some((leader, _)) => {
@@ -199,7 +218,7 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     tokio::select! {
-        _ = futures::future::join_all(controllers) => {}
+        _ = futures::future::join(futures::future::join_all(controllers), tenancy) => {}
         served = server => {
             served??;
         }

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::receiver::Receiver;
+use common::tenant_manager::{TenantManager, ensure_quotas_count_ctrlplane_kinds};
 use common::*;
 use ctrlplane_operator::api::{DeliveryPhase, Instance, InstancePhase, WebhookDelivery};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -17,29 +18,6 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 
 const WAIT: Duration = Duration::from_secs(120);
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-fn chart() -> PathBuf {
-    repo_root().join("deploy/helm/ctrlplane-operator")
-}
-
-/// helm from the control-plane cache (hack/test.sh puts it on PATH).
-fn helm<I, S>(args: I) -> KubectlOutput
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    let binary = std::env::var_os("HELM").unwrap_or_else(|| "helm".into());
-    let output = Command::new(binary)
-        .args(args)
-        .env("KUBECONFIG", kubeconfig())
-        .output()
-        .expect("helm could not be started; it is built by hack/controlplane.sh build");
-    KubectlOutput {
-        success: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 /// Values that change everything a user would: several namespaces, three
 /// replicas, no leader election, debug text logs, private webhooks.
@@ -188,6 +166,18 @@ fn bad_values_are_refused_by_the_values_schema() {
         ),
         ("image.pullPolicy=Sometimes", "image.pullPolicy"),
         ("unknownSetting=true", "unknownSetting"),
+        ("tenancy.enabled=true", "tenancy.tenantManagerURL"),
+        (
+            "tenancy.tenantManagerURL=ftp://tm",
+            "tenancy.tenantManagerURL",
+        ),
+        (
+            "tenancy.pollIntervalSeconds=0",
+            "tenancy.pollIntervalSeconds",
+        ),
+        ("tenancy.quota.requests\\.cpu=lots", "tenancy.quota"),
+        ("tenancy.groups.admin=a\\,b", "tenancy.groups.admin"),
+        ("tenancy.groups.owner=x", "tenancy.groups"),
     ] {
         let out = helm([
             "template".as_ref(),
@@ -224,6 +214,37 @@ fn the_plain_manifests_are_rendered_from_the_chart() {
         fresh == checked_in,
         "deploy/manifests/ctrlplane-operator.yaml is stale; run hack/render-manifests.sh"
     );
+}
+
+/// Deletes cluster-scoped objects ("kind/name ...") when dropped.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let mut args = vec!["delete", "--ignore-not-found", "--wait=false"];
+        args.extend(self.0.split(' '));
+        let _ = kubectl(args);
+    }
+}
+
+/// The documents of a rendered chart, parsed.
+fn documents(rendered: &str) -> Vec<serde_json::Value> {
+    rendered
+        .split("\n---\n")
+        .filter_map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).ok())
+        .filter(|doc| doc.is_object())
+        .collect()
+}
+
+/// The operator's arguments in a rendered Deployment.
+fn operator_args(docs: &[serde_json::Value]) -> Vec<String> {
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect()
 }
 
 /// A kubeconfig that acts as the chart's ServiceAccount (the admin's
@@ -280,16 +301,8 @@ async fn the_operator_works_with_exactly_the_permissions_the_chart_grants() {
     kubectl_stdin(["apply", "-f", "-"], &rbac.join("\n---\n"))
         .expect_success("applying the chart's RBAC");
     let cluster_scoped = format!(
-        "clusterrole/{release}-ctrlplane-operator clusterrole/{release}-ctrlplane-operator-capacity clusterrolebinding/{release}-ctrlplane-operator-capacity"
+        "clusterrole/{release}-ctrlplane-operator clusterrole/{release}-ctrlplane-operator-capacity clusterrolebinding/{release}-ctrlplane-operator-capacity clusterrole/{release}-ctrlplane-operator-admin clusterrole/{release}-ctrlplane-operator-edit clusterrole/{release}-ctrlplane-operator-view"
     );
-    struct Cleanup(String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let mut args = vec!["delete", "--ignore-not-found", "--wait=false"];
-            args.extend(self.0.split(' '));
-            let _ = kubectl(args);
-        }
-    }
     let _cleanup = Cleanup(cluster_scoped);
 
     let service_account = format!("{release}-ctrlplane-operator");
@@ -643,6 +656,372 @@ async fn metrics_count_reconciles_transitions_and_deliveries() {
         assert!(
             line["span"]["namespace"].is_string() && line["span"]["object"].is_string(),
             "{line}"
+        );
+    }
+}
+
+#[test]
+fn the_chart_renders_tenancy_only_when_enabled() {
+    let render = |sets: &[&str]| {
+        let mut args = vec![
+            "template".to_string(),
+            "t".to_string(),
+            chart().to_string_lossy().into_owned(),
+        ];
+        for set in sets {
+            // `--set` reads braces as a list; group templates have them.
+            args.push(
+                if set.contains('{') {
+                    "--set-json"
+                } else {
+                    "--set"
+                }
+                .into(),
+            );
+            args.push(set.to_string());
+        }
+        helm(args)
+    };
+    let named = |docs: &[serde_json::Value], kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .cloned()
+    };
+
+    // Off by default: the aggregated roles only.
+    let off = render(&[]);
+    assert!(off.success, "{}", off.stderr);
+    let docs = documents(&off.stdout);
+    for (role, aggregates_to) in [
+        ("view", vec!["view", "edit", "admin"]),
+        ("edit", vec!["edit", "admin"]),
+        ("admin", vec!["admin"]),
+    ] {
+        let found = named(
+            &docs,
+            "ClusterRole",
+            &format!("t-ctrlplane-operator-{role}"),
+        )
+        .unwrap_or_else(|| panic!("the {role} role"));
+        for to in aggregates_to {
+            assert_eq!(
+                found["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{to}")],
+                "true",
+                "{role} aggregates into {to}"
+            );
+        }
+    }
+    assert!(named(&docs, "ClusterRole", "t-ctrlplane-operator-tenancy").is_none());
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["kind"] == "ValidatingAdmissionPolicy")
+    );
+    assert!(
+        !operator_args(&docs)
+            .iter()
+            .any(|a| a.starts_with("--tenant-"))
+    );
+
+    // On: the flags, and `bind` on exactly the roles the groups get.
+    let on = render(&[
+        "tenancy.enabled=true",
+        "tenancy.tenantManagerURL=http://tm.example:8080",
+        "tenancy.groups.view=",
+        r#"tenancy.extraRoleBindings=[{"clusterRole":"edit","group":"{org}-{project}-developers"}]"#,
+    ]);
+    assert!(on.success, "{}", on.stderr);
+    let docs = documents(&on.stdout);
+    let args = operator_args(&docs);
+    for wanted in [
+        "--tenant-manager-url=http://tm.example:8080",
+        "--tenant-controller-name=ctrlplane-operator",
+        "--tenant-quota=count/instances.ctrlplane.dev=50,count/sandboxes.ctrlplane.dev=50,count/webhooks.ctrlplane.dev=20,requests.storage=500Gi",
+        "--tenant-role-binding=t-ctrlplane-operator-admin={org}-{project}-admins,t-ctrlplane-operator-edit={org}-{project}-editors,edit={org}-{project}-developers",
+    ] {
+        assert!(args.iter().any(|a| a == wanted), "{wanted} not in {args:?}");
+    }
+    let tenancy = named(&docs, "ClusterRole", "t-ctrlplane-operator-tenancy").unwrap();
+    let bind: Vec<&serde_json::Value> = tenancy["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["verbs"].as_array().unwrap().iter().any(|v| v == "bind"))
+        .collect();
+    assert_eq!(bind.len(), 1);
+    assert_eq!(
+        bind[0]["resourceNames"],
+        serde_json::json!([
+            "t-ctrlplane-operator-admin",
+            "t-ctrlplane-operator-edit",
+            "edit"
+        ])
+    );
+    assert!(named(&docs, "ClusterRoleBinding", "t-ctrlplane-operator-tenancy").is_some());
+    assert!(
+        named(
+            &docs,
+            "ValidatingAdmissionPolicy",
+            "t-ctrlplane-operator-tenant-namespaces"
+        )
+        .is_some()
+    );
+
+    // No group at all: no bind rule (resourceNames left empty would mean
+    // every ClusterRole).
+    let none = render(&[
+        "tenancy.enabled=true",
+        "tenancy.tenantManagerURL=http://tm",
+        "tenancy.groups.admin=",
+        "tenancy.groups.edit=",
+        "tenancy.groups.view=",
+        "tenancy.quota=null",
+    ]);
+    assert!(none.success, "{}", none.stderr);
+    let docs = documents(&none.stdout);
+    let tenancy = named(&docs, "ClusterRole", "t-ctrlplane-operator-tenancy").unwrap();
+    assert!(!tenancy.to_string().contains("\"bind\""), "{tenancy}");
+    let args = operator_args(&docs);
+    assert!(
+        args.iter().any(|a| a == "--tenant-role-binding="),
+        "{args:?}"
+    );
+    assert!(args.iter().any(|a| a == "--tenant-quota="), "{args:?}");
+
+    // Project namespaces must be watched: a list of namespaces is refused.
+    let watched = render(&[
+        "tenancy.enabled=true",
+        "tenancy.tenantManagerURL=http://tm",
+        "watchNamespaces[0]=team-a",
+    ]);
+    assert!(!watched.success);
+    assert!(
+        watched.stderr.contains("watchNamespaces to be empty"),
+        "{}",
+        watched.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenancy_source_works_with_exactly_the_permissions_the_chart_grants() {
+    ensure_crds();
+    let ns = TestNamespace::create("rbac-tenancy");
+    let release = format!("rt-{}", &ns.name[13..]);
+    let controller = format!("ctrl-{}", ns.name);
+    let tm = TenantManager::start(&controller).await;
+    let org = tm.create_org("rbac");
+    let project = tm.create_project(&org, "tenant");
+    let tenant_ns = TestNamespace::adopt(&project.namespace());
+
+    let rendered = helm([
+        "template",
+        &release,
+        chart().to_str().unwrap(),
+        "--namespace",
+        &ns.name,
+        "--set",
+        "tenancy.enabled=true",
+        "--set",
+        &format!("tenancy.tenantManagerURL={}", tm.url()),
+        "--set",
+        &format!("tenancy.controllerName={controller}"),
+        "--set",
+        "tenancy.pollIntervalSeconds=1",
+    ]);
+    assert!(rendered.success, "{}", rendered.stderr);
+    // Everything but the Deployment and what serves it: the operator runs
+    // as a process with the ServiceAccount's identity instead.
+    let wanted_kinds = [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ];
+    let access: Vec<&str> = rendered
+        .stdout
+        .split("\n---\n")
+        .filter(|doc| {
+            serde_saphyr::from_str::<serde_json::Value>(doc)
+                .ok()
+                .and_then(|d| d["kind"].as_str().map(str::to_string))
+                .is_some_and(|kind| wanted_kinds.contains(&kind.as_str()))
+        })
+        .collect();
+    let prefix = format!("{release}-ctrlplane-operator");
+    let _cleanup = Cleanup(format!(
+        "clusterrole/{prefix} clusterrole/{prefix}-capacity clusterrole/{prefix}-tenancy clusterrole/{prefix}-admin clusterrole/{prefix}-edit clusterrole/{prefix}-view clusterrolebinding/{prefix} clusterrolebinding/{prefix}-capacity clusterrolebinding/{prefix}-tenancy validatingadmissionpolicy/{prefix}-tenant-namespaces validatingadmissionpolicybinding/{prefix}-tenant-namespaces"
+    ));
+    kubectl_stdin(["apply", "-f", "-"], &access.join("\n---\n"))
+        .expect_success("applying the chart's RBAC and policy");
+
+    let kubeconfig = impersonating_kubeconfig(&ns.name, &prefix);
+    let as_operator = |args: &[&str]| {
+        let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let output = Command::new(kubectl_binary()).args(&all).output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // Admission policies take a moment to be in force.
+    wait_until("the namespace policy to be in force", WAIT, || {
+        let (ok, stderr) =
+            as_operator(&["label", "namespace", &ns.name, "probe=1", "--dry-run=server"]);
+        async move { Ok((!ok && stderr.contains("writes only the namespaces it made")).then_some(())) }
+    })
+    .await;
+
+    // The tenancy flags exactly as the chart's Deployment passes them.
+    let tenancy_args: Vec<String> = operator_args(&documents(&rendered.stdout))
+        .into_iter()
+        .filter(|a| a.starts_with("--tenant-"))
+        .collect();
+    let mut args: Vec<&str> = vec![
+        "--leader-election",
+        "--leader-election-namespace",
+        &ns.name,
+        "--namespace",
+        &tenant_ns.name,
+    ];
+    args.extend(tenancy_args.iter().map(String::as_str));
+    ensure_quotas_count_ctrlplane_kinds();
+    let operator = Operator::start_as(&ns.name, &kubeconfig, &args);
+    wait_until("the project completed", WAIT, || async {
+        Ok((tm.row(&project.id).map(|r| r.0).as_deref() == Some("completed")).then_some(()))
+    })
+    .await;
+
+    // Its namespace has the three bindings of the chart's own roles, and a
+    // member of the project's editors group runs an Instance there (which
+    // the operator, as its ServiceAccount, brings to Running) and nowhere else.
+    let mut bindings: Vec<String> = kubectl([
+        "get",
+        "rolebindings",
+        "-n",
+        &tenant_ns.name,
+        "-o",
+        "jsonpath={.items[*].roleRef.name}",
+    ])
+    .expect_success("listing the bindings")
+    .stdout
+    .split_whitespace()
+    .map(str::to_string)
+    .collect();
+    bindings.sort();
+    assert_eq!(
+        bindings,
+        [
+            format!("{prefix}-admin"),
+            format!("{prefix}-edit"),
+            format!("{prefix}-view")
+        ]
+    );
+    let editor = ["--as", "bob", "--as-group", "rbac-tenant-editors"];
+    let instance = "apiVersion: ctrlplane.dev/v1alpha1\nkind: Instance\nmetadata:\n  name: web\nspec:\n  image: nginx:1.27\n";
+    let mut apply = editor.to_vec();
+    apply.extend(["apply", "--server-side", "-n", &tenant_ns.name, "-f", "-"]);
+    kubectl_stdin(apply, instance).expect_success("the project's editor applies an Instance");
+    let mut elsewhere = editor.to_vec();
+    elsewhere.extend(["apply", "--server-side", "-n", &ns.name, "-f", "-"]);
+    let refused = kubectl_stdin(elsewhere, instance);
+    assert!(
+        !refused.success && refused.stderr.contains("forbidden"),
+        "{}",
+        refused.stderr
+    );
+    let instances: Api<Instance> = Api::namespaced(client().await, &tenant_ns.name);
+    wait_until("the tenant's Instance Running", WAIT, || async {
+        let i = instances.get("web").await.map_err(|e| e.to_string())?;
+        Ok((i.status.and_then(|s| s.phase) == Some(InstancePhase::Running)).then_some(()))
+    })
+    .await;
+
+    // Deleted: the Instance through its finalizer, then the namespace.
+    tm.delete_project(&project);
+    wait_until("the deletion acknowledged", WAIT, || async {
+        Ok(tm
+            .statuses(&project.id)
+            .iter()
+            .any(|s| s == "DELETE")
+            .then_some(()))
+    })
+    .await;
+    assert!(
+        kubectl(["get", "namespace", &tenant_ns.name])
+            .stderr
+            .contains("NotFound"),
+        "the project's namespace is gone"
+    );
+    let log = operator.log();
+    assert!(
+        !log.contains("forbidden"),
+        "the operator hit a permission it lacks:\n{}",
+        log.lines()
+            .filter(|l| l.contains("forbidden"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(tm.violations().is_empty(), "{:?}", tm.violations());
+
+    // And nothing beyond: `bind` on its own roles only, and namespaces
+    // only when they are the ones it made.
+    let view_role = format!("--clusterrole={prefix}-view");
+    let (ok, stderr) = as_operator(&[
+        "create",
+        "rolebinding",
+        "allowed",
+        "-n",
+        &ns.name,
+        &view_role,
+        "--group=g",
+        "--dry-run=server",
+    ]);
+    assert!(ok, "binding the chart's view role: {stderr}");
+    for forbidden in [
+        vec![
+            "create",
+            "rolebinding",
+            "escalate",
+            "-n",
+            &ns.name,
+            "--clusterrole=cluster-admin",
+            "--user=nobody",
+            "--dry-run=server",
+        ],
+        vec![
+            "create",
+            "rolebinding",
+            "broader",
+            "-n",
+            &ns.name,
+            "--clusterrole=edit",
+            "--group=g",
+            "--dry-run=server",
+        ],
+        vec!["delete", "namespace", &ns.name, "--dry-run=server"],
+        vec![
+            "label",
+            "namespace",
+            "default",
+            "pod-security.kubernetes.io/enforce=privileged",
+            "--dry-run=server",
+        ],
+        vec![
+            "create",
+            "namespace",
+            &format!("{}-x", ns.name),
+            "--dry-run=server",
+        ],
+        vec!["get", "secrets", "--all-namespaces"],
+    ] {
+        let (ok, stderr) = as_operator(&forbidden);
+        assert!(
+            !ok && (stderr.contains("forbidden") || stderr.contains("Forbidden")),
+            "{forbidden:?} should be forbidden: {stderr}"
         );
     }
 }

@@ -117,6 +117,10 @@ pub struct RunArgs {
         default_value_t = 15
     )]
     pub leader_election_lease_duration: u64,
+
+    /// The tenancy source (`--tenant-*`), off unless a Tenant Manager URL is set.
+    #[command(flatten)]
+    pub tenancy: crate::tenancy::TenancyArgs,
 }
 
 /// Errors while starting up.

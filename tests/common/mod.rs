@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod receiver;
+pub mod tenant_manager;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
@@ -219,6 +220,12 @@ impl TestNamespace {
 }
 
 impl TestNamespace {
+    /// Takes charge of a namespace something else made (the operator, for a
+    /// project), so it is removed when the test ends like one of its own.
+    pub fn adopt(name: &str) -> Self {
+        Self { name: name.into() }
+    }
+
     /// Takes our finalizers off whatever is left in the namespace. Called
     /// once the test's operator is gone: nothing would release them, and the
     /// namespace would stay Terminating for ever.
@@ -289,6 +296,26 @@ impl Drop for TestNamespace {
             ])
             .output();
     }
+}
+
+/// The Helm chart.
+pub fn chart() -> PathBuf {
+    repo_root().join("deploy/helm/ctrlplane-operator")
+}
+
+/// helm from the control-plane cache (hack/test.sh puts it on PATH).
+pub fn helm<I, S>(args: I) -> KubectlOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let binary = std::env::var_os("HELM").unwrap_or_else(|| "helm".into());
+    let output = Command::new(binary)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig())
+        .output()
+        .expect("helm could not be started; it is built by hack/controlplane.sh build");
+    KubectlOutput::from_output(output)
 }
 
 /// How often [`wait_until`] checks its condition again.
