@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use chrono::Utc;
 use clap::Parser;
 use clap::error::ErrorKind;
-use ctrlplane_operator::api::{Instance, Sandbox};
+use ctrlplane_operator::api::{Instance, Sandbox, WebhookDelivery};
 use serde_json::{Map, Value};
 
 use cli::{Cli, Command, Global, Object, Output};
@@ -336,14 +336,12 @@ async fn history(cluster: &Cluster, global: &Global, object: &Object) -> Result<
     }
     .unwrap_or_default();
     if matches!(global.output, Some(Output::Json | Output::Yaml)) {
-        return print_value(
-            global.output,
-            &current["status"]["history"]
-                .as_array()
-                .cloned()
-                .map(Value::Array)
-                .unwrap_or(Value::Array(vec![])),
-        );
+        // The entries as the API server holds them.
+        let raw = match &current["status"]["history"] {
+            Value::Array(entries) => Value::Array(entries.clone()),
+            _ => Value::Array(Vec::new()),
+        };
+        return print_value(global.output, &raw);
     }
     if entries.is_empty() {
         eprintln!("No history yet for {}.", kind.object(&target.name));
@@ -361,6 +359,16 @@ async fn webhook(
     let target = target::parse(command, &[name.to_string()], &[Kind::Webhook])?;
     let webhook = cluster.get(Kind::Webhook, &target.name).await?;
     Ok((target.name, webhook))
+}
+
+/// Deliveries in the order they are listed, each typed and raw.
+fn in_order(items: Vec<Value>) -> Result<Vec<(WebhookDelivery, Value)>, CliError> {
+    let mut pairs = items
+        .into_iter()
+        .map(|raw| Ok((cluster::typed(Kind::WebhookDelivery, &raw)?, raw)))
+        .collect::<Result<Vec<_>, CliError>>()?;
+    pairs.sort_by_key(|(typed, _)| show::delivery_order(typed));
+    Ok(pairs)
 }
 
 fn phase(delivery: &Value) -> &str {
@@ -381,32 +389,19 @@ async fn deliveries(
         Some(name) => Some(webhook(cluster, "deliveries", name).await?.0),
         None => None,
     };
-    let mut items: Vec<Value> = cluster
-        .deliveries(webhook_name.as_deref(), all_namespaces)
-        .await?
-        .into_iter()
-        .filter(|d| !failed || phase(d) == "Failed")
-        .collect();
-    let mut typed: Vec<ctrlplane_operator::api::WebhookDelivery> = items
-        .iter()
-        .map(|d| cluster::typed(Kind::WebhookDelivery, d))
-        .collect::<Result<_, _>>()?;
-    show::sort_deliveries(&mut typed);
+    let items: Vec<(WebhookDelivery, Value)> = in_order(
+        cluster
+            .deliveries(webhook_name.as_deref(), all_namespaces)
+            .await?,
+    )?
+    .into_iter()
+    .filter(|(_, raw)| !failed || phase(raw) == "Failed")
+    .collect();
     if matches!(global.output, Some(Output::Json | Output::Yaml)) {
-        let order: Vec<String> = typed
-            .iter()
-            .map(|d| format!("{:?}/{:?}", d.metadata.namespace, d.metadata.name))
-            .collect();
-        items.sort_by_key(|d| {
-            let key = format!(
-                "{:?}/{:?}",
-                d["metadata"]["namespace"].as_str().map(String::from),
-                d["metadata"]["name"].as_str().map(String::from)
-            );
-            order.iter().position(|k| *k == key)
-        });
-        return print_value(global.output, &cluster::list(items));
+        let raw = items.into_iter().map(|(_, raw)| raw).collect();
+        return print_value(global.output, &cluster::list(raw));
     }
+    let typed: Vec<WebhookDelivery> = items.into_iter().map(|(typed, _)| typed).collect();
     if typed.is_empty() {
         if all_namespaces {
             eprintln!("No resources found");
@@ -447,13 +442,12 @@ async fn redeliver(
         }
         (None, Some(webhook_name)) => {
             let (webhook_name, webhook) = webhook(cluster, "redeliver", webhook_name).await?;
-            let names: Vec<String> = cluster
-                .deliveries(Some(&webhook_name), false)
-                .await?
-                .iter()
-                .filter(|d| phase(d) == "Failed")
-                .map(|d| obj_name(d).to_string())
-                .collect();
+            let names: Vec<String> =
+                in_order(cluster.deliveries(Some(&webhook_name), false).await?)?
+                    .iter()
+                    .filter(|(_, raw)| phase(raw) == "Failed")
+                    .map(|(_, raw)| obj_name(raw).to_string())
+                    .collect();
             if names.is_empty() {
                 eprintln!(
                     "No Failed deliveries of {} in namespace {}.",

@@ -621,21 +621,17 @@ pub fn deliveries_table(
     table::render(&headers, &rows, 0)
 }
 
-/// The order `deliveries` lists records in: by namespace, webhook, object
-/// and event sequence (their names sort sequence 10 before 2).
-pub fn sort_deliveries(deliveries: &mut [WebhookDelivery]) {
-    deliveries.sort_by(|a, b| {
-        let key = |d: &WebhookDelivery| {
-            (
-                d.metadata.namespace.clone(),
-                d.spec.webhook_name.clone(),
-                d.spec.event.subject.name.clone(),
-                d.spec.event.subject.uid.clone(),
-                d.spec.event.sequence,
-            )
-        };
-        key(a).cmp(&key(b))
-    });
+/// The order `deliveries` lists records in (and `redeliver --failed`
+/// asks for them): by namespace, webhook, object and event sequence (their
+/// names sort sequence 10 before 2).
+pub fn delivery_order(d: &WebhookDelivery) -> (Option<String>, String, String, String, i64) {
+    (
+        d.metadata.namespace.clone(),
+        d.spec.webhook_name.clone(),
+        d.spec.event.subject.name.clone(),
+        d.spec.event.subject.uid.clone(),
+        d.spec.event.sequence,
+    )
 }
 
 #[cfg(test)]
@@ -918,7 +914,7 @@ History (last 5 of 7; `kubectl ctrlplane history inst/web` shows all):
                 "lastError": "the endpoint answered 500 Internal Server Error", "completedAt": "2026-11-27T08:59:00Z"}),
             ),
         ];
-        sort_deliveries(&mut items);
+        items.sort_by_key(delivery_order);
         let text = deliveries_table(&items, false, view(false));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
