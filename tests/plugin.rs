@@ -404,6 +404,16 @@ async fn stop_scale_and_start_an_instance_beside_a_gitops_tool() {
 
     // The GitOps tool syncs again: no conflict, and the Instance stays stopped.
     gitops(&in_git).expect_success("the GitOps apply, again");
+    // Had Git held spec.state, an apply that is not forced would conflict.
+    let fights = gitops(&format!("{in_git}  state: Running\n"));
+    assert!(
+        !fights.success
+            && fights
+                .stderr
+                .contains("conflict with \"kubectl-ctrlplane\"")
+            && fights.stderr.contains(".spec.state"),
+        "{fights:?}"
+    );
     // Scaling a stopped Instance must not drop spec.state (a server-side
     // apply that left it out would remove it, and it would start).
     let scaled = f
@@ -427,6 +437,12 @@ async fn stop_scale_and_start_an_instance_beside_a_gitops_tool() {
         owners_of(&owners, "kubectl-ctrlplane/Apply"),
         Some(&vec!["replicas".to_string(), "state".to_string()]),
         "{owners:?}"
+    );
+    gitops(&in_git).expect_success("the GitOps apply after scale");
+    let instance = f.instances.get("web").await.unwrap();
+    assert_eq!(
+        (instance.spec.replicas, instance.spec.state),
+        (3, ctrlplane_operator::api::DesiredState::Stopped)
     );
 
     let started = f.ctl(&["start", "instance", "web"]).ok("start");
