@@ -2,6 +2,7 @@
 //! the real local control plane: each test runs the built
 //! `kubectl-ctrlplane` binary the way a user would, with `--kubeconfig` and
 //! `-n`, and checks what the operator of its own namespace then does.
+//! Every test name contains "plugin", so `hack/test.sh plugin` runs them.
 
 mod common;
 
@@ -365,7 +366,7 @@ async fn kubectl_runs_the_plugin_from_path_and_every_command_has_help() {
 /// rest keeps it, re-applies its manifest without a conflict, and a later
 /// command keeps what an earlier one set.
 #[tokio::test]
-async fn stop_scale_and_start_an_instance_beside_a_gitops_tool() {
+async fn plugin_stops_scales_and_starts_an_instance_beside_a_gitops_tool() {
     let f = fixture("plugin-stop", true).await;
     let gitops = |manifest: &str| {
         kubectl_stdin(
@@ -475,7 +476,7 @@ async fn stop_scale_and_start_an_instance_beside_a_gitops_tool() {
 /// does not run it while it is suspended (and says so); `resume` removes
 /// spec.suspend and nothing else, and it runs again.
 #[tokio::test]
-async fn suspend_and_resume_an_instance() {
+async fn plugin_suspends_and_resumes_an_instance() {
     let f = fixture("plugin-suspend", true).await;
     f.apply(&instance_manifest("web"));
     f.instance_phase("web", InstancePhase::Running).await;
@@ -535,7 +536,7 @@ async fn suspend_and_resume_an_instance() {
 /// `restart` sets spec.restartedAt: every replica is replaced once and the
 /// history says instance.restarted.
 #[tokio::test]
-async fn restart_an_instance_rolls_its_replicas() {
+async fn plugin_restarts_an_instance_and_every_replica_is_replaced() {
     let f = fixture("plugin-restart", true).await;
     f.apply(&instance_manifest("web"));
     f.instance_until("web", "Running and Ready", |i| {
@@ -587,7 +588,7 @@ async fn restart_an_instance_rolls_its_replicas() {
 /// history entries; `history` every entry; `-o json|yaml` the raw objects;
 /// `-o wide` more columns.
 #[tokio::test]
-async fn status_and_history_of_an_instance() {
+async fn plugin_shows_status_and_history_of_an_instance() {
     let f = fixture("plugin-status", true).await;
     f.apply(&instance_manifest("web"));
     f.instance_phase("web", InstancePhase::Running).await;
@@ -700,7 +701,7 @@ async fn status_and_history_of_an_instance() {
 /// `stop`, `start` and `restart` of a Sandbox, and its `status` with its
 /// pod, claim and Service.
 #[tokio::test]
-async fn stop_start_restart_and_status_of_a_sandbox() {
+async fn plugin_stops_starts_restarts_and_shows_a_sandbox() {
     let f = fixture("plugin-sbx", true).await;
     let storage = Storage::create(&f.ns.name, 1);
     f.apply(&sandbox_manifest(
@@ -778,7 +779,7 @@ fn deadline(sandbox: &Sandbox) -> Option<DateTime<Utc>> {
 /// uses; `expire` makes it expire now (expiryPolicy Stop: Stopped,
 /// Expired=True); extending it again brings it back.
 #[tokio::test]
-async fn extend_and_expire_a_sandbox() {
+async fn plugin_extends_and_expires_a_sandbox() {
     let f = fixture("plugin-expiry", true).await;
     let storage = Storage::create(&f.ns.name, 1);
     f.apply(&sandbox_manifest(
@@ -868,7 +869,7 @@ async fn extend_and_expire_a_sandbox() {
 /// Failed ones); `redeliver` sends a completed one again, and `redeliver
 /// --failed` every Failed one of a Webhook.
 #[tokio::test]
-async fn deliveries_and_redeliver() {
+async fn plugin_lists_deliveries_and_redelivers_them() {
     let f = fixture("plugin-deliveries", true).await;
     let failing = Receiver::start(&[SECRET]).await;
     failing.set_mode(Mode::Answer(500));
@@ -1074,7 +1075,7 @@ async fn deliveries_and_redeliver() {
 /// Failures are one line on stderr and exit code 1, for the API server's
 /// refusals and the plugin's own.
 #[tokio::test]
-async fn errors_are_one_line_with_exit_code_1() {
+async fn plugin_errors_are_one_line_with_exit_code_1() {
     let f = fixture("plugin-errors", false).await;
     f.apply(&instance_manifest("twin"));
     f.apply(&sandbox_manifest("twin", "standard", ""));
@@ -1155,7 +1156,7 @@ async fn errors_are_one_line_with_exit_code_1() {
 /// `$KUBECONFIG`, `~/.kube/config`; `--context`; the namespace from `-n`,
 /// else the context's.
 #[tokio::test]
-async fn kubeconfig_context_and_namespace_are_found_as_kubectl_finds_them() {
+async fn plugin_finds_kubeconfig_context_and_namespace_as_kubectl_does() {
     let f = fixture("plugin-kubeconfig", false).await;
     f.apply(&instance_manifest("web"));
     let home = TempDir::create("home");
