@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod receiver;
+pub mod storage;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
