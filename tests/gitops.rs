@@ -652,11 +652,24 @@ async fn drive_rolled_back_instance() -> Vec<Snapshot> {
             serde_json::json!({"image": "example.test/crashloop:2"}),
         )
         .await;
-    scene
-        .capture("Running, rolled back", "Instance", "rollback", |o| {
-            running(o) && has(o, "Progressing", "False", "RolledBack")
+    let outcome = scene
+        .wait_state("rolled back (or Failed)", "Instance", "rollback", |o| {
+            (running(o) && has(o, "Progressing", "False", "RolledBack"))
+                || (observed(o) && phase(o) == Some("Failed"))
         })
         .await;
+    assert_eq!(
+        phase(&outcome),
+        Some("Running"),
+        "the rollback itself was judged failed, so there is no rolled-back Instance to read: {}; \
+         releases {}",
+        describe(&outcome),
+        status(&outcome)["releases"]
+    );
+    scene.snapshots.push(Snapshot {
+        state: "Running, rolled back",
+        object: outcome,
+    });
     scene.snapshots
 }
 
