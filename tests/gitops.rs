@@ -142,9 +142,9 @@ fn lua_string(s: &str, out: &mut String) {
 /// What Argo CD shows for an object: runs `script` on it in Lua 5.1, in an
 /// environment cut down to what Argo CD's Lua VM offers a health script (the
 /// base, table and package libraries; no string, math, io or debug library,
-/// and no string methods). Argo CD also offers a safe subset of os (time,
-/// date, clock); this leaves os out altogether, which only ever fails a
-/// script Argo CD would run.
+/// and no string methods). Argo CD also offers a safe os with time and
+/// date only; this leaves os out altogether, which can only fail a script
+/// Argo CD would run, never pass one it would not.
 fn run_health_script(script: &Path, object: &Value) -> Health {
     try_health_script(script, object)
         .unwrap_or_else(|e| panic!("{script:?} failed on {}:\n{e}", describe(object)))
