@@ -25,6 +25,10 @@ step() { printf '\n==> %s (%ss)\n' "$*" "$((SECONDS - started))"; }
 step "building the control plane (cached after the first run)"
 hack/controlplane.sh build
 
+step "building kstatus for the GitOps tests (cached after the first run)"
+CTRLPLANE_KSTATUS=$(hack/kstatus/build.sh)
+export CTRLPLANE_KSTATUS
+
 step "building the operator and its tests"
 cargo build --all-targets --locked
 
