@@ -548,8 +548,8 @@ fn rootfs_has_the_ca_bundle_and_the_nonroot_user() {
     assert!(image.in_rootfs("/tmp").is_dir());
 }
 
-/// glibc linked statically still looks names up through NSS; `files` and `dns` are built
-/// into glibc 2.34 and later, so the image needs no NSS module on disk. This runs the
+/// glibc linked statically still looks names up through NSS; `files` and `dns` are inside
+/// libc in the glibc it is built with (Debian 12: 2.36), so the image needs no NSS module. This runs the
 /// binary chrooted into a copy of the unpacked image (in a user and mount namespace, so
 /// no root is needed), with the /etc/hosts and /dev a container runtime would provide,
 /// and checks that it resolves a name from /etc/hosts: `run` with leader election asks
