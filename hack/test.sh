@@ -19,6 +19,12 @@ export CTRLPLANE_PORT_BASE=${CTRLPLANE_TEST_PORT_BASE:-16540}
 # than there are cores.
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-6}
 
+# tests/image.rs builds and unpacks the image with umoci; say so now, not after the run.
+if (($# == 0)) && ! command -v umoci >/dev/null; then
+  echo "umoci is required for tests/image.rs (Debian: apt-get install umoci; .ci/run installs it)" >&2
+  exit 1
+fi
+
 started=$SECONDS
 step() { printf '\n==> %s (%ss)\n' "$*" "$((SECONDS - started))"; }
 
@@ -31,6 +37,13 @@ export CTRLPLANE_KSTATUS
 
 step "building the operator and its tests"
 cargo build --all-targets --locked
+
+if (($# == 0)); then
+  # tests/image.rs would build it too; here its time shows as a step of its own
+  # (a static release build: minutes cold, a second when nothing changed).
+  step "building the image (hack/image.sh)"
+  hack/image.sh
+fi
 
 step "lint: cargo fmt --check and cargo clippy"
 cargo fmt --check
