@@ -165,3 +165,76 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
 }
+
+/// Waits until the operator's API request count has not moved for `window`:
+/// whatever it was doing has run its course.
+pub async fn wait_quiet(port: u16, window: Duration) -> Result<(), Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut last = scrape_metric(port, "ctrlplane_kube_api_requests_total").await?;
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = scrape_metric(port, "ctrlplane_kube_api_requests_total").await?;
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= window {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("the operator never went quiet".into());
+        }
+    }
+}
+
+/// Requests about single objects between two scrapes of /metrics, by "verb
+/// resource": every verb but list and watch, which a watch makes once for
+/// all objects.
+pub fn object_requests(before: &str, after: &str) -> std::collections::BTreeMap<String, f64> {
+    let read = |text: &str| {
+        let mut requests = std::collections::BTreeMap::new();
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("ctrlplane_kube_api_requests_total{"))
+        {
+            let label = |name: &str| line.split(&format!("{name}=\"")).nth(1)?.split('"').next();
+            let (Some(verb), Some(resource)) = (label("verb"), label("resource")) else {
+                continue;
+            };
+            if verb == "list" || verb == "watch" {
+                continue;
+            }
+            let count: f64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            *requests.entry(format!("{verb} {resource}")).or_insert(0.0) += count;
+        }
+        requests
+    };
+    let (before, after) = (read(before), read(after));
+    after
+        .into_iter()
+        .map(|(k, v)| (k.clone(), v - before.get(&k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect()
+}
+
+/// Prints requests per object, by verb and resource.
+pub fn print_per_object(
+    what: &str,
+    requests: &std::collections::BTreeMap<String, f64>,
+    objects: usize,
+) {
+    let total: f64 = requests.values().sum();
+    let parts: Vec<String> = requests
+        .iter()
+        .map(|(k, v)| format!("{k} {:.2}", v / objects as f64))
+        .collect();
+    println!(
+        "| API requests per object, {what} | {:.2} ({}) | - | - |",
+        total / objects as f64,
+        parts.join(", ")
+    );
+}

@@ -108,6 +108,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let metrics_port = free_port();
     let mut operator = start_operator(&operator_binary, &operator_ns, metrics_port)?;
     wait_ready(metrics_port).await?;
+    let scrape_before = scrape(metrics_port).await?;
     let before_cpu = cpu_seconds(operator.id());
     let started = Instant::now();
     let instances: Api<Instance> = Api::namespaced(client.clone(), &operator_ns);
@@ -131,11 +132,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
     let operator_wall = started.elapsed();
-    let scrape = scrape(metrics_port).await?;
-    let operator_requests = metric(&scrape, "ctrlplane_kube_api_requests_total");
-    let reconciles = metric(&scrape, "ctrlplane_reconciles_total");
-    let status_writes = metric(&scrape, "ctrlplane_status_writes_total");
     let cpu = cpu_seconds(operator.id()) - before_cpu;
+    // Progress folded into later writes lands within seconds: count it.
+    wait_quiet(metrics_port, Duration::from_secs(6)).await?;
+    let scrape_running = scrape(metrics_port).await?;
+    let operator_requests = metric(&scrape_running, "ctrlplane_kube_api_requests_total");
+    let reconciles = metric(&scrape_running, "ctrlplane_reconciles_total");
+    let status_writes = metric(&scrape_running, "ctrlplane_status_writes_total");
+    let to_running = object_requests(&scrape_before, &scrape_running);
 
     // Settled: how many reconciles per Instance per minute with nothing changing.
     let window = Duration::from_secs(60);
@@ -163,7 +167,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "| API requests (operator: its own, from /metrics; baseline: the plain client's) | {operator_requests} | {baseline_requests} | {:.2} |",
         operator_requests / baseline_requests as f64
     );
-    println!("| operator CPU seconds to all Running | {cpu:.1} | - | - |");
+    println!(
+        "| operator CPU seconds to all Running | {cpu:.1} ({:.1} ms per Instance) | - | - |",
+        cpu * 1000.0 / n
+    );
+    print_per_object("apply -> Running", &to_running, count);
     println!("| operator peak RSS | {rss:.1} MiB | - | - |");
     println!(
         "| reconciles per Instance to Running | {:.2} | - | - |",
@@ -180,7 +188,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("| API requests per minute, settled | {settled_requests} | - | - |");
 
     // Deleting goes through the operator too (finalizers): time it as well.
+    // The Instances first, so their deletion is counted by the operator
+    // still watching them; then the namespace.
+    let scrape_settled = scrape(metrics_port).await?;
+    let cpu_settled = cpu_seconds(operator.id());
     let deleting = Instant::now();
+    instances
+        .delete_collection(&kube::api::DeleteParams::default(), &ListParams::default())
+        .await?;
+    wait_until(count, Duration::from_secs(1800), || async {
+        Ok(count.saturating_sub(instances.list(&ListParams::default()).await?.items.len()))
+    })
+    .await?;
+    let instances_gone = deleting.elapsed();
+    let delete_cpu = cpu_seconds(operator.id()) - cpu_settled;
+    wait_quiet(metrics_port, Duration::from_secs(3)).await?;
+    let deletion = object_requests(&scrape_settled, &scrape(metrics_port).await?);
     delete_namespace(&client, &operator_ns).await?;
     let deleted = deleting.elapsed();
     let cpu_total = cpu_seconds(operator.id()) - before_cpu;
@@ -194,7 +217,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         deleted.as_secs_f64() / baseline_deleted.as_secs_f64()
     );
     println!(
-        "| operator CPU seconds, whole run (create, settle, delete) | {cpu_total:.1} | - | - |"
+        "| every Instance gone (its finalizer released) | {:.1}s | - | - |",
+        instances_gone.as_secs_f64()
+    );
+    print_per_object("deletion", &deletion, count);
+    println!(
+        "| operator CPU seconds to delete | {delete_cpu:.1} ({:.1} ms per Instance) | - | - |",
+        delete_cpu * 1000.0 / n
+    );
+    println!(
+        "| operator CPU seconds, whole run (create, settle, delete) | {cpu_total:.1} ({:.1} ms per Instance) | - | - |",
+        cpu_total * 1000.0 / n
     );
     Ok(())
 }

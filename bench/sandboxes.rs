@@ -120,6 +120,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port = free_port();
     let mut operator = start_operator(&operator_binary, operator_ns, port)?;
     wait_ready(port).await?;
+    let scrape_before = scrape(port).await?;
     let cpu_before = cpu_seconds(operator.id());
     let sandboxes: Api<Sandbox> = Api::namespaced(client.clone(), operator_ns);
     let started = Instant::now();
@@ -139,18 +140,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     wait_until(count, Duration::from_secs(1800), || running(&sandboxes)).await?;
     let operator_up = started.elapsed();
-    let requests_up = scrape_metric(port, "ctrlplane_kube_api_requests_total").await?;
-    let reconciles_up = scrape_metric(port, "ctrlplane_reconciles_total{kind=\"Sandbox\"}").await?;
+    let cpu_up = cpu_seconds(operator.id()) - cpu_before;
+    wait_quiet(port, Duration::from_secs(6)).await?;
+    let scrape_up = scrape(port).await?;
+    let requests_up = metric(&scrape_up, "ctrlplane_kube_api_requests_total");
+    let reconciles_up = metric(&scrape_up, "ctrlplane_reconciles_total{kind=\"Sandbox\"}");
+    let to_running = object_requests(&scrape_before, &scrape_up);
     let started = Instant::now();
     sandboxes
         .delete_collection(&DeleteParams::default(), &ListParams::default())
         .await?;
+    // Deleted means what the baseline's means: the pods and claims are gone
+    // too (the garbage collector removes them once their Sandbox is).
+    let operator_pods: Api<Pod> = Api::namespaced(client.clone(), operator_ns);
+    let operator_claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), operator_ns);
     wait_until(count, Duration::from_secs(1800), || async {
-        Ok(count.saturating_sub(sandboxes.list(&ListParams::default()).await?.items.len()))
+        let left = sandboxes.list(&ListParams::default()).await?.items.len()
+            + operator_pods
+                .list(&ListParams::default())
+                .await?
+                .items
+                .len()
+            + operator_claims
+                .list(&ListParams::default())
+                .await?
+                .items
+                .len();
+        Ok(count.saturating_sub(left))
     })
     .await?;
     let operator_down = started.elapsed();
-    let requests = scrape_metric(port, "ctrlplane_kube_api_requests_total").await?;
+    wait_quiet(port, Duration::from_secs(3)).await?;
+    let scrape_down = scrape(port).await?;
+    let deletion = object_requests(&scrape_up, &scrape_down);
+    let requests = metric(&scrape_down, "ctrlplane_kube_api_requests_total");
     let cpu = cpu_seconds(operator.id()) - cpu_before;
     let rss = peak_rss_mib(operator.id());
     let _ = operator.kill();
@@ -186,7 +209,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "| reconciles per Sandbox to Running | {:.2} | - | - |",
         reconciles_up / count as f64
     );
-    println!("| operator CPU seconds, whole run | {cpu:.1} | - | - |");
+    print_per_object("apply -> Running", &to_running, count);
+    print_per_object("deletion", &deletion, count);
+    println!(
+        "| operator CPU seconds to all Running | {cpu_up:.1} ({:.1} ms per Sandbox) | - | - |",
+        cpu_up * 1000.0 / count as f64
+    );
+    println!(
+        "| operator CPU seconds, whole run | {cpu:.1} ({:.1} ms per Sandbox) | - | - |",
+        cpu * 1000.0 / count as f64
+    );
     println!("| operator peak RSS | {rss:.1} MiB | - | - |");
     Ok(())
 }

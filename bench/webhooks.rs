@@ -1,108 +1,95 @@
-//! Benchmark: lifecycle events delivered to webhooks, against two baselines
-//! measured in the same run.
+//! Benchmark: the webhook pipeline itself. A fixed-rate churn of lifecycle
+//! events on Instances that already exist, with 0, 1 and 10 Webhooks, at
+//! several rates and as fast as it goes, in one run.
 //!
-//!   hack/bench.sh webhooks [N]      (N events, default 2000)
+//!   hack/bench.sh webhooks [M]      (M Instances to flip, default 200)
 //!
-//! - operator, 1 receiver: N events from Instances in one namespace, one Webhook.
-//! - operator, 10 receivers: N events from Instances in ten namespaces, a
-//!   Webhook (and receiver) each.
-//! - baseline "plain client": the same N signed POSTs sent straight to the
-//!   receiver(s) by reqwest, 16 at a time: the HTTP ceiling.
-//! - baseline "storage": N bare ConfigMap creates against the API server, 16
-//!   at a time: every delivery costs at least one create, so this is the
-//!   ceiling the API server puts on deliveries.
+//! Each event is a real state change: an Instance with no replicas flips
+//! `spec.state` between Running and Stopped, and each flip is two history
+//! entries (Stopping and Stopped, or Starting and Started) that the
+//! operator records in one status write and sends to every Webhook. With no
+//! replicas, nothing else moves: what is measured is recording and
+//! delivering, not Deployments.
 //!
-//! Latency for the operator is from the state change (the history entry's
-//! time) to the request arriving at the receiver; for the plain client, from
-//! the send to the arrival. Nothing is asserted; the figures are for people.
+//! For every (rate, Webhooks) it prints the sustained events/s (recorded and,
+//! with Webhooks, delivered to every one of them), p50/p99 from the state
+//! change (the history entry's time) to the receiver, the operator's API
+//! requests per event beyond the object's own status write, its CPU seconds
+//! and peak RSS. The baseline is the same churn with no Webhook: the
+//! overhead ratio is its rate over the rate with 1 and with 10 Webhooks, at
+//! "as fast as it goes". Nothing is asserted; the figures are for people.
+
+#[path = "common.rs"]
+mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::routing::post;
 use chrono::{DateTime, Utc};
-#[path = "common.rs"]
-mod common;
-
 use common::*;
-use ctrlplane_operator::api::{Instance, InstanceSpec};
-use ctrlplane_operator::delivery::signing::{SigningKey, signature_header};
+use ctrlplane_operator::api::{DesiredState, Instance, InstancePhase, InstanceSpec, Webhook};
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::PostParams;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 
-const CONCURRENCY: usize = 16;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// Flips in flight at once when going as fast as it goes.
+const CONCURRENCY: usize = 16;
+/// How long each fixed-rate run drives flips.
+const RUN: Duration = Duration::from_secs(15);
+/// Events a flip makes.
+const EVENTS_PER_FLIP: usize = 2;
 
-/// What one receiver saw: per request, when it arrived and when its event happened.
+/// What the receivers saw: per webhook index, event id → (arrival, event time).
 #[derive(Default)]
 struct Arrivals {
-    at: Vec<(DateTime<Utc>, Option<DateTime<Utc>>)>,
+    seen: BTreeMap<(usize, String), (DateTime<Utc>, DateTime<Utc>)>,
 }
 
-struct Receiver {
-    address: SocketAddr,
-    arrivals: Arc<Mutex<Arrivals>>,
-}
-
-async fn start_receiver() -> Receiver {
+async fn start_receiver() -> (String, Arc<Mutex<Arrivals>>) {
     let arrivals = Arc::new(Mutex::new(Arrivals::default()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let app = Router::new()
-        .route("/hook", post(receive))
+        .route("/hook/{index}", post(receive))
         .with_state(arrivals.clone());
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Receiver { address, arrivals }
+    (format!("http://{address}/hook"), arrivals)
 }
 
-async fn receive(State(arrivals): State<Arc<Mutex<Arrivals>>>, body: Bytes) -> &'static str {
+async fn receive(
+    State(arrivals): State<Arc<Mutex<Arrivals>>>,
+    Path(index): Path<usize>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> &'static str {
     let now = Utc::now();
+    let id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let happened = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
-        .and_then(|v| {
-            v["timestamp"]
-                .as_str()
-                .and_then(|t| t.parse::<DateTime<Utc>>().ok())
-        });
-    arrivals.lock().unwrap().at.push((now, happened));
+        .and_then(|v| v["timestamp"].as_str()?.parse::<DateTime<Utc>>().ok())
+        .unwrap_or(now);
+    arrivals
+        .lock()
+        .unwrap()
+        .seen
+        .entry((index, id))
+        .or_insert((now, happened));
     "ok"
-}
-
-fn total(receivers: &[Receiver]) -> usize {
-    receivers
-        .iter()
-        .map(|r| r.arrivals.lock().unwrap().at.len())
-        .sum()
-}
-
-fn latencies(receivers: &[Receiver]) -> Vec<f64> {
-    let mut all: Vec<f64> = receivers
-        .iter()
-        .flat_map(|r| {
-            r.arrivals
-                .lock()
-                .unwrap()
-                .at
-                .iter()
-                .filter_map(|(at, happened)| {
-                    happened.map(|h| (*at - h).num_microseconds().unwrap_or(0) as f64 / 1000.0)
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    all.sort_by(|a, b| a.total_cmp(b));
-    all
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -112,27 +99,256 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// A latency for the table; "-" where there is none (bare creates).
-fn milliseconds(value: f64) -> String {
+fn ms(value: f64) -> String {
     if value.is_nan() {
         "-".into()
     } else {
-        format!("{value:.1} ms")
+        format!("{value:.0} ms")
     }
 }
 
-struct Figures {
-    label: String,
-    count: usize,
-    wall: Duration,
-    p50_ms: f64,
-    p99_ms: f64,
+/// The rate a run drives: events per second, or as fast as it goes.
+#[derive(Clone, Copy)]
+enum Rate {
+    Fixed(usize),
+    Max,
 }
 
-impl Figures {
-    fn rate(&self) -> f64 {
-        self.count as f64 / self.wall.as_secs_f64()
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rate::Fixed(r) => write!(f, "{r}/s"),
+            Rate::Max => write!(f, "max"),
+        }
     }
+}
+
+struct Row {
+    rate: Rate,
+    webhooks: usize,
+    events: usize,
+    sustained: f64,
+    p50: f64,
+    p99: f64,
+    extra_per_event: f64,
+    requests: BTreeMap<String, f64>,
+    cpu: f64,
+}
+
+struct Bench {
+    client: Client,
+    namespace: String,
+    port: u16,
+    pid: u32,
+    instances: Vec<String>,
+    /// What each Instance was last flipped to.
+    state: Mutex<Vec<DesiredState>>,
+    url: String,
+    arrivals: Arc<Mutex<Arrivals>>,
+}
+
+impl Bench {
+    fn api(&self) -> Api<Instance> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Flips one Instance to the other state.
+    async fn flip(&self, i: usize) -> Result<(), kube::Error> {
+        let to = {
+            let mut state = self.state.lock().unwrap();
+            state[i] = match state[i] {
+                DesiredState::Running => DesiredState::Stopped,
+                DesiredState::Stopped => DesiredState::Running,
+            };
+            state[i]
+        };
+        let patch = serde_json::json!({"spec": {"state": to}});
+        self.api()
+            .patch(
+                &self.instances[i],
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn set_webhooks(&self, count: usize) -> Result<(), Box<dyn std::error::Error>> {
+        let api: Api<Webhook> = Api::namespaced(self.client.clone(), &self.namespace);
+        api.delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await?;
+        wait_until(1, Duration::from_secs(60), || async {
+            Ok(usize::from(
+                api.list(&ListParams::default()).await?.items.is_empty(),
+            ))
+        })
+        .await?;
+        for index in 0..count {
+            let webhook: Webhook = serde_json::from_value(serde_json::json!({
+                "apiVersion": "ctrlplane.dev/v1alpha1",
+                "kind": "Webhook",
+                "metadata": {"name": format!("hook-{index}")},
+                "spec": {
+                    "url": format!("{}/{index}", self.url),
+                    "allowInsecureHttp": true,
+                    "secretRef": {"name": "signing"},
+                },
+            }))?;
+            api.create(&PostParams::default(), &webhook).await?;
+        }
+        wait_until(count, Duration::from_secs(60), || async {
+            Ok(api
+                .list(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .filter(|w| {
+                    w.status.as_ref().is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.reason == "Ready")
+                    })
+                })
+                .count())
+        })
+        .await
+    }
+
+    /// How many Instances have settled in the state their spec asks for.
+    /// (Two flips of one Instance in flight at once may land in either
+    /// order, so the spec, not the order they were sent in, is the truth.)
+    async fn settled(&self) -> Result<usize, kube::Error> {
+        let list = self.api().list(&ListParams::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .filter(|i| {
+                let phase = i.status.as_ref().and_then(|s| s.phase);
+                match i.spec.state {
+                    DesiredState::Running => phase == Some(InstancePhase::Running),
+                    DesiredState::Stopped => phase == Some(InstancePhase::Stopped),
+                }
+            })
+            .count())
+    }
+
+    async fn run(&self, rate: Rate, webhooks: usize) -> Result<Row, Box<dyn std::error::Error>> {
+        self.set_webhooks(webhooks).await?;
+        wait_until(self.instances.len(), Duration::from_secs(600), || {
+            self.settled()
+        })
+        .await?;
+        self.arrivals.lock().unwrap().seen.clear();
+        let before = scrape(self.port).await?;
+        let cpu_before = cpu_seconds(self.pid);
+        let started = Instant::now();
+        let flips = match rate {
+            Rate::Fixed(events_per_second) => {
+                let flips_per_second = (events_per_second / EVENTS_PER_FLIP).max(1);
+                let total = flips_per_second * RUN.as_secs() as usize;
+                let mut tick =
+                    tokio::time::interval(Duration::from_secs_f64(1.0 / flips_per_second as f64));
+                let mut pending = futures::stream::FuturesUnordered::new();
+                for n in 0..total {
+                    tick.tick().await;
+                    pending.push(self.flip(n % self.instances.len()));
+                    // Drain what finished, without waiting.
+                    while let Some(Some(result)) = futures::FutureExt::now_or_never(pending.next())
+                    {
+                        result?;
+                    }
+                }
+                while let Some(result) = pending.next().await {
+                    result?;
+                }
+                total
+            }
+            Rate::Max => {
+                // Every Instance flips once per round; as many rounds as the
+                // run allows.
+                let mut flips = 0;
+                while started.elapsed() < RUN {
+                    stream::iter(0..self.instances.len())
+                        .map(|i| self.flip(i))
+                        .buffer_unordered(CONCURRENCY)
+                        .try_collect::<()>()
+                        .await?;
+                    flips += self.instances.len();
+                    wait_until(self.instances.len(), Duration::from_secs(600), || {
+                        self.settled()
+                    })
+                    .await?;
+                }
+                flips
+            }
+        };
+        // Recorded: every flip settled. Two flips of one Instance that land
+        // before its reconcile cancel out, so the events are counted as the
+        // operator recorded them (one per phase change).
+        wait_until(self.instances.len(), Duration::from_secs(600), || {
+            self.settled()
+        })
+        .await?;
+        let transitions = |text: &str| metric(text, "ctrlplane_transitions_total");
+        let events = (transitions(&scrape(self.port).await?) - transitions(&before)) as usize;
+        // Delivered: every event to every Webhook.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while self.arrivals.lock().unwrap().seen.len() < events * webhooks {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "only {} of {} deliveries arrived",
+                    self.arrivals.lock().unwrap().seen.len(),
+                    events * webhooks
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let wall = started.elapsed();
+        let cpu = cpu_seconds(self.pid) - cpu_before;
+        // Let the folded dispatchedSeq writes (at most 5s later) land, so
+        // they are counted against this run.
+        wait_quiet(self.port, Duration::from_secs(6)).await?;
+        let after = scrape(self.port).await?;
+        let requests = object_requests(&before, &after);
+        let status_writes = requests
+            .get("update instances/status")
+            .copied()
+            .unwrap_or(0.0);
+        let total: f64 = requests.values().sum();
+        // The object's own status write is one per flip; everything else is
+        // what the events cost.
+        let extra = total - status_writes.min(flips as f64);
+        let mut latencies: Vec<f64> = self
+            .arrivals
+            .lock()
+            .unwrap()
+            .seen
+            .values()
+            .map(|(at, happened)| (*at - *happened).num_microseconds().unwrap_or(0) as f64 / 1e3)
+            .collect();
+        latencies.sort_by(|a, b| a.total_cmp(b));
+        Ok(Row {
+            rate,
+            webhooks,
+            events,
+            sustained: events as f64 / wall.as_secs_f64(),
+            p50: percentile(&latencies, 0.5),
+            p99: percentile(&latencies, 0.99),
+            extra_per_event: extra / events as f64,
+            requests,
+            cpu,
+        })
+    }
+}
+
+fn spec() -> InstanceSpec {
+    serde_json::from_value(serde_json::json!({
+        "image": "nginx:1.27",
+        "replicas": 0,
+        "state": "Running",
+    }))
+    .expect("a valid spec")
 }
 
 #[tokio::main]
@@ -141,7 +357,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .and_then(|a| a.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(200);
     let operator_binary = std::env::var("CTRLPLANE_OPERATOR_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
@@ -149,220 +365,114 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default().await?;
-    println!("bench/webhooks: N = {count} events, client concurrency {CONCURRENCY}");
-    let mut figures = Vec::new();
-
-    // Baseline: the storage ceiling.
-    create_namespace(&client, "bench-ceiling").await?;
-    let started = Instant::now();
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "bench-ceiling");
-    stream::iter(0..count)
-        .map(|i| {
-            let api = config_maps.clone();
-            async move {
-                let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": format!("c-{i}")}, "data": {"event": "x"}})).unwrap();
-                api.create(&PostParams::default(), &cm).await.map(|_| ())
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<()>()
+    let namespace = format!("bench-wh-{:x}", std::process::id());
+    create_namespace(&client, &namespace).await?;
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "signing"}, "stringData": {"secret": SECRET}
+    }))?;
+    Api::<Secret>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), &secret)
         .await?;
-    let storage = Figures {
-        label: "baseline: bare object creates".into(),
-        count,
-        wall: started.elapsed(),
-        p50_ms: f64::NAN,
-        p99_ms: f64::NAN,
-    };
-    delete_namespace(&client, "bench-ceiling").await?;
-
-    // Baseline: the plain client, to one and to ten receivers.
-    for receivers_count in [1usize, 10] {
-        let receivers: Vec<Receiver> =
-            futures::future::join_all((0..receivers_count).map(|_| start_receiver())).await;
-        let http = reqwest::Client::builder().build()?;
-        let key = SigningKey::parse(SECRET.as_bytes())?;
-        let key = Arc::new(key);
-        let sent_at = Arc::new(Mutex::new(BTreeMap::new()));
-        let started = Instant::now();
-        stream::iter(0..count)
-            .map(|i| {
-                let http = http.clone();
-                let key = key.clone();
-                let url = format!("http://{}/hook", receivers[i % receivers_count].address);
-                let sent_at = sent_at.clone();
-                async move {
-                    let now = Utc::now();
-                    let body = serde_json::to_vec(&serde_json::json!({
-                        "type": "instance.started", "timestamp": now, "data": {"sequence": i}
-                    }))
-                    .unwrap();
-                    let id = format!("evt_{i}");
-                    let signature =
-                        signature_header(std::slice::from_ref(&key), &id, now.timestamp(), &body);
-                    sent_at.lock().unwrap().insert(i, now);
-                    http.post(url)
-                        .header("webhook-id", id)
-                        .header("webhook-timestamp", now.timestamp().to_string())
-                        .header("webhook-signature", signature)
-                        .body(body)
-                        .send()
-                        .await
-                        .map(|_| ())
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .try_collect::<()>()
-            .await?;
-        let wall = started.elapsed();
-        let lat = latencies(&receivers);
-        figures.push(Figures {
-            label: format!("baseline: plain client, {receivers_count} receiver(s)"),
-            count,
-            wall,
-            p50_ms: percentile(&lat, 0.5),
-            p99_ms: percentile(&lat, 0.99),
-        });
-    }
-
-    // The operator, watching every namespace.
-    let metrics_port = free_port();
-    let mut operator = Command::new(&operator_binary)
+    let port = free_port();
+    let mut operator = std::process::Command::new(&operator_binary)
         .args([
             "run",
+            "--namespace",
+            &namespace,
             "--log-level",
             "warn",
             "--allow-private-webhook-addresses",
         ])
         .arg("--metrics-address")
-        .arg(format!("127.0.0.1:{metrics_port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
         .spawn()?;
-    wait_ready(metrics_port).await?;
-    for receivers_count in [1usize, 10] {
-        let receivers: Vec<Receiver> =
-            futures::future::join_all((0..receivers_count).map(|_| start_receiver())).await;
-        let namespaces: Vec<String> = (0..receivers_count)
-            .map(|i| format!("bench-wh{receivers_count}-{i}"))
-            .collect();
-        for (namespace, receiver) in namespaces.iter().zip(&receivers) {
-            create_namespace(&client, namespace).await?;
-            let secret: Secret = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": "signing"}, "stringData": {"secret": SECRET}
-            }))?;
-            Api::<Secret>::namespaced(client.clone(), namespace)
-                .create(&PostParams::default(), &secret)
-                .await?;
-            apply_webhook(namespace, &format!("http://{}/hook", receiver.address))?;
-        }
-        // Every Instance makes three events: created, starting, started.
-        let instances = count.div_ceil(3);
-        let events = instances * 3;
-        let started = Instant::now();
-        stream::iter(0..instances)
-            .map(|i| {
-                let api: Api<Instance> =
-                    Api::namespaced(client.clone(), &namespaces[i % receivers_count]);
-                async move {
-                    let instance = Instance::new(&format!("app-{i}"), instance_spec());
-                    api.create(&PostParams::default(), &instance)
-                        .await
-                        .map(|_| ())
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .try_collect::<()>()
-            .await?;
-        let deadline = Instant::now() + Duration::from_secs(1800);
-        while total(&receivers) < events {
-            if Instant::now() > deadline {
-                return Err(
-                    format!("only {} of {events} events arrived", total(&receivers)).into(),
-                );
+    wait_ready(port).await?;
+    let (url, arrivals) = start_receiver().await;
+    let instances: Vec<String> = (0..count).map(|i| format!("app-{i}")).collect();
+    let api: Api<Instance> = Api::namespaced(client.clone(), &namespace);
+    stream::iter(instances.clone())
+        .map(|name| {
+            let api = api.clone();
+            async move {
+                api.create(&PostParams::default(), &Instance::new(&name, spec()))
+                    .await
+                    .map(|_| ())
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let wall = started.elapsed();
-        let lat = latencies(&receivers);
-        figures.push(Figures {
-            label: format!("operator: {receivers_count} receiver(s)"),
-            count: events,
-            wall,
-            p50_ms: percentile(&lat, 0.5),
-            p99_ms: percentile(&lat, 0.99),
-        });
-        for namespace in &namespaces {
-            delete_namespace(&client, namespace).await?;
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<()>()
+        .await?;
+    let bench = Bench {
+        client: client.clone(),
+        namespace: namespace.clone(),
+        port,
+        pid: operator.id(),
+        state: Mutex::new(vec![DesiredState::Running; count]),
+        instances,
+        url,
+        arrivals,
+    };
+    println!(
+        "bench/webhooks: {count} Instances with no replicas flip spec.state; {} s per fixed-rate run; 2 events per flip",
+        RUN.as_secs()
+    );
+    let mut rows = Vec::new();
+    for rate in [
+        Rate::Fixed(50),
+        Rate::Fixed(100),
+        Rate::Fixed(200),
+        Rate::Max,
+    ] {
+        for webhooks in [0, 1, 10] {
+            let row = bench.run(rate, webhooks).await?;
+            println!(
+                "  {rate:>6} x {webhooks:>2} webhooks: {} events, {:.0} events/s, p50 {} p99 {}, {:.2} requests/event beyond the status write {:?}",
+                row.events,
+                row.sustained,
+                ms(row.p50),
+                ms(row.p99),
+                row.extra_per_event,
+                row.requests
+            );
+            rows.push(row);
         }
     }
     let rss = peak_rss_mib(operator.id());
-    let cpu = cpu_seconds(operator.id());
-    let requests = scrape_metric(metrics_port, "ctrlplane_kube_api_requests_total").await?;
     let _ = operator.kill();
     let _ = operator.wait();
+    delete_namespace(&client, &namespace).await?;
 
-    println!();
-    println!("| run | events | wall | deliveries/s | p50 latency | p99 latency |");
-    println!("|---|---|---|---|---|---|");
-    for f in figures.iter().chain(std::iter::once(&storage)) {
-        println!(
-            "| {} | {} | {:.1}s | {:.0} | {} | {} |",
-            f.label,
-            f.count,
-            f.wall.as_secs_f64(),
-            f.rate(),
-            milliseconds(f.p50_ms),
-            milliseconds(f.p99_ms)
-        );
-    }
     println!();
     println!(
-        "operator peak RSS: {rss:.1} MiB, CPU {cpu:.1}s, API requests {requests:.0} (both runs)"
+        "| rate | webhooks | events | sustained events/s | p50 | p99 | requests/event beyond the status write | operator CPU s |"
     );
-    let by = |label: &str| figures.iter().find(|f| f.label == label).unwrap();
-    for receivers_count in [1, 10] {
-        let operator = by(&format!("operator: {receivers_count} receiver(s)"));
-        let plain = by(&format!(
-            "baseline: plain client, {receivers_count} receiver(s)"
-        ));
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in &rows {
         println!(
-            "{receivers_count} receiver(s): operator/plain-client throughput {:.3}, operator/storage-ceiling throughput {:.3}",
-            operator.rate() / plain.rate(),
-            operator.rate() / storage.rate()
+            "| {} | {} | {} | {:.0} | {} | {} | {:.2} | {:.1} |",
+            row.rate,
+            row.webhooks,
+            row.events,
+            row.sustained,
+            ms(row.p50),
+            ms(row.p99),
+            row.extra_per_event,
+            row.cpu
         );
     }
-    Ok(())
-}
-
-fn instance_spec() -> InstanceSpec {
-    serde_json::from_value(serde_json::json!({
-        "image": "nginx:1.27",
-        "replicas": 0,
-        "state": "Running",
-        "rollback": "Manual",
-        "progressDeadlineSeconds": 600,
-    }))
-    .expect("a valid spec")
-}
-
-fn apply_webhook(namespace: &str, url: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let manifest = format!(
-        "apiVersion: ctrlplane.dev/v1alpha1\nkind: Webhook\nmetadata:\n  name: hooks\nspec:\n  url: {url}\n  allowInsecureHttp: true\n  secretRef:\n    name: signing\n"
+    let at_max = |webhooks: usize| {
+        rows.iter()
+            .find(|r| matches!(r.rate, Rate::Max) && r.webhooks == webhooks)
+            .map_or(f64::NAN, |r| r.sustained)
+    };
+    println!();
+    println!(
+        "overhead ratio at max rate (events/s without webhooks / with): 1 webhook {:.2}, 10 webhooks {:.2}",
+        at_max(0) / at_max(1),
+        at_max(0) / at_max(10)
     );
-    let mut child = Command::new("kubectl")
-        .args(["apply", "--server-side", "-n", namespace, "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()?;
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(manifest.as_bytes())?;
-    if !child.wait()?.success() {
-        return Err("applying the Webhook failed".into());
-    }
+    println!("operator peak RSS over the whole run: {rss:.1} MiB");
     Ok(())
 }

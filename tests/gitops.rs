@@ -737,11 +737,16 @@ async fn drive_sandboxes() -> Vec<Snapshot> {
         .capture("Running and Ready", "Sandbox", "box", running)
         .await;
     scene
-        .capture("Created, waiting for a volume", "Sandbox", "noclaim", |o| {
-            observed(o)
-                && phase(o) == Some("Created")
-                && has(o, "Ready", "False", "WaitingForClaim")
-        })
+        .capture(
+            "Starting, waiting for a volume",
+            "Sandbox",
+            "noclaim",
+            |o| {
+                observed(o)
+                    && phase(o) == Some("Starting")
+                    && has(o, "Ready", "False", "WaitingForClaim")
+            },
+        )
         .await;
     scene
         .capture("Created, waiting for room", "Sandbox", "big", |o| {
@@ -848,7 +853,12 @@ async fn drive_webhooks() -> WebhookSnapshots {
         .await;
     scene.start_operator();
 
-    scene.apply(&webhook("hooks", &accepting.url(), created));
+    // A healthy receiver leaves no record unless the Webhook asks for one.
+    scene.apply(&webhook(
+        "hooks",
+        &accepting.url(),
+        &format!("{created}  deliveryRecords: All\n"),
+    ));
     scene.apply(&webhook(
         "paused",
         &accepting.url(),
@@ -1005,7 +1015,7 @@ const ROLLED_BACK_INSTANCE: &[Expected] = &[
 const SANDBOX: &[Expected] = &[
     row("not yet seen by the operator",    "Progressing", "Waiting for the operator",            "InProgress"),
     row("Running and Ready",               "Healthy",     "",                                    "Current"),
-    row("Created, waiting for a volume",   "Progressing", "to bind to a PersistentVolume",       "InProgress"),
+    row("Starting, waiting for a volume",  "Progressing", "to bind to a PersistentVolume",       "InProgress"),
     row("Created, waiting for room",       "Progressing", "the most any eligible host has free", "InProgress"),
     row("Starting",                        "Progressing", "",                                    "InProgress"),
     row("Running, pod not ready",          "Degraded",    "",                                    "InProgress"),

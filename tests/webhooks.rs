@@ -706,7 +706,7 @@ async fn a_rotating_secret_signs_with_both_keys() {
 
     // Rotate: the new key is current, the old one is still sent alongside.
     f.apply(&secret_manifest("signing", NEW_SECRET, Some(SECRET)));
-    // The operator reads Secrets fresh within a couple of seconds; keep
+    // The operator reads Secrets fresh within ten seconds; keep
     // changing the Instance until an event signed with both keys arrives.
     let mut replicas = 1;
     let (f, receiver) = (&f, &receiver);

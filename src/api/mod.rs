@@ -28,11 +28,43 @@ pub const MANAGED_BY: &str = "ctrlplane-operator";
 /// Every CustomResourceDefinition the operator serves, in a fixed order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
-        Instance::crd(),
-        Sandbox::crd(),
-        Webhook::crd(),
+        observed_generation_defaults_to_zero(Instance::crd()),
+        observed_generation_defaults_to_zero(Sandbox::crd()),
+        observed_generation_defaults_to_zero(Webhook::crd()),
         WebhookDelivery::crd(),
     ]
+}
+
+/// Gives `status` a default of `{observedGeneration: 0}`.
+///
+/// A new object then says, before the operator has looked at it, that no
+/// generation has been observed yet. Generic readers of status (Flux's
+/// kstatus, `kubectl wait`) compare observedGeneration with the generation;
+/// without it they would take an object nobody has looked at for one that
+/// is done.
+fn observed_generation_defaults_to_zero(
+    mut crd: CustomResourceDefinition,
+) -> CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON;
+    for version in &mut crd.spec.versions {
+        let status = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"));
+        if let Some(status) = status {
+            status.default = Some(JSON(serde_json::json!({})));
+            if let Some(observed) = status
+                .properties
+                .as_mut()
+                .and_then(|p| p.get_mut("observedGeneration"))
+            {
+                observed.default = Some(JSON(serde_json::json!(0)));
+            }
+        }
+    }
+    crd
 }
 
 /// The file name a CRD is kept under in `crds/`, e.g. `instances.ctrlplane.dev.yaml`.

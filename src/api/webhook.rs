@@ -468,6 +468,11 @@ pub struct WebhookDeliveryStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub attempt_log: Vec<DeliveryAttempt>,
+    /// Ready (delivered) and Stalled (failed for good), for tools that read
+    /// conditions, such as Flux's kstatus.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
 }
 
 /// One attempt of a delivery.

@@ -94,25 +94,33 @@ pub enum DeliveryError {
 }
 
 /// Secrets are read when an event is signed, never watched (the operator
-/// needs only `get` on Secrets), and kept for a moment so a burst of
-/// deliveries does not read the same Secret a thousand times. A rotated key
-/// is in use within [`SecretCache::FRESH_FOR`].
+/// needs only `get` on Secrets), and kept for a few seconds so a burst of
+/// deliveries does not read the same Secret a thousand times: concurrent
+/// readers of one Secret wait for a single read. A rotated key is in use
+/// within [`SecretCache::FRESH_FOR`].
 pub struct SecretCache {
     client: Client,
     entries: Mutex<HashMap<(String, String), CachedSecret>>,
+    reading: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// When a Secret was read, and what it was (`None`: it did not exist).
 type CachedSecret = (std::time::Instant, Option<Arc<Secret>>);
 
 impl SecretCache {
-    pub const FRESH_FOR: Duration = Duration::from_secs(2);
+    pub const FRESH_FOR: Duration = Duration::from_secs(10);
 
     pub fn new(client: Client) -> Self {
         Self {
             client,
             entries: Mutex::new(HashMap::new()),
+            reading: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn fresh(&self, key: &(String, String)) -> Option<Option<Arc<Secret>>> {
+        let (at, secret) = self.entries.lock().ok()?.get(key).cloned()?;
+        (at.elapsed() < Self::FRESH_FOR).then_some(secret)
     }
 
     /// The Secret, or `None` when it does not exist.
@@ -122,9 +130,19 @@ impl SecretCache {
         name: &str,
     ) -> Result<Option<Arc<Secret>>, kube::Error> {
         let key = (namespace.to_string(), name.to_string());
-        if let Some((at, secret)) = self.entries.lock().ok().and_then(|e| e.get(&key).cloned())
-            && at.elapsed() < Self::FRESH_FOR
-        {
+        if let Some(secret) = self.fresh(&key) {
+            return Ok(secret);
+        }
+        // One read per Secret at a time; whoever waited finds it fresh.
+        let gate = self
+            .reading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _reading = gate.lock().await;
+        if let Some(secret) = self.fresh(&key) {
             return Ok(secret);
         }
         let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
@@ -401,7 +419,7 @@ async fn reconcile_inner(
     let webhook = match (step, webhook) {
         (DeliveryStep::Redeliver, _) => {
             info!(delivery = name, "sending again, as asked");
-            let again = redelivered(&delivery.status.clone().unwrap_or_default());
+            let again = redelivered(&delivery.status.clone().unwrap_or_default(), Utc::now());
             write_delivery_status(&api, delivery, again).await?;
             return Ok(Action::await_change());
         }

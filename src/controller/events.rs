@@ -5,6 +5,12 @@
 //! as the earlier "Provisioning -> Starting". Here the note is part of the
 //! key, as in client-go: a repeat of the very same message within the window
 //! bumps its series count, anything else is a new Event.
+//!
+//! Like client-go's spam filter, each object may publish a burst of Normal
+//! Events, then one every few minutes: an object flipping back and forth
+//! all day would otherwise cost the API server a write each time, for
+//! Events nobody reads (its `status.history` and the webhooks have every
+//! one). Warnings are never held back.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,6 +25,10 @@ use tokio::sync::Mutex;
 
 /// Repeats of one message within this window count into one Event.
 const SERIES_WINDOW: Duration = Duration::from_secs(600);
+/// Normal Events an object may publish at once (client-go's default).
+const NORMAL_BURST: f64 = 25.0;
+/// One more Normal Event an object may publish every this long.
+const NORMAL_REFILL: Duration = Duration::from_secs(300);
 /// Longest note the API server accepts.
 const NOTE_LIMIT: usize = 1024;
 
@@ -43,6 +53,24 @@ pub struct EventPublisher {
     controller: String,
     instance: String,
     seen: Mutex<HashMap<Key, Seen>>,
+    /// Normal Events each object may still publish, by UID, and when that
+    /// was counted.
+    allowance: std::sync::Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+/// Whether an object may publish one more Normal Event, taking it from its
+/// allowance (a token bucket). Pure.
+fn take_allowance(allowance: &mut (f64, Instant), now: Instant) -> bool {
+    let (tokens, counted) = allowance;
+    let refilled = now.duration_since(*counted).as_secs_f64() / NORMAL_REFILL.as_secs_f64();
+    *tokens = (*tokens + refilled).min(NORMAL_BURST);
+    *counted = now;
+    if *tokens >= 1.0 {
+        *tokens -= 1.0;
+        true
+    } else {
+        false
+    }
 }
 
 impl EventPublisher {
@@ -52,7 +80,21 @@ impl EventPublisher {
             controller: controller.into(),
             instance: instance.into(),
             seen: Mutex::new(HashMap::new()),
+            allowance: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether a Normal Event about `uid` may go out now.
+    fn allowed(&self, uid: &str, now: Instant) -> bool {
+        let mut allowance = self.allowance.lock().unwrap_or_else(|p| p.into_inner());
+        // Objects quiet for a full refill are back to a full burst: forget
+        // them, so the map holds only busy objects.
+        let full = NORMAL_REFILL.mul_f64(NORMAL_BURST);
+        allowance.retain(|_, (_, counted)| now.duration_since(*counted) < full);
+        let entry = allowance
+            .entry(uid.to_string())
+            .or_insert((NORMAL_BURST, now));
+        take_allowance(entry, now)
     }
 
     /// Publishes one Event about `regarding`.
@@ -76,6 +118,13 @@ impl EventPublisher {
             note: note.clone(),
         };
         let now = Instant::now();
+        if !warning && !self.allowed(&key.uid, now) {
+            tracing::debug!(
+                reason,
+                "Normal Event held back: the object published many lately"
+            );
+            return Ok(());
+        }
         // The lock is held only around the map, never across an API call.
         let repeat = {
             let mut seen = self.seen.lock().await;
@@ -157,4 +206,28 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}...", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_may_publish_a_burst_then_one_every_few_minutes() {
+        let start = Instant::now();
+        let mut allowance = (NORMAL_BURST, start);
+        let burst = (0..40)
+            .filter(|_| take_allowance(&mut allowance, start))
+            .count();
+        assert_eq!(burst, 25);
+        assert!(!take_allowance(&mut allowance, start + NORMAL_REFILL / 2));
+        assert!(take_allowance(
+            &mut allowance,
+            start + NORMAL_REFILL + Duration::from_secs(1)
+        ));
+        assert!(!take_allowance(
+            &mut allowance,
+            start + NORMAL_REFILL + Duration::from_secs(2)
+        ));
+    }
 }

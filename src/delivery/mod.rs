@@ -173,7 +173,63 @@ pub fn record_attempt(
                 Some("the endpoint answered 410 Gone; the webhook is switched off".into());
         }
     }
+    set_conditions(&mut next, completion, finished);
     (next, completion)
+}
+
+/// A delivery's Ready and Stalled conditions, from where it stands.
+pub fn set_conditions(
+    status: &mut WebhookDeliveryStatus,
+    completion: Option<Completion>,
+    now: DateTime<Utc>,
+) {
+    use crate::plan::conditions::{self, DesiredCondition, types};
+    let attempts = status.attempts;
+    let error = status.last_error.clone().unwrap_or_default();
+    let (ready, stuck) = match completion {
+        Some(Completion::Delivered) => (
+            DesiredCondition::new(
+                types::READY,
+                true,
+                "Succeeded",
+                format!("delivered after {attempts} attempt(s)"),
+            ),
+            None,
+        ),
+        Some(Completion::Gone) => (
+            DesiredCondition::new(types::READY, false, "EndpointGone", error.clone()),
+            Some(("EndpointGone".to_string(), error)),
+        ),
+        Some(Completion::GaveUp) => {
+            let message = format!("failed after {attempts} attempt(s): {error}");
+            (
+                DesiredCondition::new(types::READY, false, "Failed", message.clone()),
+                Some(("Failed".to_string(), message)),
+            )
+        }
+        None => {
+            let next = status
+                .next_attempt_at
+                .map(|at| format!("; the next attempt is due at {}", at.to_rfc3339()))
+                .unwrap_or_default();
+            let message = if attempts == 0 {
+                "not attempted yet".to_string()
+            } else {
+                format!("attempt {attempts} failed: {error}{next}")
+            };
+            (
+                DesiredCondition::new(types::READY, false, "Pending", message),
+                None,
+            )
+        }
+    };
+    conditions::set_condition(&mut status.conditions, ready, None, now);
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::stalled(stuck),
+        None,
+        now,
+    );
 }
 
 #[cfg(test)]

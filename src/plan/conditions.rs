@@ -19,6 +19,24 @@ pub mod types {
     pub const SCHEDULED: &str = "Scheduled";
     /// Whether a Sandbox has reached its expiry.
     pub const EXPIRED: &str = "Expired";
+    /// Whether the object is stuck until someone changes something (a
+    /// failed rollout, a provider that does not exist, an endpoint that is
+    /// gone). The "abnormal-true" condition that Flux's kstatus and other
+    /// generic tools read as Failed.
+    pub const STALLED: &str = "Stalled";
+}
+
+/// The Stalled condition: stuck (`Some((reason, message))`) or not.
+pub fn stalled(stuck: Option<(String, String)>) -> DesiredCondition {
+    match stuck {
+        Some((reason, message)) => DesiredCondition::new(types::STALLED, true, reason, message),
+        None => DesiredCondition::new(
+            types::STALLED,
+            false,
+            "NotStalled",
+            "nothing stands in the way",
+        ),
+    }
 }
 
 /// What a condition should say.

@@ -61,14 +61,16 @@ pub fn is_pending(delivery: &WebhookDelivery) -> bool {
 
 /// A completed record made Pending again, as a redelivery asks: a fresh
 /// count of attempts, due now; what happened before stays in its log.
-pub fn redelivered(status: &WebhookDeliveryStatus) -> WebhookDeliveryStatus {
-    WebhookDeliveryStatus {
+pub fn redelivered(status: &WebhookDeliveryStatus, now: DateTime<Utc>) -> WebhookDeliveryStatus {
+    let mut again = WebhookDeliveryStatus {
         phase: Some(DeliveryPhase::Pending),
         attempts: 0,
         next_attempt_at: None,
         completed_at: None,
         ..status.clone()
-    }
+    };
+    crate::delivery::set_conditions(&mut again, None, now);
+    again
 }
 
 /// Decides a record's next step.
@@ -272,7 +274,7 @@ mod tests {
             next_step(&failed, Some(&webhook(true)), false, DAY, later),
             DeliveryStep::Redeliver
         );
-        let again = redelivered(failed.status.as_ref().unwrap());
+        let again = redelivered(failed.status.as_ref().unwrap(), later);
         assert_eq!(
             (again.phase, again.attempts),
             (Some(DeliveryPhase::Pending), 0)

@@ -231,7 +231,11 @@ impl<'a> Planner<'a> {
                 message: message.clone(),
             });
         }
-        self.set(types::SYNCED, false, "UnknownProvider", message);
+        self.set(types::SYNCED, false, "UnknownProvider", message.clone());
+        self.set_desired(conditions::stalled(Some((
+            "UnknownProvider".into(),
+            message,
+        ))));
         self.status.observed_generation = self.generation;
         // Nothing was ever provisioned without a provider, so a deleted
         // Instance that never had one can go at once.
@@ -1062,7 +1066,7 @@ impl<'a> Planner<'a> {
                 DesiredCondition::new(types::PROGRESSING, false, "Stopped", "no replicas run")
             }
             Some(Failed) => {
-                DesiredCondition::new(types::PROGRESSING, false, "Failed", failed_message)
+                DesiredCondition::new(types::PROGRESSING, false, "Failed", failed_message.clone())
             }
             Some(Destroying) => DesiredCondition::new(
                 types::PROGRESSING,
@@ -1098,6 +1102,19 @@ impl<'a> Planner<'a> {
         let (condition, warning) = synced(self.refused.as_ref());
         self.events.extend(warning);
         self.set_desired(condition);
+
+        // Failed stays Failed until the spec changes: stuck, in kstatus' words.
+        let stuck = (phase == Some(Failed)).then(|| {
+            let reason = self
+                .status
+                .history
+                .iter()
+                .rev()
+                .find(|e| e.type_ == EventType::InstanceFailed)
+                .map_or_else(|| "Failed".to_string(), |e| e.reason.clone());
+            (reason, failed_message)
+        });
+        self.set_desired(conditions::stalled(stuck));
     }
 
     /// While spec.image names a release that was rolled back, says so.

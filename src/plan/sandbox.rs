@@ -263,7 +263,11 @@ impl<'a> Planner<'a> {
                 message: message.clone(),
             });
         }
-        self.set(types::SYNCED, false, "UnknownProvider", message);
+        self.set(types::SYNCED, false, "UnknownProvider", message.clone());
+        self.set_desired(conditions::stalled(Some((
+            "UnknownProvider".into(),
+            message,
+        ))));
         self.status.observed_generation = self.generation;
         let finalizer = match (self.deleting(), has_finalizer) {
             (true, _) if self.status.provider_ref.is_none() => FinalizerAction::Release,
@@ -701,7 +705,9 @@ impl<'a> Planner<'a> {
             Some(Stopped) => {
                 DesiredCondition::new(types::READY, false, "Stopped", "stopped; its data is kept")
             }
-            Some(Error) => DesiredCondition::new(types::READY, false, "Error", last_failure),
+            Some(Error) => {
+                DesiredCondition::new(types::READY, false, "Error", last_failure.clone())
+            }
             Some(Destroyed) => {
                 DesiredCondition::new(types::READY, false, "Destroyed", "the sandbox is gone")
             }
@@ -728,7 +734,9 @@ impl<'a> Planner<'a> {
         let scheduled = match (
             &self.no_room,
             pod.and_then(|p| p.host.clone()),
-            workload.and(self.chosen_host.clone()),
+            workload
+                .and(self.chosen_host.clone())
+                .or_else(|| pod.and_then(|p| p.placed_on.clone())),
         ) {
             (Some(message), _, _) => DesiredCondition::new(
                 types::SCHEDULED,
@@ -764,6 +772,10 @@ impl<'a> Planner<'a> {
         let (condition, warning) = synced(self.refused.as_ref());
         self.events.extend(warning);
         self.set_desired(condition);
+
+        // Error stays Error until the spec changes or a restart is asked for.
+        let stuck = (phase == Some(Error)).then(|| ("Error".to_string(), last_failure));
+        self.set_desired(conditions::stalled(stuck));
     }
 
     fn set(&mut self, type_: &'static str, status: bool, reason: &str, message: impl Into<String>) {

@@ -130,6 +130,17 @@ pub fn plan(
         )
     };
     conditions::set_condition(&mut status.conditions, ready, generation, now);
+    // Switched off by its endpoint: nothing is sent until its URL changes.
+    let stuck = status
+        .disabled
+        .as_ref()
+        .map(|d| (d.reason.clone(), d.message.clone()));
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::stalled(stuck),
+        generation,
+        now,
+    );
 
     status.succeeded = tally.succeeded;
     status.failed = tally.failed;

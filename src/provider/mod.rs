@@ -231,7 +231,10 @@ pub struct PodObserved {
     pub revision: Option<String>,
     pub ready: bool,
     pub ip: Option<String>,
+    /// The host it runs on, once bound there.
     pub host: Option<String>,
+    /// The host it was placed on, before it is bound there.
+    pub placed_on: Option<String>,
     /// It failed or cannot start: crash, image pull, unschedulable, exited.
     pub failed: bool,
     /// It waits for its data to be attached (an unbound claim): not a

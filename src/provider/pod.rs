@@ -226,6 +226,7 @@ pub fn pod_observed(pod: &Pod) -> PodObserved {
         ready,
         ip: status.pod_ip.clone(),
         host: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        placed_on: pod.annotations().get(HOST_ANNOTATION).cloned(),
         failed,
         waiting_for_data,
         problems,

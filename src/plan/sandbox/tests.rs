@@ -107,6 +107,7 @@ fn ready_pod(workload: &SandboxWorkload) -> PodObserved {
             RunWanted::On(host) => Some(host.clone()),
             _ => None,
         },
+        placed_on: None,
         failed: false,
         waiting_for_data: false,
         problems: Vec::new(),
@@ -444,6 +445,7 @@ fn world_strategy() -> impl Strategy<Value = SandboxObserved> {
                 ready,
                 ip: ready.then(|| "10.244.0.9".into()),
                 host: Some("node-a".into()),
+                placed_on: Some("node-a".into()),
                 failed,
                 waiting_for_data: false,
                 problems: if failed {
