@@ -101,8 +101,11 @@ pub enum DeliveryError {
 pub struct SecretCache {
     client: Client,
     entries: Mutex<HashMap<(String, String), CachedSecret>>,
-    reading: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    reading: Mutex<HashMap<(String, String), ReadGate>>,
 }
+
+/// Held while one Secret is read, so concurrent readers wait for that read.
+type ReadGate = Arc<tokio::sync::Mutex<()>>;
 
 /// When a Secret was read, and what it was (`None`: it did not exist).
 type CachedSecret = (std::time::Instant, Option<Arc<Secret>>);
