@@ -248,6 +248,7 @@ fn workload(namespace: &str, i: usize, host: Option<String>) -> SandboxWorkload 
         ports: Vec::new(),
         run: host.map_or(RunWanted::AsIs, RunWanted::On),
         revision: "bench".into(),
+        restore_from: None,
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
 
-use ctrlplane_operator::api::{self, InstancePhase, SandboxPhase};
+use ctrlplane_operator::api::{self, CommandPhase, InstancePhase, SandboxPhase, SnapshotPhase};
 use ctrlplane_operator::lifecycle::Lifecycle;
 
 fn repo_root() -> PathBuf {
@@ -64,7 +64,9 @@ fn crds_command_prints_every_crd() {
             "instances.ctrlplane.dev",
             "sandboxes.ctrlplane.dev",
             "webhooks.ctrlplane.dev",
-            "webhookdeliveries.ctrlplane.dev"
+            "webhookdeliveries.ctrlplane.dev",
+            "sandboxcommands.ctrlplane.dev",
+            "sandboxsnapshots.ctrlplane.dev"
         ]
     );
     for doc in &documents {
@@ -139,6 +141,24 @@ fn readme_sandbox_table_matches_the_code() {
         readme_table("Sandbox"),
         code_table::<SandboxPhase>(),
         "the README's Sandbox table and lifecycle::SandboxPhase disagree"
+    );
+}
+
+#[test]
+fn readme_sandbox_command_table_matches_the_code() {
+    assert_eq!(
+        readme_table("SandboxCommand"),
+        code_table::<CommandPhase>(),
+        "the README's SandboxCommand table and lifecycle::CommandPhase disagree"
+    );
+}
+
+#[test]
+fn readme_sandbox_snapshot_table_matches_the_code() {
+    assert_eq!(
+        readme_table("SandboxSnapshot"),
+        code_table::<SnapshotPhase>(),
+        "the README's SandboxSnapshot table and lifecycle::SnapshotPhase disagree"
     );
 }
 

@@ -223,6 +223,11 @@ invalid_manifests! {
     rejects_sandbox_placement_host_and_selector => "sandbox-placement-host-and-selector.yaml",
     rejects_sandbox_agent_id_bad => "sandbox-agent-id-bad.yaml",
     rejects_sandbox_expiry_policy_unknown => "sandbox-expiry-policy-unknown.yaml",
+    rejects_sandbox_source_bad_snapshot_ref => "sandbox-source-bad-snapshot-ref.yaml",
+    rejects_sandboxcommand_empty_command => "sandboxcommand-empty-command.yaml",
+    rejects_sandboxcommand_timeout_zero => "sandboxcommand-timeout-zero.yaml",
+    rejects_sandboxcommand_env_value_and_secret => "sandboxcommand-env-value-and-secret.yaml",
+    rejects_sandboxsnapshot_bad_sandbox_ref => "sandboxsnapshot-bad-sandbox-ref.yaml",
     rejects_webhook_http_url => "webhook-http-url.yaml",
     rejects_webhook_not_a_url => "webhook-not-a-url.yaml",
     rejects_webhook_unknown_event => "webhook-unknown-event.yaml",
@@ -233,6 +238,8 @@ invalid_manifests! {
     rejects_webhook_backoff_base_above_cap => "webhook-backoff-base-above-cap.yaml",
     rejects_webhook_reserved_header => "webhook-reserved-header.yaml",
     rejects_webhook_ca_bundle_not_pem => "webhook-ca-bundle-not-pem.yaml",
+    rejects_webhook_url_with_credentials => "webhook-url-with-credentials.yaml",
+    rejects_webhook_header_crlf => "webhook-header-crlf.yaml",
 }
 
 fn assert_rejected(file: &str) {

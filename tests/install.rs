@@ -9,9 +9,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::receiver::Receiver;
+use common::storage::Storage;
 use common::tenant_manager::{TenantManager, ensure_quotas_count_ctrlplane_kinds};
 use common::*;
-use ctrlplane_operator::api::{DeliveryPhase, Instance, InstancePhase, WebhookDelivery};
+use ctrlplane_operator::api::{
+    CommandPhase, DeliveryPhase, Instance, InstancePhase, Sandbox, SandboxCommand, SandboxSnapshot,
+    SnapshotPhase, WebhookDelivery,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -379,6 +383,53 @@ async fn the_operator_works_with_exactly_the_permissions_the_chart_grants() {
             .all(|d| d.status.as_ref().and_then(|s| s.phase) != Some(DeliveryPhase::Failed)),
         "no delivery failed"
     );
+
+    // A Sandbox with a command run through pods/exec and a snapshot of its
+    // claim: the permissions the chart grants for exactly these.
+    let storage = Storage::create(&ns.name, 1);
+    apply_manifest(
+        &ns.name,
+        &format!("apiVersion: ctrlplane.dev/v1alpha1\nkind: Sandbox\nmetadata:\n  name: box\nspec:\n  image: ghcr.io/acme/devbox:1\n  resources: {{cpu: 250m, memory: 256Mi, storage: 1Gi, storageClassName: {}}}\n---\napiVersion: ctrlplane.dev/v1alpha1\nkind: SandboxCommand\nmetadata:\n  name: hello\nspec:\n  sandboxRef: {{name: box}}\n  command: [sh, -c, echo hello]\n---\napiVersion: ctrlplane.dev/v1alpha1\nkind: SandboxSnapshot\nmetadata:\n  name: snap\nspec:\n  sandboxRef: {{name: box}}\n", storage.class),
+    )
+    .expect_success("sandbox, command and snapshot");
+    let client = common::client().await;
+    let commands: Api<SandboxCommand> = Api::namespaced(client.clone(), &ns.name);
+    let snapshots: Api<SandboxSnapshot> = Api::namespaced(client.clone(), &ns.name);
+    let sandboxes: Api<Sandbox> = Api::namespaced(client, &ns.name);
+    let hello = wait_until("the command to succeed", WAIT, || async {
+        let c = commands.get("hello").await.map_err(|e| e.to_string())?;
+        let status = c.status.unwrap_or_default();
+        match status.phase {
+            Some(CommandPhase::Succeeded) => Ok(Some(status)),
+            Some(phase) if phase.is_finished() => {
+                Err(format!("ended {phase}: {:?}", status.conditions))
+            }
+            phase => Err(format!("{phase:?}")),
+        }
+    })
+    .await;
+    assert_eq!(hello.stdout.map(|o| o.text).as_deref(), Some("hello\n"));
+    wait_until("the snapshot to be Ready", WAIT, || async {
+        let s = snapshots.get("snap").await.map_err(|e| e.to_string())?;
+        let phase = s.status.and_then(|s| s.phase);
+        Ok((phase == Some(SnapshotPhase::Ready)).then_some(()))
+    })
+    .await;
+    snapshots
+        .delete("snap", &DeleteParams::default())
+        .await
+        .unwrap();
+    sandboxes
+        .delete("box", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_until("the snapshot and the Sandbox to be gone", WAIT, || async {
+        let snapshot = snapshots.get_opt("snap").await.map_err(|e| e.to_string())?;
+        let sandbox = sandboxes.get_opt("box").await.map_err(|e| e.to_string())?;
+        Ok((snapshot.is_none() && sandbox.is_none()).then_some(()))
+    })
+    .await;
+
     let log = operator.log();
     assert!(
         !log.contains("forbidden"),

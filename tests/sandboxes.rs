@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::receiver::Receiver;
+use common::storage::Storage;
 use common::*;
 use ctrlplane_operator::api::{EventType, Sandbox, SandboxPhase};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
@@ -16,52 +17,6 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// A StorageClass of the test's own with static PersistentVolumes in it, so
-/// claims of different tests never take each other's volumes. Removed when
-/// dropped.
-struct Storage {
-    class: String,
-    volumes: Vec<String>,
-}
-
-impl Storage {
-    fn create(namespace: &str, count: usize) -> Self {
-        let class = format!("sc-{namespace}");
-        let mut manifest = format!(
-            "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: {class}\nprovisioner: kubernetes.io/no-provisioner\nvolumeBindingMode: Immediate\nreclaimPolicy: Retain\n"
-        );
-        let volumes: Vec<String> = (0..count).map(|i| format!("pv-{namespace}-{i}")).collect();
-        for volume in &volumes {
-            manifest.push_str(&format!(
-                "---\napiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {volume}\nspec:\n  capacity: {{storage: 20Gi}}\n  accessModes: [ReadWriteOnce]\n  storageClassName: {class}\n  hostPath: {{path: /tmp/{volume}}}\n"
-            ));
-        }
-        kubectl_stdin(["apply", "--server-side", "-f", "-"], &manifest)
-            .expect_success("creating static volumes");
-        Self { class, volumes }
-    }
-}
-
-impl Drop for Storage {
-    fn drop(&mut self) {
-        let mut args = vec![
-            "delete",
-            "--wait=false",
-            "--ignore-not-found",
-            "persistentvolume",
-        ];
-        args.extend(self.volumes.iter().map(String::as_str));
-        let _ = kubectl(args);
-        let _ = kubectl([
-            "delete",
-            "--wait=false",
-            "--ignore-not-found",
-            "storageclass",
-            &self.class,
-        ]);
-    }
-}
 
 /// A small kwok host of the test's own, tainted for sandboxes only. Removed
 /// when dropped.

@@ -219,6 +219,20 @@ pub enum EventType {
     SandboxFailed,
     #[serde(rename = "sandbox.destroyed")]
     SandboxDestroyed,
+    #[serde(rename = "sandbox.command.started")]
+    SandboxCommandStarted,
+    #[serde(rename = "sandbox.command.succeeded")]
+    SandboxCommandSucceeded,
+    #[serde(rename = "sandbox.command.failed")]
+    SandboxCommandFailed,
+    #[serde(rename = "sandbox.snapshot.created")]
+    SandboxSnapshotCreated,
+    #[serde(rename = "sandbox.snapshot.ready")]
+    SandboxSnapshotReady,
+    #[serde(rename = "sandbox.snapshot.failed")]
+    SandboxSnapshotFailed,
+    #[serde(rename = "sandbox.snapshot.deleted")]
+    SandboxSnapshotDeleted,
 }
 
 impl EventType {
@@ -248,6 +262,13 @@ impl EventType {
         Self::SandboxExpired,
         Self::SandboxFailed,
         Self::SandboxDestroyed,
+        Self::SandboxCommandStarted,
+        Self::SandboxCommandSucceeded,
+        Self::SandboxCommandFailed,
+        Self::SandboxSnapshotCreated,
+        Self::SandboxSnapshotReady,
+        Self::SandboxSnapshotFailed,
+        Self::SandboxSnapshotDeleted,
     ];
 
     /// The wire name, e.g. `instance.created`.
@@ -278,6 +299,13 @@ impl EventType {
             Self::SandboxExpired => "sandbox.expired",
             Self::SandboxFailed => "sandbox.failed",
             Self::SandboxDestroyed => "sandbox.destroyed",
+            Self::SandboxCommandStarted => "sandbox.command.started",
+            Self::SandboxCommandSucceeded => "sandbox.command.succeeded",
+            Self::SandboxCommandFailed => "sandbox.command.failed",
+            Self::SandboxSnapshotCreated => "sandbox.snapshot.created",
+            Self::SandboxSnapshotReady => "sandbox.snapshot.ready",
+            Self::SandboxSnapshotFailed => "sandbox.snapshot.failed",
+            Self::SandboxSnapshotDeleted => "sandbox.snapshot.deleted",
         }
     }
 
@@ -294,7 +322,15 @@ impl std::fmt::Display for EventType {
 }
 
 /// Wildcards a Webhook may subscribe to besides the exact event types.
-pub const EVENT_WILDCARDS: &[&str] = &["*", "instance.*", "deploy.*", "health.*", "sandbox.*"];
+pub const EVENT_WILDCARDS: &[&str] = &[
+    "*",
+    "instance.*",
+    "deploy.*",
+    "health.*",
+    "sandbox.*",
+    "sandbox.command.*",
+    "sandbox.snapshot.*",
+];
 
 /// The schema of one entry of a Webhook's event filter: a known event type or
 /// one of the wildcards, listed so that `kubectl explain` shows every choice

@@ -5,14 +5,18 @@
 // look like repeated attributes to clippy; they are separate columns.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod command;
 pub mod common;
 pub mod instance;
 pub mod sandbox;
+pub mod snapshot;
 pub mod webhook;
 
+pub use command::*;
 pub use common::*;
 pub use instance::*;
 pub use sandbox::*;
+pub use snapshot::*;
 pub use webhook::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -32,6 +36,8 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         observed_generation_defaults_to_zero(Sandbox::crd()),
         observed_generation_defaults_to_zero(Webhook::crd()),
         WebhookDelivery::crd(),
+        observed_generation_defaults_to_zero(SandboxCommand::crd()),
+        observed_generation_defaults_to_zero(SandboxSnapshot::crd()),
     ]
 }
 

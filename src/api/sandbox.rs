@@ -79,6 +79,7 @@ pub const MIN_TTL_SECONDS: i64 = 60;
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!(has(self.ttlSeconds) && has(self.expiresAt))").message("set at most one of spec.ttlSeconds and spec.expiresAt").field_path(".expiresAt"))]
+#[x_kube(validation = Rule::new("has(oldSelf.source) == has(self.source) && (!has(self.source) || self.source == oldSelf.source)").message("spec.source is set when the sandbox is created and cannot change").field_path(".source"))]
 pub struct SandboxSpec {
     /// The base image the sandbox runs, e.g. `ghcr.io/acme/devbox:2024.10`.
     #[x_kube(validation = Rule::new(super::common::IMAGE_REFERENCE_RULE).message(super::common::IMAGE_REFERENCE_MESSAGE))]
@@ -144,6 +145,53 @@ pub struct SandboxSpec {
     /// sandbox out of Error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarted_at: Option<DateTime<Utc>>,
+
+    /// What the sandbox's data starts from. Empty: an empty volume. Set when
+    /// the sandbox is created; it cannot change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SandboxSource>,
+}
+
+/// What a sandbox's data starts from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxSource {
+    /// A SandboxSnapshot in the same namespace: the sandbox's volume starts
+    /// as a copy of it. The snapshot must be Ready.
+    pub snapshot_ref: SnapshotReference,
+}
+
+/// A SandboxSnapshot in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotReference {
+    /// The SandboxSnapshot's name.
+    #[x_kube(validation = Rule::new("!format.dns1123Subdomain().validate(self).hasValue()").message("must be a SandboxSnapshot name: lowercase letters, digits, '-' and '.'"))]
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// A command of a Sandbox, as its history remembers it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandMark {
+    pub name: String,
+    pub uid: String,
+    /// When it was created: commands run in that order.
+    pub created: DateTime<Utc>,
+}
+
+/// How far a Sandbox's history has recorded its commands, which run one at
+/// a time in the order they were created.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandCursor {
+    /// The last command recorded as started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<CommandMark>,
+    /// The last command recorded as finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<CommandMark>,
 }
 
 /// CPU, memory and storage for a sandbox.
@@ -252,4 +300,7 @@ pub struct SandboxStatus {
     /// The highest history sequence for which webhook deliveries exist.
     #[serde(default)]
     pub dispatched_seq: i64,
+    /// How far the history has recorded its commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commands: Option<CommandCursor>,
 }

@@ -12,12 +12,13 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource};
 use tracing::{Instrument, warn};
 
+use super::command::CommandRunner;
 use super::delivery::Courier;
 use super::dispatch::Dispatcher;
 use super::events::EventPublisher;
 use super::record::{Deferrals, WrittenObjects};
 use super::webhook::DeliveryLedger;
-use crate::api::Webhook;
+use crate::api::{Sandbox, SandboxCommand, SandboxSnapshot, Webhook};
 use crate::provider::{InstanceProviders, SandboxProviders};
 use crate::runtime::metrics::{ErrorLabels, KindLabels, Metrics};
 
@@ -29,6 +30,11 @@ pub struct Context {
     pub events: Arc<EventPublisher>,
     pub metrics: Arc<Metrics>,
     pub webhooks: Store<Webhook>,
+    pub sandboxes: Store<Sandbox>,
+    pub commands: Store<SandboxCommand>,
+    pub snapshots: Store<SandboxSnapshot>,
+    /// Runs SandboxCommands, and knows which run in this process.
+    pub runner: Arc<CommandRunner>,
     /// Sends lifecycle events to the Webhooks that take them.
     pub dispatcher: Arc<Dispatcher>,
     /// Makes signed attempts, for the dispatcher and the delivery records.

@@ -97,6 +97,7 @@ impl LifecycleKind for Instance {
             finalizer: plan.finalizer,
             labels: None,
             delete_object: false,
+            record_first: false,
         };
         let acts = InstanceActs {
             provider: provider.clone(),

@@ -149,6 +149,19 @@ async fn run<K: LifecycleKind>(object: Arc<K>, context: &Context) -> Result<Acti
         }
     };
 
+    // An act that must happen at most once (a command's start) is
+    // recorded first, and happens only if that write went through: a
+    // reconcile that lost the race does not act.
+    let object = if decision.record_first {
+        let Some(written) = record(&api, &object, &mut decision, context).await? else {
+            return Ok(Action::requeue(AFTER_CONFLICT));
+        };
+        decision.events.clear();
+        written
+    } else {
+        object
+    };
+
     // act
     match object.act(context, &acts).await {
         Ok(notes) => decision

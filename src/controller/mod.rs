@@ -13,6 +13,7 @@
 //! synced, so the first pass after a start sees the whole world before it
 //! acts.
 
+pub mod command;
 pub mod delivery;
 pub mod dispatch;
 pub mod events;
@@ -21,6 +22,7 @@ pub mod instance;
 pub mod lifecycle;
 pub mod record;
 pub mod sandbox;
+pub mod snapshot;
 pub mod watches;
 pub mod webhook;
 
@@ -35,14 +37,22 @@ use serde::de::DeserializeOwned;
 
 pub use harness::{Context, ErrorBackoff};
 
-use crate::api::{Instance, MANAGED_BY, MANAGED_BY_LABEL, Sandbox, Webhook, WebhookDelivery};
+use crate::api::{
+    Instance, MANAGED_BY, MANAGED_BY_LABEL, Sandbox, SandboxCommand, SandboxSnapshot, Webhook,
+    WebhookDelivery,
+};
 use crate::provider::kubernetes::{self, KubernetesProvider};
+use crate::provider::pod::volume_snapshot::VolumeSnapshot;
 use crate::provider::pod::{self, PodProvider};
+use crate::provider::shape;
 use crate::provider::{InstanceProvider, InstanceProviders, SandboxProviders};
 use crate::runtime::metrics::Metrics;
+use command::CommandRunner;
 use delivery::Courier;
 use dispatch::Dispatcher;
 use events::EventPublisher;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
 use record::WrittenObjects;
 use watches::{
     SyncTracker, forget_managed_fields, keep_metadata_unless_managed, reflect, reflect_shared,
@@ -110,13 +120,53 @@ pub async fn run_scope(
         "instances",
         forget_managed_fields,
     );
-    let (sandboxes, sandbox_stream) = reflect(
+    // Sandboxes, their commands and their snapshots wake one another.
+    let mut sandboxes = reflect_shared(
         scope.api::<Sandbox>(&client),
         everything.clone(),
         &tracker,
         "sandboxes",
         forget_managed_fields,
+        3,
     );
+    let mut commands = reflect_shared(
+        scope.api::<SandboxCommand>(&client),
+        everything.clone(),
+        &tracker,
+        "sandboxcommands",
+        forget_managed_fields,
+        2,
+    );
+    let mut snapshots = reflect_shared(
+        scope.api::<SandboxSnapshot>(&client),
+        everything.clone(),
+        &tracker,
+        "sandboxsnapshots",
+        forget_managed_fields,
+        2,
+    );
+    // VolumeSnapshots only where the cluster has the API; without it,
+    // SandboxSnapshots say so, and nothing waits for a watch that fails.
+    let snapshot_api = client
+        .list_api_group_resources(pod::volume_snapshot::API_VERSION)
+        .await
+        .is_ok();
+    if !snapshot_api {
+        tracing::info!(
+            api = pod::volume_snapshot::API_VERSION,
+            "no VolumeSnapshot API in this cluster; SandboxSnapshots cannot be taken"
+        );
+    }
+    let mut volume_snapshots = snapshot_api.then(|| {
+        reflect_shared(
+            scope.api::<VolumeSnapshot>(&client),
+            managed.clone(),
+            &tracker,
+            "volumesnapshots",
+            forget_managed_fields,
+            1,
+        )
+    });
     // Cluster-wide, read-only: the capacity check needs every node and
     // every pod, whatever namespaces the operator manages.
     let (nodes, node_stream) = reflect(
@@ -225,6 +275,7 @@ pub async fn run_scope(
             services: services.store.clone(),
             nodes,
             all_pods,
+            volume_snapshots: volume_snapshots.as_ref().map(|v| v.store.clone()),
         },
         pods.subscriber(),
         services.subscriber(),
@@ -257,7 +308,12 @@ pub async fn run_scope(
     dispatcher.register("Instance", instance_waker);
     let (sandbox_waker, sandboxes_dispatched) = futures::channel::mpsc::unbounded();
     dispatcher.register("Sandbox", sandbox_waker);
+    let (runner, commands_ended) = CommandRunner::new();
     let context = Arc::new(Context {
+        sandboxes: sandboxes.store.clone(),
+        commands: commands.store.clone(),
+        snapshots: snapshots.store.clone(),
+        runner: Arc::new(runner),
         client: client.clone(),
         instance_providers,
         sandbox_providers,
@@ -281,10 +337,130 @@ pub async fn run_scope(
         context.clone(),
         shutdown.clone(),
     );
+    // A Sandbox is woken by its commands (to record how they went) and by
+    // the snapshot its data starts from.
+    let command_store = commands.store.clone();
+    let sandbox_store = sandboxes.store.clone();
+    let sandbox_wakes = futures::stream::select_all([
+        sandboxes_dispatched.boxed(),
+        commands
+            .subscriber()
+            .filter_map(|c| {
+                futures::future::ready(
+                    c.namespace()
+                        .map(|ns| (ns, c.spec.sandbox_ref.name.clone())),
+                )
+            })
+            .boxed(),
+        snapshots
+            .subscriber()
+            .flat_map(move |snapshot| {
+                let namespace = snapshot.namespace();
+                let name = snapshot.name_any();
+                let waiting: Vec<(String, String)> = sandbox_store
+                    .state()
+                    .iter()
+                    .filter(|s| {
+                        s.namespace() == namespace
+                            && s.spec
+                                .source
+                                .as_ref()
+                                .is_some_and(|source| source.snapshot_ref.name == name)
+                    })
+                    .filter_map(|s| Some((s.namespace()?, s.name_any())))
+                    .collect();
+                futures::stream::iter(waiting)
+            })
+            .boxed(),
+    ]);
     let sandbox_controller = sandbox::controller(
-        sandbox_stream,
-        sandboxes,
-        sandboxes_dispatched,
+        sandboxes
+            .subscriber()
+            .map(|s| Ok::<_, watcher::Error>(s.as_ref().clone())),
+        sandboxes.store.clone(),
+        sandbox_wakes,
+        config.concurrency,
+        context.clone(),
+        shutdown.clone(),
+    );
+    // A command is woken when its run ends, and when its Sandbox changes
+    // (it starts running, stops, goes).
+    let command_wakes = futures::stream::select(
+        commands_ended
+            .map(|(namespace, name)| ObjectRef::<SandboxCommand>::new(&name).within(&namespace))
+            .boxed(),
+        sandboxes
+            .subscriber()
+            .flat_map(move |sandbox| {
+                let namespace = sandbox.namespace();
+                let name = sandbox.name_any();
+                let theirs: Vec<ObjectRef<SandboxCommand>> = command_store
+                    .state()
+                    .iter()
+                    .filter(|c| {
+                        c.namespace() == namespace
+                            && c.spec.sandbox_ref.name == name
+                            && !c
+                                .status
+                                .as_ref()
+                                .and_then(|s| s.phase)
+                                .is_some_and(|p| p.is_finished())
+                    })
+                    .map(|c| ObjectRef::from_obj(c.as_ref()))
+                    .collect();
+                futures::stream::iter(theirs)
+            })
+            .boxed(),
+    );
+    let command_controller = command::controller(
+        commands
+            .subscriber()
+            .map(|c| Ok::<_, watcher::Error>(c.as_ref().clone())),
+        commands.store.clone(),
+        command_wakes,
+        config.concurrency,
+        context.clone(),
+        shutdown.clone(),
+    );
+    // A snapshot is woken by its volume snapshot, and by its Sandbox (whose
+    // data volume it waits for).
+    let snapshot_store = snapshots.store.clone();
+    let mut snapshot_wakes: Vec<futures::stream::BoxStream<'static, ObjectRef<SandboxSnapshot>>> = vec![
+        sandboxes
+            .subscriber()
+            .flat_map(move |sandbox| {
+                let namespace = sandbox.namespace();
+                let name = sandbox.name_any();
+                let theirs: Vec<ObjectRef<SandboxSnapshot>> = snapshot_store
+                    .state()
+                    .iter()
+                    .filter(|s| s.namespace() == namespace && s.spec.sandbox_ref.name == name)
+                    .map(|s| ObjectRef::from_obj(s.as_ref()))
+                    .collect();
+                futures::stream::iter(theirs)
+            })
+            .boxed(),
+    ];
+    if let Some(volume_snapshots) = volume_snapshots.as_mut() {
+        snapshot_wakes.push(
+            volume_snapshots
+                .subscriber()
+                .filter_map(|v| {
+                    futures::future::ready(shape::owner_of(v.as_ref(), "SandboxSnapshot").map(
+                        |owner| {
+                            ObjectRef::<SandboxSnapshot>::new(&owner.name).within(&owner.namespace)
+                        },
+                    ))
+                })
+                .boxed(),
+        );
+    }
+    let snapshot_controller = snapshot::controller(
+        snapshots
+            .subscriber()
+            .map(|s| Ok::<_, watcher::Error>(s.as_ref().clone())),
+        snapshots.store.clone(),
+        futures::stream::select_all(snapshot_wakes),
         config.concurrency,
         context.clone(),
         shutdown.clone(),
@@ -308,17 +484,31 @@ pub async fn run_scope(
         shutdown,
     );
     tokio::spawn(caches_synced);
-    let watches = futures::future::join_all([
+    let mut watches = vec![
         deployments.watch,
         services.watch,
         pods.watch,
         claims.watch,
         webhooks.watch,
         deliveries.watch,
-    ]);
+        sandboxes.watch,
+        commands.watch,
+        snapshots.watch,
+    ];
+    watches.extend(volume_snapshots.map(|v| v.watch));
+    let watches = futures::future::join_all(watches);
     // The controllers end on shutdown; the watches never do.
     tokio::select! {
-        _ = async { futures::join!(instance_controller, sandbox_controller, webhook_controller, delivery_controller) } => {}
+        _ = async {
+            futures::join!(
+                instance_controller,
+                sandbox_controller,
+                command_controller,
+                snapshot_controller,
+                webhook_controller,
+                delivery_controller
+            )
+        } => {}
         _ = async { futures::join!(watches, cluster_watches) } => {}
     }
 }

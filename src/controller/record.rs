@@ -14,7 +14,10 @@ use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use super::Context;
-use crate::api::{Condition, HistoryEntry, Instance, InstanceStatus, Sandbox, SandboxStatus};
+use crate::api::{
+    Condition, HistoryEntry, Instance, InstanceStatus, Sandbox, SandboxCommand,
+    SandboxCommandStatus, SandboxSnapshot, SandboxSnapshotStatus, SandboxStatus,
+};
 use crate::plan::{FINALIZER, PlannedEvent};
 use crate::runtime::kubeapi::{self, StatusWrite, is_not_found};
 use crate::runtime::metrics::{KindLabels, TransitionLabels};
@@ -97,6 +100,10 @@ lifecycle_object!(
         progress: &["replicas", "readyReplicas", "endpoints", "providerRef", "dispatchedSeq"];
     Sandbox => SandboxStatus,
         progress: &["podIP", "host", "providerRef", "claimName", "dispatchedSeq"];
+    SandboxCommand => SandboxCommandStatus,
+        progress: &[];
+    SandboxSnapshot => SandboxSnapshotStatus,
+        progress: &["dispatchedSeq"];
 );
 
 /// How long a change of progress alone (see

@@ -20,8 +20,9 @@ use super::instance::{SETTLE, SETTLE_AT_MOST, reconcile_trigger};
 use super::lifecycle::{LifecycleKind, error_policy, reconcile};
 use super::watches::settle;
 use crate::api::Sandbox;
+use crate::api::{CommandMark, SandboxCommand};
 use crate::plan::Decision;
-use crate::plan::sandbox::{SandboxAction, SandboxObservation, plan};
+use crate::plan::sandbox::{CommandView, SandboxAction, SandboxObservation, SourceView, plan};
 use crate::provider::{
     ActionNote, ApplyReason, Cleanup, Deprovision, ProviderError, SandboxProvider, SandboxWorkload,
     WorkloadId,
@@ -68,6 +69,30 @@ impl LifecycleKind for Sandbox {
             cleanup,
             observed,
             hosts,
+            commands: commands_of(self, &context.commands),
+            source: self.spec.source.as_ref().and_then(|source| {
+                let snapshot = context.snapshots.get(
+                    &ObjectRef::new(&source.snapshot_ref.name)
+                        .within(&self.namespace().unwrap_or_default()),
+                )?;
+                let status = snapshot.status.clone().unwrap_or_default();
+                Some(SourceView {
+                    phase: status.phase,
+                    volume_snapshot: status.volume_snapshot_name.clone(),
+                    restore_size: status.restore_size.as_ref().map(|q| q.0.clone()),
+                    message: status
+                        .error
+                        .clone()
+                        .or_else(|| {
+                            status
+                                .conditions
+                                .iter()
+                                .find(|c| c.type_ == "Ready")
+                                .map(|c| c.message.clone())
+                        })
+                        .unwrap_or_default(),
+                })
+            }),
         };
         Ok((observation, provider.ok()))
     }
@@ -85,6 +110,7 @@ impl LifecycleKind for Sandbox {
             finalizer: plan.finalizer,
             labels: plan.labels,
             delete_object: plan.delete_sandbox,
+            record_first: false,
         };
         let acts = SandboxActs {
             provider: provider.clone(),
@@ -123,11 +149,53 @@ impl LifecycleKind for Sandbox {
     }
 }
 
+/// A Sandbox's commands, in the order they run: by creation, then name.
+pub fn commands_of(sandbox: &Sandbox, store: &Store<SandboxCommand>) -> Vec<CommandView> {
+    let namespace = sandbox.namespace();
+    let name = sandbox.name_any();
+    let mut commands: Vec<CommandView> = store
+        .state()
+        .iter()
+        .filter(|c| c.namespace() == namespace && c.spec.sandbox_ref.name == name)
+        .map(|c| {
+            let status = c.status.clone().unwrap_or_default();
+            let failed = status.conditions.iter().find(|c| c.type_ == "Failed");
+            CommandView {
+                mark: command_mark(c),
+                phase: status.phase,
+                started: status.started_at.is_some(),
+                exit_code: status.exit_code,
+                reason: failed.map(|c| c.reason.clone()).unwrap_or_default(),
+                message: failed.map(|c| c.message.clone()).unwrap_or_default(),
+            }
+        })
+        .collect();
+    commands.sort_by(|a, b| (a.mark.created, &a.mark.name).cmp(&(b.mark.created, &b.mark.name)));
+    commands
+}
+
+/// Where a command stands in its Sandbox's order.
+pub fn command_mark(command: &SandboxCommand) -> CommandMark {
+    let created = command
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| {
+            DateTime::<Utc>::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
+        })
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    CommandMark {
+        name: command.name_any(),
+        uid: command.uid().unwrap_or_default(),
+        created,
+    }
+}
+
 /// Runs the Sandbox controller of one scope until shutdown.
 pub async fn controller(
     sandboxes: impl Stream<Item = Result<Sandbox, watcher::Error>> + Send + 'static,
     store: Store<Sandbox>,
-    dispatched: impl Stream<Item = (String, String)> + Send + 'static,
+    woken: impl Stream<Item = (String, String)> + Send + 'static,
     concurrency: u16,
     context: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -144,10 +212,10 @@ pub async fn controller(
     .map(|id| (id.namespace, id.name));
     let providers = settle(providers, SETTLE, SETTLE_AT_MOST)
         .map(|(namespace, name)| ObjectRef::<Sandbox>::new(&name).within(&namespace));
-    let dispatched = dispatched.map(|(namespace, name)| ObjectRef::new(&name).within(&namespace));
+    let woken = woken.map(|(namespace, name)| ObjectRef::new(&name).within(&namespace));
     Controller::for_stream(sandboxes, store)
         .reconcile_on(providers)
-        .reconcile_on(dispatched)
+        .reconcile_on(woken)
         .with_config(ControllerRuntimeConfig::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)

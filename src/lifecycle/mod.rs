@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use crate::api::{InstancePhase, SandboxPhase};
+use crate::api::{CommandPhase, InstancePhase, SandboxPhase, SnapshotPhase};
 
 /// A kind whose phase moves through a transition table.
 pub trait Lifecycle: Copy + Eq + fmt::Debug + fmt::Display + 'static {
@@ -112,6 +112,53 @@ impl Lifecycle for SandboxPhase {
     }
 }
 
+impl Lifecycle for CommandPhase {
+    const KIND: &'static str = "SandboxCommand";
+    const ALL: &'static [Self] = &[
+        Self::Pending,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::TimedOut,
+    ];
+
+    /// Why each row is what it is:
+    /// - Pending: waiting for its Sandbox to run and for the commands before
+    ///   it. It starts, or fails without running (its Sandbox was deleted or
+    ///   stopped, or it could not be started).
+    /// - Running: recorded as started, before it was started, so it runs at
+    ///   most once. It exits (Succeeded or Failed), runs out of time
+    ///   (TimedOut), or is interrupted (Failed, reason Interrupted).
+    /// - Succeeded, Failed, TimedOut: it has ended; terminal.
+    fn allowed_next(self) -> &'static [Self] {
+        use CommandPhase::*;
+        match self {
+            Pending => &[Running, Failed],
+            Running => &[Succeeded, Failed, TimedOut],
+            Succeeded | Failed | TimedOut => &[],
+        }
+    }
+}
+
+impl Lifecycle for SnapshotPhase {
+    const KIND: &'static str = "SandboxSnapshot";
+    const ALL: &'static [Self] = &[Self::Pending, Self::Ready, Self::Failed];
+
+    /// Why each row is what it is:
+    /// - Pending: being taken. It becomes ready, or fails.
+    /// - Ready: a Sandbox can start from it. It fails if its volume snapshot
+    ///   goes or reports an error.
+    /// - Failed: terminal; take another.
+    fn allowed_next(self) -> &'static [Self] {
+        use SnapshotPhase::*;
+        match self {
+            Pending => &[Ready, Failed],
+            Ready => &[Failed],
+            Failed => &[],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +203,20 @@ mod tests {
         ("Error", "Destroyed"),
     ];
 
+    const COMMAND_ALLOWED: &[(&str, &str)] = &[
+        ("Pending", "Running"),
+        ("Pending", "Failed"),
+        ("Running", "Succeeded"),
+        ("Running", "Failed"),
+        ("Running", "TimedOut"),
+    ];
+
+    const SNAPSHOT_ALLOWED: &[(&str, &str)] = &[
+        ("Pending", "Ready"),
+        ("Pending", "Failed"),
+        ("Ready", "Failed"),
+    ];
+
     /// Every ordered pair, allowed or not, checked against the expected list.
     fn check_every_pair<S: Lifecycle>(allowed: &[(&str, &str)]) {
         let mut checked = 0;
@@ -192,6 +253,24 @@ mod tests {
     #[test]
     fn sandbox_table_every_pair() {
         check_every_pair::<SandboxPhase>(SANDBOX_ALLOWED);
+    }
+
+    #[test]
+    fn command_table_every_pair() {
+        check_every_pair::<CommandPhase>(COMMAND_ALLOWED);
+    }
+
+    #[test]
+    fn snapshot_table_every_pair() {
+        check_every_pair::<SnapshotPhase>(SNAPSHOT_ALLOWED);
+    }
+
+    #[test]
+    fn a_command_ends_once_and_a_failed_snapshot_stays_failed() {
+        for phase in CommandPhase::ALL {
+            assert_eq!(phase.is_terminal(), phase.is_finished(), "{phase}");
+        }
+        assert!(SnapshotPhase::Failed.is_terminal());
     }
 
     #[test]
@@ -235,5 +314,7 @@ mod tests {
         }
         reachable::<InstancePhase>();
         reachable::<SandboxPhase>();
+        reachable::<CommandPhase>();
+        reachable::<SnapshotPhase>();
     }
 }

@@ -24,6 +24,10 @@ pub mod types {
     /// gone). The "abnormal-true" condition that Flux's kstatus and other
     /// generic tools read as Failed.
     pub const STALLED: &str = "Stalled";
+    /// Whether a command ran to success (as a Job's Complete).
+    pub const COMPLETE: &str = "Complete";
+    /// Whether a command ended without success (as a Job's Failed).
+    pub const FAILED: &str = "Failed";
 }
 
 /// The Stalled condition: stuck (`Some((reason, message))`) or not.

@@ -22,14 +22,19 @@ use crate::api::{
 pub const WEBHOOK_LABEL: &str = "ctrlplane.dev/webhook";
 
 /// Whether a webhook's event filter takes an event type: empty takes all,
-/// `*` takes all, `family.*` takes the family, otherwise exact names.
+/// `*` takes all, `prefix.*` takes every type under the prefix
+/// (`sandbox.*` takes `sandbox.command.started` too), otherwise exact names.
 pub fn event_matches(filter: &[String], type_: EventType) -> bool {
     filter.is_empty()
         || filter.iter().any(|f| {
             f == "*"
                 || f == type_.as_str()
-                || f.strip_suffix(".*")
-                    .is_some_and(|family| family == type_.family())
+                || f.strip_suffix(".*").is_some_and(|prefix| {
+                    type_
+                        .as_str()
+                        .strip_prefix(prefix)
+                        .is_some_and(|rest| rest.starts_with('.'))
+                })
         })
 }
 
@@ -173,6 +178,22 @@ mod tests {
         assert!(event_matches(
             &filter(&["sandbox.*", "deploy.failed"]),
             DeployFailed
+        ));
+        assert!(event_matches(
+            &filter(&["sandbox.*"]),
+            SandboxCommandStarted
+        ));
+        assert!(event_matches(
+            &filter(&["sandbox.command.*"]),
+            SandboxCommandFailed
+        ));
+        assert!(!event_matches(
+            &filter(&["sandbox.command.*"]),
+            SandboxStarted
+        ));
+        assert!(!event_matches(
+            &filter(&["sandbox.snap.*"]),
+            SandboxSnapshotReady
         ));
     }
 

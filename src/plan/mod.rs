@@ -5,12 +5,14 @@
 //! without a cluster.
 
 pub mod capacity;
+pub mod command;
 pub mod conditions;
 pub mod delivery;
 pub mod dispatch;
 pub mod history;
 pub mod instance;
 pub mod sandbox;
+pub mod snapshot;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -76,6 +78,13 @@ pub fn event_reason(type_: EventType) -> &'static str {
         HealthUnhealthy => "Unhealthy",
         SandboxExpired => "Expired",
         SandboxDestroyed => "Destroyed",
+        SandboxCommandStarted => "CommandStarted",
+        SandboxCommandSucceeded => "CommandSucceeded",
+        SandboxCommandFailed => "CommandFailed",
+        SandboxSnapshotCreated => "SnapshotCreated",
+        SandboxSnapshotReady => "SnapshotReady",
+        SandboxSnapshotFailed => "SnapshotFailed",
+        SandboxSnapshotDeleted => "SnapshotDeleted",
     }
 }
 
@@ -84,7 +93,13 @@ pub fn is_warning(type_: EventType) -> bool {
     use EventType::*;
     matches!(
         type_,
-        InstanceFailed | DeployFailed | DeployRolledBack | HealthUnhealthy | SandboxFailed
+        InstanceFailed
+            | DeployFailed
+            | DeployRolledBack
+            | HealthUnhealthy
+            | SandboxFailed
+            | SandboxCommandFailed
+            | SandboxSnapshotFailed
     )
 }
 
@@ -107,6 +122,8 @@ pub fn deserves_event(type_: EventType) -> bool {
             | InstanceDeleting
             | SandboxCreated
             | SandboxStarting
+            | SandboxCommandStarted
+            | SandboxSnapshotCreated
     )
 }
 
@@ -142,6 +159,9 @@ pub struct Decision<S> {
     pub labels: Option<BTreeMap<String, String>>,
     /// Delete the object itself (an expired sandbox).
     pub delete_object: bool,
+    /// Write the status before acting, and act only if that write went
+    /// through: for an act that must happen at most once.
+    pub record_first: bool,
 }
 
 /// The Synced condition after a plan, and when the plan refused a phase

@@ -24,12 +24,13 @@ use super::{
     synced,
 };
 use crate::api::{
-    DesiredState, EventType, ExpiryPolicy, ProviderRef, Sandbox, SandboxPhase, SandboxStatus,
+    CommandCursor, CommandMark, CommandPhase, DesiredState, EventType, ExpiryPolicy, ProviderRef,
+    Sandbox, SandboxPhase, SandboxStatus, SnapshotPhase,
 };
 use crate::lifecycle::{Lifecycle, TransitionError, validate_transition};
 use crate::provider::{
-    AGENT_LABEL, Cleanup, Host, JOB_LABEL, PodObserved, RunWanted, SANDBOX_LABEL, SandboxObserved,
-    SandboxWorkload, UnknownProvider, milli,
+    AGENT_LABEL, Cleanup, Host, JOB_LABEL, PodObserved, RestoreSource, RunWanted, SANDBOX_LABEL,
+    SandboxObserved, SandboxWorkload, UnknownProvider, milli,
 };
 
 /// While waiting for room, look again this often.
@@ -44,6 +45,35 @@ pub struct SandboxObservation {
     pub observed: SandboxObserved,
     /// The hosts and what they have free, for placing a new Pod.
     pub hosts: Vec<Host>,
+    /// Its commands, in the order they run: by creation, then name.
+    pub commands: Vec<CommandView>,
+    /// The snapshot spec.source names; `None` when it does not exist (or
+    /// spec.source names none).
+    pub source: Option<SourceView>,
+}
+
+/// A command of the sandbox, as its history needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandView {
+    pub mark: CommandMark,
+    pub phase: Option<CommandPhase>,
+    /// Whether it was started (it has a startedAt).
+    pub started: bool,
+    pub exit_code: Option<i32>,
+    /// Why it ended, when it did not succeed.
+    pub reason: String,
+    pub message: String,
+}
+
+/// The snapshot a sandbox's data starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceView {
+    pub phase: Option<SnapshotPhase>,
+    /// The volume snapshot behind it, once taken.
+    pub volume_snapshot: Option<String>,
+    pub restore_size: Option<String>,
+    /// What its Ready condition says.
+    pub message: String,
 }
 
 /// Why the provider is called. `Provision`, `Start` and `Stop` are one
@@ -120,6 +150,8 @@ struct Planner<'a> {
     waiting_for_claim: bool,
     /// Where a new Pod goes, when one is to be made.
     chosen_host: Option<String>,
+    /// Its data is to start from a snapshot that is not ready: why.
+    waiting_for_snapshot: Option<String>,
     requeue_after: Duration,
 }
 
@@ -139,6 +171,7 @@ impl<'a> Planner<'a> {
             no_room: None,
             waiting_for_claim: false,
             chosen_host: None,
+            waiting_for_snapshot: None,
             requeue_after: REQUEUE_SETTLED,
         }
     }
@@ -176,6 +209,8 @@ impl<'a> Planner<'a> {
         };
         self.plan_expiry();
         self.plan_restart();
+        self.plan_commands();
+        self.waiting_for_snapshot = self.snapshot_not_ready();
         let mut workload =
             (!self.deleting() && self.intent() != Intent::Gone).then(|| self.workload());
         let revision = workload.as_ref().map(|w| w.revision.clone());
@@ -197,7 +232,7 @@ impl<'a> Planner<'a> {
             .as_ref()
             .is_some_and(|c| !c.bound)
             || self.pod().is_some_and(|p| p.waiting_for_data);
-        if needs_pod && workload.is_some() {
+        if needs_pod && workload.is_some() && self.waiting_for_snapshot.is_none() {
             let request = self.request();
             match choose_host(
                 &self.observation.hosts,
@@ -371,6 +406,128 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Whether any of its commands has not ended.
+    fn commands_unfinished(&self) -> bool {
+        self.observation
+            .commands
+            .iter()
+            .any(|c| !c.phase.is_some_and(CommandPhase::is_finished))
+    }
+
+    /// When its data is to start from a snapshot that is not ready, and
+    /// none is made yet: why it waits.
+    fn snapshot_not_ready(&self) -> Option<String> {
+        let wanted = self.sandbox.spec.source.as_ref()?;
+        if self.observation.observed.claim.is_some() || self.deleting() {
+            return None;
+        }
+        let name = &wanted.snapshot_ref.name;
+        match &self.observation.source {
+            None => Some(format!("SandboxSnapshot {name} does not exist")),
+            Some(source) if source.phase == Some(SnapshotPhase::Ready) => source
+                .volume_snapshot
+                .is_none()
+                .then(|| format!("SandboxSnapshot {name} is ready but has no volume snapshot")),
+            Some(source) if source.phase == Some(SnapshotPhase::Failed) => {
+                Some(format!("SandboxSnapshot {name} failed: {}", source.message))
+            }
+            Some(_) => Some(format!("waiting for SandboxSnapshot {name} to be ready")),
+        }
+    }
+
+    /// Records in the history how its commands started and ended, in the
+    /// order they run, each once: `status.commands` remembers how far the
+    /// history has got.
+    fn plan_commands(&mut self) {
+        let mut cursor = self.status.commands.clone().unwrap_or_default();
+        let order = |m: &CommandMark| (m.created, m.name.clone());
+        let after = |m: &CommandMark, mark: &Option<CommandMark>| {
+            mark.as_ref().is_none_or(|mark| order(m) > order(mark))
+        };
+        // Recorded as started, and gone before it was recorded as ended.
+        if let Some(started) = cursor.started.clone()
+            && after(&started, &cursor.finished)
+            && !self
+                .observation
+                .commands
+                .iter()
+                .any(|c| c.mark.uid == started.uid)
+        {
+            self.record(
+                NewEvent::new(
+                    EventType::SandboxCommandFailed,
+                    "Deleted",
+                    format!("command {} was deleted before it ended", started.name),
+                )
+                .detail("command", &started.name),
+            );
+            cursor.finished = Some(started);
+        }
+        let commands = self.observation.commands.clone();
+        for command in commands {
+            if !after(&command.mark, &cursor.finished) {
+                continue;
+            }
+            let name = command.mark.name.clone();
+            let newly_started = command.started && after(&command.mark, &cursor.started);
+            match command.phase {
+                Some(phase) if phase.is_finished() => {
+                    if newly_started {
+                        self.record_command_started(&name);
+                        cursor.started = Some(command.mark.clone());
+                    }
+                    let (type_, reason, message) = match (phase, command.exit_code) {
+                        (CommandPhase::Succeeded, _) => (
+                            EventType::SandboxCommandSucceeded,
+                            "Succeeded".to_string(),
+                            format!("command {name} exited with code 0"),
+                        ),
+                        (_, Some(code)) => (
+                            EventType::SandboxCommandFailed,
+                            command.reason.clone(),
+                            format!("command {name} exited with code {code}"),
+                        ),
+                        _ => (
+                            EventType::SandboxCommandFailed,
+                            command.reason.clone(),
+                            format!("command {name} {}", command.message),
+                        ),
+                    };
+                    let mut event = NewEvent::new(type_, reason, message)
+                        .detail("command", &name)
+                        .detail("phase", phase);
+                    if let Some(code) = command.exit_code {
+                        event = event.detail("exitCode", code);
+                    }
+                    self.record(event);
+                    cursor.finished = Some(command.mark.clone());
+                }
+                Some(CommandPhase::Running) => {
+                    if newly_started {
+                        self.record_command_started(&name);
+                        cursor.started = Some(command.mark.clone());
+                    }
+                    // Later commands cannot have run yet.
+                    break;
+                }
+                _ => break,
+            }
+        }
+        let empty = cursor == CommandCursor::default();
+        self.status.commands = (!empty).then_some(cursor);
+    }
+
+    fn record_command_started(&mut self, name: &str) {
+        self.record(
+            NewEvent::new(
+                EventType::SandboxCommandStarted,
+                "Started",
+                format!("command {name} started"),
+            )
+            .detail("command", name),
+        );
+    }
+
     fn request(&self) -> Request {
         let resources = &self.sandbox.spec.resources;
         let cpu = kube_quantity::ParsedQuantity::try_from(&resources.cpu)
@@ -420,6 +577,12 @@ impl<'a> Planner<'a> {
             ports: spec.ports.clone(),
             run: RunWanted::AsIs,
             revision: format!("{:016x}", hasher.finish()),
+            restore_from: self.observation.source.as_ref().and_then(|source| {
+                Some(RestoreSource {
+                    volume_snapshot: source.volume_snapshot.clone()?,
+                    restore_size: source.restore_size.clone(),
+                })
+            }),
         }
     }
 
@@ -439,17 +602,21 @@ impl<'a> Planner<'a> {
                 None => Some((Created, "Created".into(), "the sandbox was created".into())),
                 Some(Destroyed) => None,
                 // Children owned by the Sandbox go with it (the garbage
-                // collector); others must be gone first.
-                Some(_) if intent == Intent::Gone && self.deleting() => (self.observation.cleanup
-                    == Cleanup::GarbageCollected
-                    || self.everything_gone())
-                .then(|| {
-                    (
-                        Destroyed,
-                        "Deleted".into(),
-                        "the sandbox was deleted; its pod, claim and service go with it".into(),
-                    )
-                }),
+                // collector); others must be gone first. Its commands end
+                // first (they fail, as the sandbox goes), so their last
+                // events are in its history.
+                Some(_) if intent == Intent::Gone && self.deleting() => {
+                    ((self.observation.cleanup == Cleanup::GarbageCollected
+                        || self.everything_gone())
+                        && !self.commands_unfinished())
+                    .then(|| {
+                        (
+                            Destroyed,
+                            "Deleted".into(),
+                            "the sandbox was deleted; its pod, claim and service go with it".into(),
+                        )
+                    })
+                }
                 Some(Created) => match intent {
                     Intent::Stopped | Intent::Gone => pod_gone.then(|| {
                         (
@@ -590,6 +757,10 @@ impl<'a> Planner<'a> {
             // and the finalizer does the rest.
             return;
         }
+        if self.waiting_for_snapshot.is_some() {
+            // Nothing is made before the data it starts from is ready.
+            return;
+        }
         self.actions.push(SandboxAction::Provision);
         let pod = self.pod();
         let failed_pod_to_retry = pod.is_some_and(|p| p.failed) && self.retry;
@@ -669,6 +840,12 @@ impl<'a> Planner<'a> {
                 pod.map(|p| p.problems.join("; "))
                     .filter(|m| !m.is_empty())
                     .unwrap_or_else(|| "its pod is not ready".into()),
+            ),
+            Some(Created) if self.waiting_for_snapshot.is_some() => DesiredCondition::new(
+                types::READY,
+                false,
+                "WaitingForSnapshot",
+                self.waiting_for_snapshot.clone().unwrap_or_default(),
             ),
             Some(Created) if self.no_room.is_some() => DesiredCondition::new(
                 types::READY,

@@ -193,6 +193,8 @@ pub struct SandboxWorkload {
     pub ports: Vec<PortSpec>,
     /// Whether it should run, and where.
     pub run: RunWanted,
+    /// A volume snapshot its data starts from, when its data is made.
+    pub restore_from: Option<RestoreSource>,
     /// Changes whenever the running part must be made again (image,
     /// resources, env, ports, placement, a restart request).
     pub revision: String,
@@ -206,6 +208,15 @@ impl SandboxWorkload {
             uid: self.owner.uid.clone(),
         }
     }
+}
+
+/// A volume snapshot a sandbox's data starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreSource {
+    /// The volume snapshot's name, in the sandbox's namespace.
+    pub volume_snapshot: String,
+    /// The size a volume restored from it needs, when known.
+    pub restore_size: Option<String>,
 }
 
 /// What the provider reports about a sandbox.
@@ -269,6 +280,106 @@ impl Host {
     }
 }
 
+// ------------------------------------------------------- commands, snapshots
+
+/// A command to run in a sandbox's running part.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// Environment variables, values resolved (Secret values included). A
+    /// provider passes them so they never appear in a URL, a process list,
+    /// an audit log or a log line.
+    pub env: Vec<(String, String)>,
+    /// The directory to run in; `None` for the environment's own.
+    pub working_dir: Option<String>,
+    /// How many bytes of the end of each output stream to keep.
+    pub keep_bytes: usize,
+}
+
+/// Never shows env values: they may be secrets.
+impl std::fmt::Debug for ExecRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecRequest")
+            .field("argv", &self.argv)
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("working_dir", &self.working_dir)
+            .finish()
+    }
+}
+
+/// The end of an output stream: its last bytes, and how many there were.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tail {
+    keep: usize,
+    /// The last `keep` bytes.
+    pub bytes: std::collections::VecDeque<u8>,
+    /// Every byte there was.
+    pub total: u64,
+}
+
+impl Tail {
+    pub fn new(keep: usize) -> Self {
+        Self {
+            keep,
+            bytes: std::collections::VecDeque::new(),
+            total: 0,
+        }
+    }
+
+    /// Takes in the next chunk, dropping the oldest bytes past `keep`.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.total += chunk.len() as u64;
+        let chunk = &chunk[chunk.len().saturating_sub(self.keep)..];
+        let overflow = (self.bytes.len() + chunk.len()).saturating_sub(self.keep);
+        self.bytes.drain(..overflow.min(self.bytes.len()));
+        self.bytes.extend(chunk);
+    }
+
+    /// Whether bytes were dropped.
+    pub fn truncated(&self) -> bool {
+        self.total > self.bytes.len() as u64
+    }
+}
+
+/// How a command that ran to its end ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutcome {
+    pub exit_code: i32,
+    pub stdout: Tail,
+    pub stderr: Tail,
+}
+
+/// A snapshot of a sandbox's data to take.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotRequest {
+    pub namespace: String,
+    /// The volume snapshot's name.
+    pub name: String,
+    /// The SandboxSnapshot, as the controlling owner of what is made.
+    pub owner: OwnerReference,
+    /// The snapshot class; `None` for the cluster's default.
+    pub class: Option<String>,
+    /// Annotations carried over from the SandboxSnapshot, for a snapshot
+    /// controller that reads its own.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What a provider reports about a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SnapshotObserved {
+    /// The volume snapshot's name.
+    pub name: String,
+    pub ready_to_use: bool,
+    pub restore_size: Option<String>,
+    pub creation_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// What the snapshot controller said went wrong.
+    pub error: Option<String>,
+    /// The claim it copies.
+    pub source_claim: Option<String>,
+    pub terminating: bool,
+}
+
 /// A quantity in thousandths (CPU: millicores) or units (memory: bytes),
 /// rounded up: the units [`Host`] counts in.
 pub fn milli(quantity: &kube_quantity::ParsedQuantity, thousandths: bool) -> Option<i64> {
@@ -322,6 +433,12 @@ pub enum ProviderError {
     /// the object's own deletion is on its way.
     #[error("namespace {namespace} is being deleted; nothing can be created in it")]
     NamespaceTerminating { namespace: String },
+    /// It does not run, so nothing can run in it.
+    #[error("{what} does not run")]
+    NotRunning { what: String },
+    /// A command's streams broke off.
+    #[error("the command in pod {pod} broke off: {message}")]
+    Exec { pod: String, message: String },
 }
 
 impl ProviderError {
@@ -345,6 +462,8 @@ impl ProviderError {
             Self::Conflict { .. } => "ChildConflict",
             Self::Unsupported { .. } => "Unsupported",
             Self::NamespaceTerminating { .. } => "NamespaceTerminating",
+            Self::NotRunning { .. } => "NotRunning",
+            Self::Exec { .. } => "ExecFailed",
         }
     }
 }
@@ -415,6 +534,38 @@ pub trait SandboxProvider: Named + Send + Sync {
     /// Changes to what it runs, once (see [`Wakeups`]).
     fn wakeups(&self) -> Option<Wakeups> {
         None
+    }
+    /// Runs a command in the sandbox's running part, to its end. Dropping
+    /// the future abandons it.
+    async fn exec(&self, _id: &WorkloadId, _request: &ExecRequest) -> ProviderResult<ExecOutcome> {
+        Err(ProviderError::Unsupported {
+            provider: self.name().to_string(),
+            what: "running commands".into(),
+        })
+    }
+    /// Takes a snapshot of the sandbox's data (idempotent: one of that name
+    /// is left as it is).
+    async fn snapshot(
+        &self,
+        _sandbox: &WorkloadId,
+        _request: &SnapshotRequest,
+    ) -> ProviderResult<()> {
+        Err(ProviderError::Unsupported {
+            provider: self.name().to_string(),
+            what: "snapshots".into(),
+        })
+    }
+    /// What a snapshot is now; `None` when there is none of that name.
+    async fn observe_snapshot(
+        &self,
+        _namespace: &str,
+        _name: &str,
+    ) -> ProviderResult<Option<SnapshotObserved>> {
+        Ok(None)
+    }
+    /// Deletes a snapshot.
+    async fn delete_snapshot(&self, _namespace: &str, _name: &str) -> ProviderResult<Deprovision> {
+        Ok(Deprovision::Done)
     }
 }
 

@@ -12,24 +12,26 @@ use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, Node, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, PodStatus,
-    ResourceRequirements, SeccompProfile, SecurityContext, Service, Toleration, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    ResourceRequirements, SeccompProfile, SecurityContext, Service, Toleration,
+    TypedLocalObjectReference, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{AttachParams, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::kubernetes::pod_problems;
 use super::shape::{self, Ownership};
 use super::{
-    ActionNote, ApplyReason, ClaimObserved, Cleanup, Deprovision, Host, PodObserved, ProviderError,
-    ProviderResult, RunWanted, SANDBOX_HOST_TAINT, SANDBOX_LABEL, SandboxObserved, SandboxProvider,
-    SandboxWorkload, WorkloadId, milli,
+    ActionNote, ApplyReason, ClaimObserved, Cleanup, Deprovision, ExecOutcome, ExecRequest, Host,
+    PodObserved, ProviderError, ProviderResult, RunWanted, SANDBOX_HOST_TAINT, SANDBOX_LABEL,
+    SandboxObserved, SandboxProvider, SandboxWorkload, SnapshotObserved, SnapshotRequest, Tail,
+    WorkloadId, milli,
 };
 use crate::api::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::runtime::kubeapi::{delete_if_present, is_conflict};
+use volume_snapshot::{VolumeSnapshot, VolumeSnapshotSource, VolumeSnapshotSpec};
 
 /// The provider's name in spec.provider.
 pub const NAME: &str = "pod";
@@ -64,23 +66,135 @@ fn meta(workload: &SandboxWorkload, name: &str) -> ObjectMeta {
     }
 }
 
-/// The claim that keeps a sandbox's data. Pure.
+/// The claim that keeps a sandbox's data: empty, or a copy of the volume
+/// snapshot it starts from (at least as large as that needs). Pure.
 pub fn claim_for(workload: &SandboxWorkload) -> PersistentVolumeClaim {
+    let restore = workload.restore_from.as_ref();
+    let storage = match restore.and_then(|r| r.restore_size.as_ref()) {
+        Some(needed) if larger(needed, &workload.storage) => needed.clone(),
+        _ => workload.storage.clone(),
+    };
     PersistentVolumeClaim {
         metadata: meta(workload, &claim_name(&workload.name)),
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: workload.storage_class.clone(),
             resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_string(),
-                    Quantity(workload.storage.clone()),
-                )])),
+                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(storage))])),
                 ..VolumeResourceRequirements::default()
+            }),
+            data_source: restore.map(|r| TypedLocalObjectReference {
+                api_group: Some("snapshot.storage.k8s.io".into()),
+                kind: "VolumeSnapshot".into(),
+                name: r.volume_snapshot.clone(),
             }),
             ..PersistentVolumeClaimSpec::default()
         }),
         status: None,
+    }
+}
+
+/// Whether quantity `a` is larger than `b` (both as Kubernetes writes them).
+fn larger(a: &str, b: &str) -> bool {
+    let bytes = |q: &str| {
+        kube_quantity::ParsedQuantity::try_from(&Quantity(q.to_string()))
+            .ok()
+            .and_then(|q| milli(&q, false))
+    };
+    matches!((bytes(a), bytes(b)), (Some(a), Some(b)) if a > b)
+}
+
+/// The few lines of POSIX sh every command runs behind: they read the
+/// command's environment from standard input (one `NAME=value` per line,
+/// values escaped for `printf %b`, an empty line last), change to its
+/// working directory (the first argument), and run it in their place. So
+/// values, Secret values among them, never travel in the exec request (a
+/// URL the API server logs) nor show in a process list.
+pub const EXEC_PROLOGUE: &str = r#"while IFS= read -r ctrlplane_assignment && [ -n "$ctrlplane_assignment" ]; do
+  ctrlplane_value=$(printf '%bx' "${ctrlplane_assignment#*=}")
+  export "${ctrlplane_assignment%%=*}=${ctrlplane_value%x}"
+done
+unset ctrlplane_assignment ctrlplane_value
+if [ -n "$1" ]; then cd -- "$1" || exit 126; fi
+shift
+exec "$@""#;
+
+/// The argv an exec request carries for a command: the prologue, its
+/// working directory, then the command's own argv. Pure.
+pub fn exec_argv(request: &ExecRequest) -> Vec<String> {
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        EXEC_PROLOGUE.to_string(),
+        "ctrlplane-command".to_string(),
+        request.working_dir.clone().unwrap_or_default(),
+    ];
+    argv.extend(request.argv.iter().cloned());
+    argv
+}
+
+/// The environment block the prologue reads: `NAME=value` lines with
+/// backslashes, newlines and other control characters escaped as
+/// `printf %b` reads them, and an empty line to end. Pure.
+pub fn env_block(env: &[(String, String)]) -> Vec<u8> {
+    let mut block = String::new();
+    for (name, value) in env {
+        block.push_str(name);
+        block.push('=');
+        for c in value.chars() {
+            match c {
+                '\\' => block.push_str("\\\\"),
+                '\n' => block.push_str("\\n"),
+                c if c.is_control() && (c as u32) < 0x80 => {
+                    block.push_str(&format!("\\0{:03o}", c as u32))
+                }
+                c => block.push(c),
+            }
+        }
+        block.push('\n');
+    }
+    block.push('\n');
+    block.into_bytes()
+}
+
+/// The exit code a finished exec reported: 0 on Success, else the code in
+/// its status's causes (ExitCode), else 1.
+fn exit_code(status: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>) -> i32 {
+    let Some(status) = status else {
+        return 1;
+    };
+    if status.status.as_deref() == Some("Success") {
+        return 0;
+    }
+    status
+        .details
+        .as_ref()
+        .and_then(|d| d.causes.as_ref())
+        .and_then(|causes| {
+            causes
+                .iter()
+                .find(|c| c.reason.as_deref() == Some("ExitCode"))
+                .and_then(|c| c.message.as_ref()?.parse().ok())
+        })
+        .unwrap_or(1)
+}
+
+async fn read_tail(
+    reader: Option<impl tokio::io::AsyncRead + Unpin>,
+    keep: usize,
+) -> std::io::Result<Tail> {
+    use tokio::io::AsyncReadExt;
+    let mut tail = Tail::new(keep);
+    let Some(mut reader) = reader else {
+        return Ok(tail);
+    };
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = reader.read(&mut buffer).await?;
+        if read == 0 {
+            return Ok(tail);
+        }
+        tail.push(&buffer[..read]);
     }
 }
 
@@ -378,6 +492,8 @@ pub struct Caches {
     /// Every node, and every Pod in the cluster, for the capacity check.
     pub nodes: Store<Node>,
     pub all_pods: Store<Pod>,
+    /// Our VolumeSnapshots; `None` when the cluster has no snapshot API.
+    pub volume_snapshots: Option<Store<VolumeSnapshot>>,
 }
 
 /// A Pod just created, counted against its host until the cache shows it.
@@ -618,6 +734,161 @@ impl SandboxProvider for PodProvider {
         })
     }
 
+    async fn exec(&self, id: &WorkloadId, request: &ExecRequest) -> ProviderResult<ExecOutcome> {
+        use tokio::io::AsyncWriteExt;
+        let pod = self
+            .caches
+            .pods
+            .get(&shape::named(&id.namespace, &id.name))
+            .filter(|p| self.ours(p, id));
+        if pod.is_none() {
+            return Err(ProviderError::NotRunning {
+                what: format!("sandbox {}", id.name),
+            });
+        }
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &id.namespace);
+        let params = AttachParams::default()
+            .container("sandbox")
+            .stdin(true)
+            .stdout(true)
+            .stderr(true);
+        let mut process = pods
+            .exec(&id.name, exec_argv(request), &params)
+            .await
+            .map_err(|source| {
+                ProviderError::kube(
+                    format!("starting a command in pod {}", id.name),
+                    &id.namespace,
+                    source,
+                )
+            })?;
+        if let Some(mut stdin) = process.stdin() {
+            // Dropped at the end of this block: the command's stdin ends.
+            let _ = stdin.write_all(&env_block(&request.env)).await;
+            let _ = stdin.shutdown().await;
+        }
+        let status = process.take_status();
+        let (stdout, stderr) = tokio::join!(
+            read_tail(process.stdout(), request.keep_bytes),
+            read_tail(process.stderr(), request.keep_bytes)
+        );
+        let status = match status {
+            Some(status) => status.await,
+            None => None,
+        };
+        let _ = process.join().await;
+        let broken = |e: std::io::Error| ProviderError::Exec {
+            pod: id.name.clone(),
+            message: e.to_string(),
+        };
+        Ok(ExecOutcome {
+            exit_code: exit_code(status.as_ref()),
+            stdout: stdout.map_err(broken)?,
+            stderr: stderr.map_err(|e| ProviderError::Exec {
+                pod: id.name.clone(),
+                message: e.to_string(),
+            })?,
+        })
+    }
+
+    async fn snapshot(
+        &self,
+        sandbox: &WorkloadId,
+        request: &SnapshotRequest,
+    ) -> ProviderResult<()> {
+        let Some(cache) = &self.caches.volume_snapshots else {
+            return Err(no_snapshot_api());
+        };
+        if let Some(existing) = cache.get(&shape::named(&request.namespace, &request.name)) {
+            return match existing
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true))
+            {
+                Some(owner) if owner.uid == request.owner.uid => Ok(()),
+                _ => Err(ProviderError::Conflict {
+                    kind: "VolumeSnapshot".into(),
+                    name: request.name.clone(),
+                    owner: "SandboxSnapshot".into(),
+                }),
+            };
+        }
+        let mut snapshot = VolumeSnapshot::new(
+            &request.name,
+            VolumeSnapshotSpec {
+                source: VolumeSnapshotSource {
+                    persistent_volume_claim_name: Some(claim_name(&sandbox.name)),
+                    volume_snapshot_content_name: None,
+                },
+                volume_snapshot_class_name: request.class.clone(),
+            },
+        );
+        snapshot.metadata.namespace = Some(request.namespace.clone());
+        snapshot.metadata.labels = Some(BTreeMap::from([
+            (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+            (SANDBOX_LABEL.to_string(), sandbox.name.clone()),
+        ]));
+        snapshot.metadata.owner_references = Some(vec![request.owner.clone()]);
+        if !request.annotations.is_empty() {
+            snapshot.metadata.annotations = Some(request.annotations.clone());
+        }
+        let api: Api<VolumeSnapshot> = Api::namespaced(self.client.clone(), &request.namespace);
+        match api.create(&PostParams::default(), &snapshot).await {
+            Ok(_) => Ok(()),
+            // Made a moment ago, and not in the cache yet.
+            Err(source) if is_conflict(&source) => Ok(()),
+            Err(source) => Err(ProviderError::kube(
+                format!("creating VolumeSnapshot {}", request.name),
+                &request.namespace,
+                source,
+            )),
+        }
+    }
+
+    async fn observe_snapshot(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> ProviderResult<Option<SnapshotObserved>> {
+        let Some(cache) = &self.caches.volume_snapshots else {
+            return Ok(None);
+        };
+        let Some(snapshot) = cache.get(&shape::named(namespace, name)) else {
+            return Ok(None);
+        };
+        let status = snapshot.status.clone().unwrap_or_default();
+        Ok(Some(SnapshotObserved {
+            name: name.to_string(),
+            ready_to_use: status.ready_to_use.unwrap_or(false),
+            restore_size: status.restore_size.map(|q| q.0),
+            creation_time: status.creation_time.and_then(|t| {
+                chrono::DateTime::<chrono::Utc>::from_timestamp(
+                    t.0.as_second(),
+                    t.0.subsec_nanosecond().max(0) as u32,
+                )
+            }),
+            error: status.error.and_then(|e| e.message),
+            source_claim: snapshot.spec.source.persistent_volume_claim_name.clone(),
+            terminating: snapshot.metadata.deletion_timestamp.is_some(),
+        }))
+    }
+
+    async fn delete_snapshot(&self, namespace: &str, name: &str) -> ProviderResult<Deprovision> {
+        if self.caches.volume_snapshots.is_none() {
+            return Ok(Deprovision::Done);
+        }
+        let api: Api<VolumeSnapshot> = Api::namespaced(self.client.clone(), namespace);
+        match delete_if_present(&api, name, &DeleteParams::default()).await {
+            Ok(crate::runtime::kubeapi::Deleted::AlreadyGone) => Ok(Deprovision::Done),
+            Ok(crate::runtime::kubeapi::Deleted::Requested) => Ok(Deprovision::InProgress),
+            Err(source) => Err(ProviderError::kube(
+                format!("deleting VolumeSnapshot {name}"),
+                namespace,
+                source,
+            )),
+        }
+    }
+
     async fn hosts(&self) -> ProviderResult<Vec<Host>> {
         let pods = self.caches.all_pods.state();
         let reserved: Vec<(String, i64, i64)> = {
@@ -641,6 +912,19 @@ impl SandboxProvider for PodProvider {
         Ok(hosts_from(&self.caches.nodes.state(), &pods, &reserved))
     }
 }
+
+/// Why there are no snapshots here.
+fn no_snapshot_api() -> ProviderError {
+    ProviderError::Unsupported {
+        provider: NAME.into(),
+        what: format!(
+            "snapshots in this cluster: it has no VolumeSnapshot API ({}); install the CSI external-snapshotter",
+            volume_snapshot::API_VERSION
+        ),
+    }
+}
+
+pub mod volume_snapshot;
 
 #[cfg(test)]
 mod tests;

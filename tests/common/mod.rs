@@ -158,6 +158,8 @@ pub fn ensure_crds() {
             "crd/sandboxes.ctrlplane.dev",
             "crd/webhooks.ctrlplane.dev",
             "crd/webhookdeliveries.ctrlplane.dev",
+            "crd/sandboxcommands.ctrlplane.dev",
+            "crd/sandboxsnapshots.ctrlplane.dev",
         ]);
         if !wait.success {
             return Err(format!("CRDs did not become Established: {}", wait.stderr));
@@ -165,7 +167,14 @@ pub fn ensure_crds() {
         // Established does not mean the schemas are published in the OpenAPI
         // document yet, which `kubectl explain` and typed apply rely on.
         let deadline = Instant::now() + Duration::from_secs(60);
-        for kind in ["instance", "sandbox", "webhook", "webhookdelivery"] {
+        for kind in [
+            "instance",
+            "sandbox",
+            "webhook",
+            "webhookdelivery",
+            "sandboxcommand",
+            "sandboxsnapshot",
+        ] {
             loop {
                 let explain = kubectl(["explain", kind]);
                 if explain.success {
@@ -242,7 +251,7 @@ impl TestNamespace {
         };
         let Some(listed) = kubectl(&[
             "get",
-            "instances.ctrlplane.dev,sandboxes.ctrlplane.dev,webhooks.ctrlplane.dev,webhookdeliveries.ctrlplane.dev",
+            "instances.ctrlplane.dev,sandboxes.ctrlplane.dev,webhooks.ctrlplane.dev,webhookdeliveries.ctrlplane.dev,sandboxcommands.ctrlplane.dev,sandboxsnapshots.ctrlplane.dev",
             "-n",
             &self.name,
             "-o",

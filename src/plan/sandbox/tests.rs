@@ -34,6 +34,7 @@ fn spec() -> SandboxSpec {
         ports: Vec::new(),
         provider: None,
         restarted_at: None,
+        source: None,
     }
 }
 
@@ -67,6 +68,8 @@ fn observation(observed: SandboxObserved) -> SandboxObservation {
         provider: Ok("pod".into()),
         cleanup: Cleanup::Deprovision,
         observed,
+        commands: Vec::new(),
+        source: None,
         hosts: vec![host("node-a", 8000), host("node-b", 4000)],
     }
 }
@@ -601,5 +604,225 @@ fn a_refused_transition_is_not_made_and_shows_as_a_condition_and_a_warning() {
             .events
             .iter()
             .any(|e| e.warning && e.reason == "TransitionRefused" && e.message == synced.message)
+    );
+}
+
+// ------------------------------------------------------------- commands
+
+fn command(name: &str, second: i64, phase: Option<CommandPhase>, started: bool) -> CommandView {
+    CommandView {
+        mark: CommandMark {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            created: t0() + ChronoDuration::seconds(second),
+        },
+        phase,
+        started,
+        exit_code: match phase {
+            Some(CommandPhase::Succeeded) => Some(0),
+            Some(CommandPhase::Failed) if started => Some(3),
+            _ => None,
+        },
+        reason: if phase == Some(CommandPhase::Failed) {
+            "NonZeroExitCode".into()
+        } else {
+            String::new()
+        },
+        message: String::new(),
+    }
+}
+
+fn plan_with_commands(
+    sandbox: &Sandbox,
+    world: &SandboxObserved,
+    commands: Vec<CommandView>,
+) -> SandboxPlan {
+    let mut observation = observation(world.clone());
+    observation.commands = commands;
+    plan(sandbox, &observation, t0())
+}
+
+fn command_events(plan: &SandboxPlan, since: i64) -> Vec<(EventType, String)> {
+    plan.status
+        .history
+        .iter()
+        .filter(|e| e.sequence > since)
+        .map(|e| {
+            (
+                e.type_,
+                e.details.get("command").cloned().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn commands_are_recorded_in_the_sandbox_history_in_order_and_once() {
+    use EventType::*;
+    let mut sandbox = sandbox(spec());
+    let mut world = SandboxObserved::default();
+    run_to_running(&mut sandbox, &mut world);
+    let seq = sandbox
+        .status
+        .as_ref()
+        .unwrap()
+        .history
+        .last()
+        .unwrap()
+        .sequence;
+    let commands = vec![
+        command("a", 1, Some(CommandPhase::Succeeded), true),
+        command("b", 2, Some(CommandPhase::Running), true),
+        command("c", 3, Some(CommandPhase::Pending), false),
+    ];
+    let first = plan_with_commands(&sandbox, &world, commands.clone());
+    assert_eq!(
+        command_events(&first, seq),
+        [
+            (SandboxCommandStarted, "a".to_string()),
+            (SandboxCommandSucceeded, "a".to_string()),
+            (SandboxCommandStarted, "b".to_string()),
+        ]
+    );
+    sandbox.status = Some(first.status.clone());
+    let again = plan_with_commands(&sandbox, &world, commands);
+    assert_eq!(again.status, first.status, "nothing is recorded twice");
+    let seq = sandbox
+        .status
+        .as_ref()
+        .unwrap()
+        .history
+        .last()
+        .unwrap()
+        .sequence;
+    let later = plan_with_commands(
+        &sandbox,
+        &world,
+        vec![
+            command("a", 1, Some(CommandPhase::Succeeded), true),
+            command("b", 2, Some(CommandPhase::Failed), true),
+            command("c", 3, Some(CommandPhase::Failed), false),
+        ],
+    );
+    assert_eq!(
+        command_events(&later, seq),
+        [
+            (SandboxCommandFailed, "b".to_string()),
+            (SandboxCommandFailed, "c".to_string()),
+        ],
+        "c never started: only how it ended"
+    );
+    let failed_b = later
+        .status
+        .history
+        .iter()
+        .find(|e| {
+            e.details.get("command").map(String::as_str) == Some("b")
+                && e.type_ == SandboxCommandFailed
+        })
+        .unwrap();
+    assert_eq!(
+        failed_b.details.get("exitCode").map(String::as_str),
+        Some("3")
+    );
+}
+
+#[test]
+fn a_command_deleted_while_it_ran_is_recorded_as_failed() {
+    let mut sandbox = sandbox(spec());
+    let mut world = SandboxObserved::default();
+    run_to_running(&mut sandbox, &mut world);
+    let started = plan_with_commands(
+        &sandbox,
+        &world,
+        vec![command("a", 1, Some(CommandPhase::Running), true)],
+    );
+    sandbox.status = Some(started.status);
+    let seq = sandbox
+        .status
+        .as_ref()
+        .unwrap()
+        .history
+        .last()
+        .unwrap()
+        .sequence;
+    let gone = plan_with_commands(&sandbox, &world, Vec::new());
+    assert_eq!(
+        command_events(&gone, seq),
+        [(EventType::SandboxCommandFailed, "a".to_string())]
+    );
+    assert_eq!(gone.status.history.last().unwrap().reason, "Deleted");
+}
+
+#[test]
+fn a_deleted_sandbox_waits_for_its_commands_to_end() {
+    let mut sandbox = sandbox(spec());
+    let mut world = SandboxObserved::default();
+    run_to_running(&mut sandbox, &mut world);
+    sandbox.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    let mut observation = SandboxObservation {
+        cleanup: Cleanup::GarbageCollected,
+        ..observation(world.clone())
+    };
+    observation.commands = vec![command("a", 1, Some(CommandPhase::Running), true)];
+    let waiting = plan(&sandbox, &observation, t0());
+    assert_ne!(waiting.status.phase, Some(SandboxPhase::Destroyed));
+    assert_eq!(waiting.finalizer, FinalizerAction::Keep);
+    observation.commands = vec![command("a", 1, Some(CommandPhase::Failed), true)];
+    let done = plan(&sandbox, &observation, t0());
+    assert_eq!(done.status.phase, Some(SandboxPhase::Destroyed));
+    assert_eq!(done.finalizer, FinalizerAction::Release);
+}
+
+// ------------------------------------------------------------- snapshots
+
+#[test]
+fn a_sandbox_from_a_snapshot_waits_for_it_then_restores_from_it() {
+    let mut s = spec();
+    s.source = Some(crate::api::SandboxSource {
+        snapshot_ref: crate::api::SnapshotReference {
+            name: "snap".into(),
+        },
+    });
+    let sandbox = sandbox(s);
+    let world = SandboxObserved::default();
+    let mut observation = observation(world.clone());
+    observation.source = Some(SourceView {
+        phase: Some(SnapshotPhase::Pending),
+        volume_snapshot: Some("snap".into()),
+        restore_size: None,
+        message: String::new(),
+    });
+    let waiting = plan(&sandbox, &observation, t0());
+    assert_eq!(waiting.status.phase, Some(SandboxPhase::Created));
+    assert!(
+        waiting.actions.is_empty(),
+        "nothing is made before its data is ready"
+    );
+    let ready = conditions::find(&waiting.status.conditions, types::READY).unwrap();
+    assert_eq!(ready.reason, "WaitingForSnapshot");
+    observation.source = None;
+    let missing = plan(&sandbox, &observation, t0());
+    assert!(
+        conditions::find(&missing.status.conditions, types::READY)
+            .unwrap()
+            .message
+            .contains("does not exist")
+    );
+    observation.source = Some(SourceView {
+        phase: Some(SnapshotPhase::Ready),
+        volume_snapshot: Some("snap".into()),
+        restore_size: Some("20Gi".into()),
+        message: String::new(),
+    });
+    let restoring = plan(&sandbox, &observation, t0());
+    assert!(restoring.actions.contains(&SandboxAction::Provision));
+    let restore = restoring.workload.unwrap().restore_from.unwrap();
+    assert_eq!(
+        (
+            restore.volume_snapshot.as_str(),
+            restore.restore_size.as_deref()
+        ),
+        ("snap", Some("20Gi"))
     );
 }

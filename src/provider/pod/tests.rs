@@ -36,6 +36,7 @@ fn workload() -> SandboxWorkload {
         }],
         run: RunWanted::On("node-a".into()),
         revision: "rev-1".into(),
+        restore_from: None,
     }
 }
 
@@ -269,5 +270,59 @@ fn the_capacity_cache_keeps_what_counting_needs_and_drops_the_rest() {
         serde_json::to_vec(kept.as_ref()).unwrap().len() * 2
             < serde_json::to_vec(pods[0].as_ref()).unwrap().len(),
         "less than half the size"
+    );
+}
+
+#[test]
+fn a_claim_restored_from_a_snapshot_names_it_and_is_big_enough() {
+    let mut restored = workload();
+    restored.restore_from = Some(crate::provider::RestoreSource {
+        volume_snapshot: "snap".into(),
+        restore_size: Some("20Gi".into()),
+    });
+    let claim = claim_for(&restored);
+    let spec = claim.spec.unwrap();
+    let source = spec.data_source.unwrap();
+    assert_eq!(
+        (
+            source.api_group.as_deref(),
+            source.kind.as_str(),
+            source.name.as_str()
+        ),
+        (Some("snapshot.storage.k8s.io"), "VolumeSnapshot", "snap")
+    );
+    assert_eq!(
+        spec.resources.unwrap().requests.unwrap()["storage"].0,
+        "20Gi",
+        "at least the snapshot's size"
+    );
+}
+
+#[test]
+fn a_command_s_environment_travels_on_stdin_escaped_for_printf() {
+    let block = env_block(&[
+        ("PLAIN".into(), "hello world".into()),
+        ("TRICKY".into(), "a\\b\nc\td".into()),
+    ]);
+    assert_eq!(
+        String::from_utf8(block).unwrap(),
+        "PLAIN=hello world\nTRICKY=a\\\\b\\nc\\0011d\n\n"
+    );
+    let request = ExecRequest {
+        argv: vec!["make".into(), "test".into()],
+        env: vec![("TOKEN".into(), "s3cr3t".into())],
+        working_dir: Some("src".into()),
+        keep_bytes: 1,
+    };
+    let argv = exec_argv(&request);
+    assert_eq!(&argv[..2], ["sh", "-c"]);
+    assert_eq!(&argv[3..], ["ctrlplane-command", "src", "make", "test"]);
+    assert!(
+        argv.iter().all(|a| !a.contains("s3cr3t")),
+        "no value in the request"
+    );
+    assert!(
+        !format!("{request:?}").contains("s3cr3t"),
+        "nor in its Debug"
     );
 }

@@ -26,16 +26,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{/* Rules of the aggregated roles (aggregated-roles.yaml). */}}
 {{- define "ctrlplane.viewRules" }}
   - apiGroups: [ctrlplane.dev]
-    resources: [instances, sandboxes, webhooks, webhookdeliveries]
+    resources: [instances, sandboxes, webhooks, webhookdeliveries, sandboxcommands, sandboxsnapshots]
     verbs: [get, list, watch]
   - apiGroups: [ctrlplane.dev]
-    resources: [instances/status, instances/scale, sandboxes/status, webhooks/status, webhookdeliveries/status]
+    resources: [instances/status, instances/scale, sandboxes/status, webhooks/status, webhookdeliveries/status, sandboxcommands/status, sandboxsnapshots/status]
     verbs: [get, list, watch]
 {{- end }}
 
 {{- define "ctrlplane.editRules" }}
   - apiGroups: [ctrlplane.dev]
-    resources: [instances, sandboxes, webhooks]
+    resources: [instances, sandboxes, webhooks, sandboxcommands, sandboxsnapshots]
     verbs: [create, update, patch, delete, deletecollection]
   - apiGroups: [ctrlplane.dev]
     resources: [instances/scale]
