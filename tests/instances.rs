@@ -539,6 +539,93 @@ async fn a_rollout_that_misses_its_deadline_fails_and_auto_rollback_returns() {
     assert!(types[failed_at..].contains(&EventType::InstanceStarting));
 }
 
+/// `ctrlplane_objects{kind,namespace,phase}` on the operator's /metrics
+/// follows the objects as they change phase, and a namespace whose objects
+/// are gone has no series left, not its old counts.
+#[tokio::test]
+async fn the_objects_gauge_counts_by_kind_namespace_and_phase_as_objects_change() {
+    let f = fixture("inst-gauge").await;
+    let ns = f.ns.name.clone();
+    // Every series of this namespace, as "kind phase" -> count.
+    let series = || -> std::collections::BTreeMap<String, f64> {
+        let prefix = "ctrlplane_objects{";
+        f.operator
+            .metrics()
+            .lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(&format!("namespace=\"{ns}\"")))
+            .filter_map(|l| {
+                let label = |name: &str| l.split(&format!("{name}=\"")).nth(1)?.split('"').next();
+                let count = l.rsplit(' ').next()?.parse().ok()?;
+                Some((format!("{} {}", label("kind")?, label("phase")?), count))
+            })
+            .collect()
+    };
+    let wait_series = |wanted: &[(&str, f64)]| {
+        let wanted: std::collections::BTreeMap<String, f64> =
+            wanted.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let series = &series;
+        async move {
+            let wanted = &wanted;
+            wait_until(
+                &format!("ctrlplane_objects {wanted:?}"),
+                WAIT,
+                || async move {
+                    let got = series();
+                    if &got == wanted {
+                        Ok(Some(()))
+                    } else {
+                        Err(format!("{got:?}"))
+                    }
+                },
+            )
+            .await
+        }
+    };
+    assert!(series().is_empty(), "{:?}", series());
+
+    f.apply(&web("web", ""));
+    f.apply(&web("idle", "  state: Stopped\n"));
+    // A Webhook switched off: counted, not Ready (and sent nothing, so no
+    // WebhookDelivery records either).
+    f.apply(
+        "apiVersion: ctrlplane.dev/v1alpha1\nkind: Webhook\nmetadata:\n  name: hooks\nspec:\n  url: https://hooks.example.com/ctrlplane\n  secretRef: {name: missing}\n  active: false\n",
+    );
+    wait_series(&[
+        ("Instance Running", 1.0),
+        ("Instance Stopped", 1.0),
+        ("Webhook NotReady", 1.0),
+    ])
+    .await;
+
+    f.patch_spec("idle", serde_json::json!({"state": "Running"}))
+        .await;
+    wait_series(&[("Instance Running", 2.0), ("Webhook NotReady", 1.0)]).await;
+
+    f.patch_spec(
+        "web",
+        serde_json::json!({"image": "example.test/crashloop:2", "progressDeadlineSeconds": 5}),
+    )
+    .await;
+    wait_series(&[
+        ("Instance Failed", 1.0),
+        ("Instance Running", 1.0),
+        ("Webhook NotReady", 1.0),
+    ])
+    .await;
+
+    // Emptied: the namespace's series go.
+    kubectl([
+        "delete",
+        "instances.ctrlplane.dev,webhooks.ctrlplane.dev",
+        "--all",
+        "-n",
+        &ns,
+        "--wait=false",
+    ])
+    .expect_success("deleting everything");
+    wait_series(&[]).await;
+}
+
 /// Server-side filters: `kubectl get inst --field-selector` on spec.provider,
 /// spec.image, spec.region, spec.state and status.phase lists exactly the
 /// matching Instances; the API server does the filtering (no operator runs).

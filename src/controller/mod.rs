@@ -4,7 +4,8 @@
 //!   [`instance`] and [`sandbox`] bringing what is theirs;
 //! - [`dispatch`], [`delivery`], [`webhook`]: lifecycle events to Webhooks;
 //! - [`harness`]: what every reconcile runs in; [`watches`]: the caches;
-//!   [`record`], [`events`]: status writes and Events.
+//!   [`record`], [`events`]: status writes and Events; [`counts`]: the
+//!   objects in the caches, for `ctrlplane_objects`.
 //!
 //! This file wires them together for one scope.
 //!
@@ -13,6 +14,7 @@
 //! synced, so the first pass after a start sees the whole world before it
 //! acts.
 
+pub mod counts;
 pub mod delivery;
 pub mod dispatch;
 pub mod events;
@@ -189,6 +191,15 @@ pub async fn run_scope(
         "webhookdeliveries",
         forget_managed_fields,
         2,
+    );
+
+    // Counted while this scope runs; the registration goes with it.
+    let _object_counts = counts::register(
+        &metrics,
+        instances.clone(),
+        sandboxes.clone(),
+        webhooks.store.clone(),
+        deliveries.store.clone(),
     );
 
     let caches_synced = {

@@ -1,0 +1,161 @@
+//! The `ctrlplane_objects` gauge: the objects in one scope's caches, by
+//! kind, namespace and phase, counted on every scrape (see
+//! [`ObjectCounts`](crate::runtime::metrics::ObjectCounts)). The caches are
+//! the reflectors the controllers read anyway: counting costs no request.
+
+use std::collections::BTreeMap;
+
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+
+use crate::api::{ConditionStatus, Instance, Sandbox, Webhook, WebhookDelivery};
+use crate::runtime::metrics::{Metrics, ObjectCountsRegistration, ObjectLabels};
+
+/// The phase label of an object the operator has written no status for yet.
+pub const PENDING: &str = "Pending";
+
+/// An Instance's phase.
+pub fn instance_phase(instance: &Instance) -> String {
+    instance
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .map_or_else(|| PENDING.to_string(), |p| p.to_string())
+}
+
+/// A Sandbox's phase.
+pub fn sandbox_phase(sandbox: &Sandbox) -> String {
+    sandbox
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .map_or_else(|| PENDING.to_string(), |p| p.to_string())
+}
+
+/// A Webhook has no phase: Ready or NotReady, as its Ready condition says.
+pub fn webhook_phase(webhook: &Webhook) -> String {
+    let ready = webhook
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status);
+    match ready {
+        Some(ConditionStatus::True) => "Ready",
+        Some(_) => "NotReady",
+        None => PENDING,
+    }
+    .to_string()
+}
+
+/// A WebhookDelivery's phase (Pending until its first attempt is recorded).
+pub fn delivery_phase(delivery: &WebhookDelivery) -> String {
+    delivery
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .map_or_else(|| PENDING.to_string(), |p| format!("{p:?}"))
+}
+
+fn count<K: kube::Resource + Clone + 'static>(
+    tally: &mut BTreeMap<ObjectLabels, i64>,
+    store: &Store<K>,
+    kind: &str,
+    phase: fn(&K) -> String,
+) where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    for object in store.state() {
+        let labels = ObjectLabels {
+            kind: kind.to_string(),
+            namespace: object.namespace().unwrap_or_default(),
+            phase: phase(&object),
+        };
+        *tally.entry(labels).or_insert(0) += 1;
+    }
+}
+
+/// Counts these caches into `ctrlplane_objects` until the registration is
+/// dropped (when the scope stops).
+pub fn register(
+    metrics: &Metrics,
+    instances: Store<Instance>,
+    sandboxes: Store<Sandbox>,
+    webhooks: Store<Webhook>,
+    deliveries: Store<WebhookDelivery>,
+) -> ObjectCountsRegistration {
+    metrics.objects.register(Box::new(move |tally| {
+        count(tally, &instances, "Instance", instance_phase);
+        count(tally, &sandboxes, "Sandbox", sandbox_phase);
+        count(tally, &webhooks, "Webhook", webhook_phase);
+        count(tally, &deliveries, "WebhookDelivery", delivery_phase);
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher::Event;
+
+    use super::*;
+    use crate::api::{InstancePhase, InstanceSpec, InstanceStatus};
+
+    fn instance(namespace: &str, name: &str, phase: Option<InstancePhase>) -> Instance {
+        let spec: InstanceSpec =
+            serde_json::from_value(serde_json::json!({"image": "nginx:1.27"})).unwrap();
+        let mut instance = Instance::new(name, spec);
+        instance.metadata.namespace = Some(namespace.into());
+        instance.status = phase.map(|phase| InstanceStatus {
+            phase: Some(phase),
+            ..Default::default()
+        });
+        instance
+    }
+
+    #[test]
+    fn objects_are_counted_by_kind_namespace_and_phase_as_the_caches_change() {
+        let metrics = Arc::new(Metrics::default());
+        let mut instances = Writer::<Instance>::default();
+        let _registration = register(
+            &metrics,
+            instances.as_reader(),
+            Writer::<Sandbox>::default().as_reader(),
+            Writer::<Webhook>::default().as_reader(),
+            Writer::<WebhookDelivery>::default().as_reader(),
+        );
+        let key = |namespace: &str, phase: &str| ObjectLabels {
+            kind: "Instance".into(),
+            namespace: namespace.into(),
+            phase: phase.into(),
+        };
+        for object in [
+            instance("a", "web", Some(InstancePhase::Running)),
+            instance("a", "api", Some(InstancePhase::Running)),
+            instance("a", "new", None),
+            instance("b", "db", Some(InstancePhase::Stopped)),
+        ] {
+            instances.apply_watcher_event(&Event::Apply(object));
+        }
+        let tally = metrics.objects.tally();
+        assert_eq!(tally.get(&key("a", "Running")), Some(&2));
+        assert_eq!(tally.get(&key("a", "Pending")), Some(&1));
+        assert_eq!(tally.get(&key("b", "Stopped")), Some(&1));
+
+        // A phase change moves the count; a namespace emptied disappears.
+        instances.apply_watcher_event(&Event::Apply(instance(
+            "a",
+            "new",
+            Some(InstancePhase::Failed),
+        )));
+        instances.apply_watcher_event(&Event::Delete(instance(
+            "b",
+            "db",
+            Some(InstancePhase::Stopped),
+        )));
+        let tally = metrics.objects.tally();
+        assert_eq!(tally.get(&key("a", "Failed")), Some(&1));
+        assert_eq!(tally.get(&key("a", "Pending")), None);
+        assert!(tally.keys().all(|k| k.namespace != "b"), "{tally:?}");
+    }
+}
