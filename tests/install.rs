@@ -658,8 +658,9 @@ async fn metrics_count_reconciles_transitions_and_deliveries() {
         ),
         ("ctrlplane_status_writes_total{kind=\"Instance\"}", 1.0),
         ("ctrlplane_webhook_delivery_latency_seconds_count", 3.0),
-        ("ctrlplane_kube_api_requests_total{verb=\"PUT\"}", 1.0),
-        ("ctrlplane_kube_api_requests_total{verb=\"GET\"}", 1.0),
+        // Labelled with the Kubernetes verb and the resource (all summed).
+        ("ctrlplane_kube_api_requests_total{verb=\"update\",", 1.0),
+        ("ctrlplane_kube_api_requests_total{verb=\"list\",", 1.0),
         ("ctrlplane_leader ", 1.0),
         ("ctrlplane_ready ", 1.0),
     ] {

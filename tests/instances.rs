@@ -539,6 +539,185 @@ async fn a_rollout_that_misses_its_deadline_fails_and_auto_rollback_returns() {
     assert!(types[failed_at..].contains(&EventType::InstanceStarting));
 }
 
+/// `ctrlplane_objects{kind,namespace,phase}` on the operator's /metrics
+/// follows the objects as they change phase, and a namespace whose objects
+/// are gone has no series left, not its old counts.
+#[tokio::test]
+async fn the_objects_gauge_counts_by_kind_namespace_and_phase_as_objects_change() {
+    let f = fixture("inst-gauge").await;
+    let ns = f.ns.name.clone();
+    // Every series of this namespace, as "kind phase" -> count.
+    let series = || -> std::collections::BTreeMap<String, f64> {
+        let prefix = "ctrlplane_objects{";
+        f.operator
+            .metrics()
+            .lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(&format!("namespace=\"{ns}\"")))
+            .filter_map(|l| {
+                let label = |name: &str| l.split(&format!("{name}=\"")).nth(1)?.split('"').next();
+                let count = l.rsplit(' ').next()?.parse().ok()?;
+                Some((format!("{} {}", label("kind")?, label("phase")?), count))
+            })
+            .collect()
+    };
+    let wait_series = |wanted: &[(&str, f64)]| {
+        let wanted: std::collections::BTreeMap<String, f64> =
+            wanted.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let series = &series;
+        async move {
+            let wanted = &wanted;
+            wait_until(
+                &format!("ctrlplane_objects {wanted:?}"),
+                WAIT,
+                || async move {
+                    let got = series();
+                    if &got == wanted {
+                        Ok(Some(()))
+                    } else {
+                        Err(format!("{got:?}"))
+                    }
+                },
+            )
+            .await
+        }
+    };
+    assert!(series().is_empty(), "{:?}", series());
+
+    f.apply(&web("web", ""));
+    f.apply(&web("idle", "  state: Stopped\n"));
+    // A Webhook switched off: counted, not Ready (and sent nothing, so no
+    // WebhookDelivery records either).
+    f.apply(
+        "apiVersion: ctrlplane.dev/v1alpha1\nkind: Webhook\nmetadata:\n  name: hooks\nspec:\n  url: https://hooks.example.com/ctrlplane\n  secretRef: {name: missing}\n  active: false\n",
+    );
+    wait_series(&[
+        ("Instance Running", 1.0),
+        ("Instance Stopped", 1.0),
+        ("Webhook NotReady", 1.0),
+    ])
+    .await;
+
+    f.patch_spec("idle", serde_json::json!({"state": "Running"}))
+        .await;
+    wait_series(&[("Instance Running", 2.0), ("Webhook NotReady", 1.0)]).await;
+
+    f.patch_spec(
+        "web",
+        serde_json::json!({"image": "example.test/crashloop:2", "progressDeadlineSeconds": 5}),
+    )
+    .await;
+    wait_series(&[
+        ("Instance Failed", 1.0),
+        ("Instance Running", 1.0),
+        ("Webhook NotReady", 1.0),
+    ])
+    .await;
+
+    // Emptied: the namespace's series go.
+    kubectl([
+        "delete",
+        "instances.ctrlplane.dev,webhooks.ctrlplane.dev",
+        "--all",
+        "-n",
+        &ns,
+        "--wait=false",
+    ])
+    .expect_success("deleting everything");
+    wait_series(&[]).await;
+}
+
+/// Server-side filters: `kubectl get inst --field-selector` on spec.provider,
+/// spec.image, spec.region, spec.state and status.phase lists exactly the
+/// matching Instances; the API server does the filtering (no operator runs).
+#[tokio::test]
+async fn field_selectors_pick_instances_by_provider_image_region_state_and_phase() {
+    ensure_crds();
+    let ns = TestNamespace::create("inst-fields");
+    let manifest = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: ctrlplane.dev/v1alpha1\nkind: Instance\nmetadata:\n  name: {name}\nspec:\n{spec}"
+        )
+    };
+    for (name, spec) in [
+        (
+            "a",
+            "  image: nginx:1.27\n  provider: kubernetes\n  region: eu-west-1\n",
+        ),
+        (
+            "b",
+            "  image: nginx:1.28\n  region: us-east-1\n  state: Stopped\n",
+        ),
+        ("c", "  image: nginx:1.27\n  provider: kubevirt\n"),
+        (
+            "d",
+            "  image: nginx:1.28\n  provider: kubernetes\n  region: eu-west-1\n  state: Running\n",
+        ),
+    ] {
+        apply_manifest(&ns.name, &manifest(name, spec)).expect_success("applying an Instance");
+    }
+    // Phases as the operator would write them, through the status subresource.
+    for (name, phase) in [("c", "Failed"), ("d", "Running")] {
+        kubectl([
+            "patch",
+            "instance",
+            name,
+            "-n",
+            &ns.name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"status":{{"phase":"{phase}"}}}}"#),
+        ])
+        .expect_success("writing a phase");
+    }
+    let names = |list: &[&str]| -> std::collections::BTreeSet<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    };
+    for (selector, expected) in [
+        ("spec.provider=kubernetes", names(&["a", "d"])),
+        ("spec.provider=kubevirt", names(&["c"])),
+        // No provider named: the operator's default. An absent field is "".
+        ("spec.provider=", names(&["b"])),
+        ("spec.image=nginx:1.27", names(&["a", "c"])),
+        ("spec.image=nginx:1.28", names(&["b", "d"])),
+        ("spec.region=eu-west-1", names(&["a", "d"])),
+        ("spec.region=us-east-1", names(&["b"])),
+        ("spec.region=", names(&["c"])),
+        ("spec.state=Stopped", names(&["b"])),
+        // The default, Running, is written into the object and selects too.
+        ("spec.state=Running", names(&["a", "c", "d"])),
+        ("status.phase=Failed", names(&["c"])),
+        ("status.phase=Running", names(&["d"])),
+        ("status.phase!=Failed,spec.image=nginx:1.27", names(&["a"])),
+        (
+            "spec.provider=kubernetes,spec.state=Running,spec.region=eu-west-1",
+            names(&["a", "d"]),
+        ),
+        ("spec.image=nginx:1.29", names(&[])),
+    ] {
+        assert_eq!(
+            field_selected(&ns.name, "instances", selector).unwrap(),
+            expected,
+            "--field-selector {selector}"
+        );
+    }
+    // Through the API as a client or controller would, watches included.
+    let client = client().await;
+    let instances: Api<Instance> = Api::namespaced(client, &ns.name);
+    let listed = instances
+        .list(&ListParams::default().fields("spec.region=eu-west-1,status.phase=Running"))
+        .await
+        .unwrap();
+    let listed: Vec<String> = listed.items.iter().map(|i| i.name_any()).collect();
+    assert_eq!(listed, ["d"]);
+    // A field that is not selectable is refused, naming it.
+    let refused = field_selected(&ns.name, "instances", "spec.replicas=1").unwrap_err();
+    assert!(
+        refused.contains("field label not supported: spec.replicas"),
+        "{refused}"
+    );
+}
+
 #[tokio::test]
 async fn pods_that_never_become_ready_fail_the_instance_until_the_spec_is_fixed() {
     let f = fixture("inst-crash").await;

@@ -291,6 +291,89 @@ async fn a_sandbox_runs_with_an_ip_a_host_its_claim_and_its_labels() {
     );
 }
 
+/// Server-side filters: `kubectl get sbx --field-selector` on spec.image,
+/// spec.agentId, spec.jobId, spec.state and status.phase lists exactly the
+/// matching Sandboxes; the API server does the filtering (no operator runs).
+#[tokio::test]
+async fn field_selectors_pick_sandboxes_by_image_agent_job_state_and_phase() {
+    ensure_crds();
+    let ns = TestNamespace::create("sbx-fields");
+    let manifest = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: ctrlplane.dev/v1alpha1\nkind: Sandbox\nmetadata:\n  name: {name}\nspec:\n  resources: {{cpu: 500m, memory: 1Gi, storage: 5Gi}}\n{spec}"
+        )
+    };
+    for (name, spec) in [
+        (
+            "a",
+            "  image: ghcr.io/acme/devbox:1\n  agentId: agent-1\n  jobId: job-1\n",
+        ),
+        (
+            "b",
+            "  image: ghcr.io/acme/devbox:1\n  agentId: agent-1\n  jobId: job-2\n  state: Stopped\n",
+        ),
+        (
+            "c",
+            "  image: ghcr.io/acme/devbox:2\n  agentId: agent-2\n  jobId: job-3\n",
+        ),
+        ("d", "  image: ghcr.io/acme/devbox:2\n"),
+    ] {
+        apply_manifest(&ns.name, &manifest(name, spec)).expect_success("applying a Sandbox");
+    }
+    for (name, phase) in [("a", "Running"), ("b", "Stopped"), ("c", "Error")] {
+        kubectl([
+            "patch",
+            "sandbox",
+            name,
+            "-n",
+            &ns.name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"status":{{"phase":"{phase}"}}}}"#),
+        ])
+        .expect_success("writing a phase");
+    }
+    let names =
+        |list: &[&str]| -> BTreeSet<String> { list.iter().map(|s| s.to_string()).collect() };
+    for (selector, expected) in [
+        ("spec.image=ghcr.io/acme/devbox:1", names(&["a", "b"])),
+        ("spec.image=ghcr.io/acme/devbox:2", names(&["c", "d"])),
+        ("spec.agentId=agent-1", names(&["a", "b"])),
+        ("spec.agentId=", names(&["d"])),
+        ("spec.jobId=job-3", names(&["c"])),
+        ("spec.state=Stopped", names(&["b"])),
+        ("spec.state=Running", names(&["a", "c", "d"])),
+        ("status.phase=Running", names(&["a"])),
+        ("status.phase=Error", names(&["c"])),
+        ("status.phase=", names(&["d"])),
+        ("spec.agentId=agent-1,status.phase!=Stopped", names(&["a"])),
+        (
+            "spec.image=ghcr.io/acme/devbox:2,spec.jobId!=job-3",
+            names(&["d"]),
+        ),
+    ] {
+        assert_eq!(
+            field_selected(&ns.name, "sandboxes", selector).unwrap(),
+            expected,
+            "--field-selector {selector}"
+        );
+    }
+    let client = client().await;
+    let sandboxes: Api<Sandbox> = Api::namespaced(client, &ns.name);
+    let listed = sandboxes
+        .list(&ListParams::default().fields("spec.agentId=agent-1,spec.state=Running"))
+        .await
+        .unwrap();
+    let listed: Vec<String> = listed.items.iter().map(|s| s.name_any()).collect();
+    assert_eq!(listed, ["a"]);
+    let refused = field_selected(&ns.name, "sandboxes", "spec.ttlSeconds=60").unwrap_err();
+    assert!(
+        refused.contains("field label not supported: spec.ttlSeconds"),
+        "{refused}"
+    );
+}
+
 #[tokio::test]
 async fn stop_keeps_the_claim_and_start_runs_again_on_it() {
     let f = fixture("sbx-stop", 1).await;

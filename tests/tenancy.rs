@@ -340,9 +340,11 @@ async fn wait_replayed(tm: &TenantManager, project: &Project, times: usize) {
 }
 
 /// Requests of one verb the operator made to the API server.
+/// Requests of one Kubernetes verb (`create`, `update`, `delete`...), all
+/// resources together.
 fn api_requests(operator: &Operator, verb: &str) -> f64 {
     operator.metric(&format!(
-        "ctrlplane_kube_api_requests_total{{verb=\"{verb}\"}}"
+        "ctrlplane_kube_api_requests_total{{verb=\"{verb}\","
     ))
 }
 
@@ -413,18 +415,18 @@ async fn tenancy_replay_after_a_restart_changes_nothing_that_is_right() {
         "the quota is as its template says again; nothing else was written"
     );
     assert_eq!(
-        api_requests(&operator, "DELETE"),
+        api_requests(&operator, "delete"),
         1.0,
         "only the retired binding"
     );
-    assert_eq!(api_requests(&operator, "POST"), 0.0);
-    assert_eq!(api_requests(&operator, "PUT"), 0.0);
+    assert_eq!(api_requests(&operator, "create"), 0.0);
+    assert_eq!(api_requests(&operator, "update"), 0.0);
 
     // A restart with nothing to repair writes nothing at all.
     operator.restart();
     wait_replayed(&tm, &kept, 3).await;
     assert_eq!(versions(&kept).await, repaired);
-    for verb in ["DELETE", "POST", "PUT"] {
+    for verb in ["delete", "create", "update"] {
         assert_eq!(api_requests(&operator, verb), 0.0, "{verb}");
     }
     // Acknowledged, the deleted project is not replayed again.
@@ -762,6 +764,82 @@ async fn tenancy_an_unreachable_tenant_manager_is_retried_with_backoff_while_the
     tm.resume().await;
     wait_row(&tm, &late.id, "completed").await;
     assert_no_violations(&tm);
+}
+
+/// A ResourceQuota counts our kinds like any other (`count/<plural>.<group>`):
+/// with `count/instances.ctrlplane.dev: "2"`, the API server's quota
+/// admission refuses a third Instance with its own message, before anything
+/// is stored and whether an operator runs or not; deleting one makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenancy_a_quota_of_two_instances_refuses_the_third_at_admission() {
+    ensure_crds();
+    ensure_quotas_count_ctrlplane_kinds();
+    let ns = TestNamespace::create("tenancy-quota");
+    apply_manifest(
+        &ns.name,
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: instances\nspec:\n  hard: {count/instances.ctrlplane.dev: \"2\"}\n",
+    )
+    .expect_success("the quota");
+    let client = client().await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns.name);
+    let used = || async {
+        let quota = quotas.get("instances").await.map_err(|e| e.to_string())?;
+        let used = quota.status.and_then(|s| s.used).unwrap_or_default();
+        Ok::<_, String>(
+            used.get("count/instances.ctrlplane.dev")
+                .map(|q| q.0.clone()),
+        )
+    };
+    // Until the quota controller has counted, admission refuses everything
+    // the quota covers ("status unknown for quota").
+    wait_until("the quota to count Instances", WAIT, || async {
+        Ok(used().await?.filter(|u| u == "0"))
+    })
+    .await;
+    for name in ["first", "second"] {
+        apply_manifest(&ns.name, &instance_manifest(name))
+            .expect_success("an Instance within the quota");
+    }
+    let third = apply_manifest(&ns.name, &instance_manifest("third"));
+    assert!(!third.success, "the quota allows two Instances");
+    assert!(
+        third.stderr.contains(
+            "instances.ctrlplane.dev \"third\" is forbidden: exceeded quota: instances, requested: count/instances.ctrlplane.dev=1, used: count/instances.ctrlplane.dev=2, limited: count/instances.ctrlplane.dev=2"
+        ),
+        "{}",
+        third.stderr
+    );
+    // The same through the API: 403 Forbidden, with the same message.
+    let instances: Api<Instance> = Api::namespaced(client.clone(), &ns.name);
+    let fourth: Instance = serde_saphyr::from_str(&instance_manifest("fourth")).unwrap();
+    match instances.create(&Default::default(), &fourth).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 403, "{status:?}");
+            assert!(
+                status.message.contains("exceeded quota: instances"),
+                "{status:?}"
+            );
+        }
+        other => panic!("the fourth Instance was not refused: {other:?}"),
+    }
+    let names: Vec<String> = instances
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|i| i.name_any())
+        .collect();
+    assert_eq!(names, ["first", "second"]);
+
+    // Deleting one frees its place once the quota controller has seen it go.
+    kubectl(["delete", "instance", "first", "-n", &ns.name]).expect_success("deleting one");
+    wait_until("the quota to count one Instance", WAIT, || async {
+        Ok(used().await?.filter(|u| u == "1"))
+    })
+    .await;
+    apply_manifest(&ns.name, &instance_manifest("third"))
+        .expect_success("the third, now that there is room");
 }
 
 /// The chart's aggregated roles, applied under a release name of the test's

@@ -13,6 +13,7 @@ use common::*;
 use ctrlplane_operator::api::{
     Condition, DeliveryPhase, Instance, InstancePhase, Webhook, WebhookDelivery,
 };
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
@@ -607,6 +608,200 @@ async fn a_webhook_never_receives_events_from_another_namespace() {
             .all(|r| Some(&r.uid) != stranger.uid().as_ref() && r.namespace == mine.name),
         "events of another namespace arrived"
     );
+}
+
+/// Marks one pod Ready or not, as its readiness probe would. kwok only acts
+/// on Pending pods, so a Running pod keeps what is written here.
+async fn set_pod_ready(pods: &Api<Pod>, name: &str, ready: bool) {
+    let status = if ready { "True" } else { "False" };
+    let reason = if ready { "ProbePassed" } else { "ProbeFailed" };
+    pods.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Strategic(serde_json::json!({"status": {"conditions": [
+            {"type": "Ready", "status": status, "reason": reason},
+            {"type": "ContainersReady", "status": status, "reason": reason},
+        ]}})),
+    )
+    .await
+    .unwrap();
+}
+
+/// The health events of a Running Instance whose replicas go unready and
+/// come back, one pod at a time: health.passed when it starts (it has a
+/// health check), health.degraded (one of two unready), health.failed (both),
+/// health.degraded (one back), health.recovered (both back). Each Webhook
+/// receives exactly the events its filter names, the earlier names
+/// health.healthy and health.unhealthy included.
+#[tokio::test]
+async fn health_events_reach_the_webhooks_that_filter_for_them_earlier_names_included() {
+    let f = fixture("wh-health").await;
+    f.apply(&secret_manifest("signing", SECRET, None));
+    let filters = [
+        ("passed", "health.passed"),
+        ("failed", "health.failed"),
+        ("degraded", "health.degraded"),
+        ("recovered", "health.recovered"),
+        ("old-healthy", "health.healthy"),
+        ("old-unhealthy", "health.unhealthy"),
+        ("all-health", "health.*"),
+    ];
+    let mut receivers = BTreeMap::new();
+    for (name, filter) in filters {
+        let receiver = Receiver::start(&[SECRET]).await;
+        f.apply(&webhook_manifest(
+            name,
+            &receiver.url(),
+            &format!("  events: [\"{filter}\"]\n"),
+        ));
+        receivers.insert(name, receiver);
+    }
+    for (name, _) in filters {
+        f.wait_webhook_ready(name).await;
+    }
+    f.apply(
+        "apiVersion: ctrlplane.dev/v1alpha1\nkind: Instance\nmetadata:\n  name: web\nspec:\n  image: nginx:1.27\n  replicas: 2\n  ports:\n    - {name: http, port: 8080}\n  healthCheck:\n    httpGet: {path: /healthz, port: http}\n",
+    );
+    let client = client().await;
+    let pods: Api<Pod> = Api::namespaced(client, &f.ns.name);
+    let health_events = |instance: &Instance| -> Vec<(String, String)> {
+        instance
+            .status
+            .iter()
+            .flat_map(|s| &s.history)
+            .filter(|e| e.type_.family() == "health")
+            .map(|e| {
+                let before = e.details.get("previousHealth").cloned().unwrap_or_default();
+                (e.type_.as_str().to_string(), before)
+            })
+            .collect()
+    };
+    let wait_health = |wanted: Vec<(&'static str, &'static str)>| {
+        let f = &f;
+        async move {
+            let wanted: Vec<(String, String)> = wanted
+                .iter()
+                .map(|(t, b)| (t.to_string(), b.to_string()))
+                .collect();
+            let wanted = &wanted;
+            wait_until(&format!("health events {wanted:?}"), WAIT, || async move {
+                let web = f.instances.get("web").await.map_err(|e| e.to_string())?;
+                let got = health_events(&web);
+                if &got == wanted {
+                    Ok(Some(()))
+                } else {
+                    Err(format!("{got:?}"))
+                }
+            })
+            .await
+        }
+    };
+    f.running("web").await;
+    wait_health(vec![("health.passed", "")]).await;
+    let mut names: Vec<String> = pods
+        .list(&ListParams::default().labels("ctrlplane.dev/instance=web"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+
+    set_pod_ready(&pods, &names[0], false).await;
+    wait_health(vec![("health.passed", ""), ("health.degraded", "Healthy")]).await;
+    set_pod_ready(&pods, &names[1], false).await;
+    wait_health(vec![
+        ("health.passed", ""),
+        ("health.degraded", "Healthy"),
+        ("health.failed", "Degraded"),
+    ])
+    .await;
+    set_pod_ready(&pods, &names[0], true).await;
+    wait_health(vec![
+        ("health.passed", ""),
+        ("health.degraded", "Healthy"),
+        ("health.failed", "Degraded"),
+        ("health.degraded", "Failed"),
+    ])
+    .await;
+    set_pod_ready(&pods, &names[1], true).await;
+    wait_health(vec![
+        ("health.passed", ""),
+        ("health.degraded", "Healthy"),
+        ("health.failed", "Degraded"),
+        ("health.degraded", "Failed"),
+        ("health.recovered", "Degraded"),
+    ])
+    .await;
+
+    let expected: [(&str, &[&str]); 7] = [
+        ("passed", &["health.passed"]),
+        ("failed", &["health.failed"]),
+        ("degraded", &["health.degraded", "health.degraded"]),
+        ("recovered", &["health.recovered"]),
+        ("old-healthy", &["health.recovered"]),
+        (
+            "old-unhealthy",
+            &["health.degraded", "health.failed", "health.degraded"],
+        ),
+        (
+            "all-health",
+            &[
+                "health.passed",
+                "health.degraded",
+                "health.failed",
+                "health.degraded",
+                "health.recovered",
+            ],
+        ),
+    ];
+    for (name, types) in expected {
+        let receiver = &receivers[name];
+        let got = wait_until(&format!("the events of webhook {name}"), WAIT, || async {
+            let mut seen = BTreeSet::new();
+            let got: Vec<String> = receiver
+                .accepted()
+                .into_iter()
+                .filter(|r| seen.insert(r.id.clone()))
+                .map(|r| r.type_)
+                .collect();
+            Ok((got.len() >= types.len()).then_some(got))
+        })
+        .await;
+        assert_eq!(got, types, "webhook {name}");
+    }
+    // Only the events of Instance web's health arrived: nothing else matched.
+    assert!(
+        receivers
+            .values()
+            .flat_map(|r| r.received())
+            .all(|r| r.name == "web" && r.type_.starts_with("health.")),
+    );
+    // A person sees the problems as Warnings, and the recovery.
+    let events = kubectl([
+        "get",
+        "events",
+        "-n",
+        &f.ns.name,
+        "--field-selector",
+        "involvedObject.name=web",
+        "-o",
+        "jsonpath={range .items[*]}{.type} {.reason}{\"\\n\"}{end}",
+    ])
+    .expect_success("kubectl get events");
+    for wanted in [
+        "Warning HealthDegraded",
+        "Warning HealthCheckFailed",
+        "Normal HealthRecovered",
+    ] {
+        assert!(
+            events.stdout.contains(wanted),
+            "{wanted}: {}",
+            events.stdout
+        );
+    }
 }
 
 /// An https Webhook for `url`, trusting the PEM `ca_bundle` when given.

@@ -201,8 +201,27 @@ pub enum EventType {
     DeployFailed,
     #[serde(rename = "deploy.rolled_back")]
     DeployRolledBack,
+    // Every replica passed its health check for the first time since the
+    // Instance started.
+    #[serde(rename = "health.passed")]
+    HealthPassed,
+    // No replica of a Running Instance is ready, with no spec change to explain it.
+    #[serde(rename = "health.failed")]
+    HealthFailed,
+    // Some but not all replicas of a Running Instance are ready, with no
+    // spec change to explain it.
+    #[serde(rename = "health.degraded")]
+    HealthDegraded,
+    // Every replica is ready again after health.degraded or health.failed.
+    #[serde(rename = "health.recovered")]
+    HealthRecovered,
+    // The earlier name of health.recovered. No longer recorded; kept so
+    // that history entries and deliveries recorded before still read.
     #[serde(rename = "health.healthy")]
     HealthHealthy,
+    // The earlier name of health.degraded and health.failed together. No
+    // longer recorded; kept so that history entries and deliveries recorded
+    // before still read.
     #[serde(rename = "health.unhealthy")]
     HealthUnhealthy,
     #[serde(rename = "sandbox.created")]
@@ -236,6 +255,7 @@ pub enum EventType {
 }
 
 impl EventType {
+    /// Every type the operator records.
     pub const ALL: &'static [EventType] = &[
         Self::InstanceCreated,
         Self::InstanceStarting,
@@ -253,8 +273,10 @@ impl EventType {
         Self::DeploySucceeded,
         Self::DeployFailed,
         Self::DeployRolledBack,
-        Self::HealthHealthy,
-        Self::HealthUnhealthy,
+        Self::HealthPassed,
+        Self::HealthFailed,
+        Self::HealthDegraded,
+        Self::HealthRecovered,
         Self::SandboxCreated,
         Self::SandboxStarting,
         Self::SandboxStarted,
@@ -270,6 +292,11 @@ impl EventType {
         Self::SandboxSnapshotFailed,
         Self::SandboxSnapshotDeleted,
     ];
+
+    /// Types an earlier release recorded and this one only reads: its
+    /// objects' history and its deliveries keep them. Their names are
+    /// accepted in Webhook filters as aliases (see [`EventType::filter_aliases`]).
+    pub const LEGACY: &'static [EventType] = &[Self::HealthHealthy, Self::HealthUnhealthy];
 
     /// The wire name, e.g. `instance.created`.
     pub fn as_str(self) -> &'static str {
@@ -290,6 +317,10 @@ impl EventType {
             Self::DeploySucceeded => "deploy.succeeded",
             Self::DeployFailed => "deploy.failed",
             Self::DeployRolledBack => "deploy.rolled_back",
+            Self::HealthPassed => "health.passed",
+            Self::HealthFailed => "health.failed",
+            Self::HealthDegraded => "health.degraded",
+            Self::HealthRecovered => "health.recovered",
             Self::HealthHealthy => "health.healthy",
             Self::HealthUnhealthy => "health.unhealthy",
             Self::SandboxCreated => "sandbox.created",
@@ -313,6 +344,19 @@ impl EventType {
     pub fn family(self) -> &'static str {
         self.as_str().split('.').next().unwrap_or_default()
     }
+
+    /// Names besides its own that select this type in a Webhook's event
+    /// filter: the earlier health names, deprecated and accepted for one
+    /// more release. `health.healthy` meant replicas coming back, now
+    /// health.recovered; `health.unhealthy` meant replicas going unready,
+    /// now health.degraded (some) or health.failed (all).
+    pub fn filter_aliases(self) -> &'static [&'static str] {
+        match self {
+            Self::HealthRecovered => &["health.healthy"],
+            Self::HealthDegraded | Self::HealthFailed => &["health.unhealthy"],
+            _ => &[],
+        }
+    }
 }
 
 impl std::fmt::Display for EventType {
@@ -332,12 +376,14 @@ pub const EVENT_WILDCARDS: &[&str] = &[
     "sandbox.snapshot.*",
 ];
 
-/// The schema of one entry of a Webhook's event filter: a known event type or
-/// one of the wildcards, listed so that `kubectl explain` shows every choice
+/// The schema of one entry of a Webhook's event filter: a known event type,
+/// one of the wildcards, or a deprecated alias (`health.healthy`,
+/// `health.unhealthy`), listed so that `kubectl explain` shows every choice
 /// and a typo is refused with the list of supported values.
 pub fn event_selector_schema(_: &mut SchemaGenerator) -> Schema {
     let mut values: Vec<&str> = EVENT_WILDCARDS.to_vec();
     values.extend(EventType::ALL.iter().map(|t| t.as_str()));
+    values.extend(EventType::LEGACY.iter().map(|t| t.as_str()));
     json_schema!({
         "type": "string",
         "enum": values,

@@ -25,6 +25,11 @@ use super::common::{
     shortname = "inst",
     category = "ctrlplane",
     doc = "An Instance is a long-running application that the operator runs through a provider and reports on.",
+    selectable = ".spec.provider",
+    selectable = ".spec.image",
+    selectable = ".spec.region",
+    selectable = ".spec.state",
+    selectable = ".status.phase",
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",

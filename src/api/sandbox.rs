@@ -31,8 +31,11 @@ pub const MIN_TTL_SECONDS: i64 = 60;
     shortname = "sbx",
     category = "ctrlplane",
     doc = "A Sandbox is a disposable environment made from a base image, with a TTL, that can be stopped and started again without losing its data.",
+    selectable = ".spec.image",
     selectable = ".spec.agentId",
     selectable = ".spec.jobId",
+    selectable = ".spec.state",
+    selectable = ".status.phase",
     printcolumn(
         name = "Phase",
         type_ = "string",

@@ -4,7 +4,8 @@
 //!   [`instance`] and [`sandbox`] bringing what is theirs;
 //! - [`dispatch`], [`delivery`], [`webhook`]: lifecycle events to Webhooks;
 //! - [`harness`]: what every reconcile runs in; [`watches`]: the caches;
-//!   [`record`], [`events`]: status writes and Events.
+//!   [`record`], [`events`]: status writes and Events; [`counts`]: the
+//!   objects in the caches, for `ctrlplane_objects`.
 //!
 //! This file wires them together for one scope.
 //!
@@ -14,6 +15,7 @@
 //! acts.
 
 pub mod command;
+pub mod counts;
 pub mod delivery;
 pub mod dispatch;
 pub mod events;
@@ -239,6 +241,19 @@ pub async fn run_scope(
         "webhookdeliveries",
         forget_managed_fields,
         2,
+    );
+
+    // Counted while this scope runs; the registration goes with it.
+    let _object_counts = counts::register(
+        &metrics,
+        counts::CountedCaches {
+            instances: instances.clone(),
+            sandboxes: sandboxes.store.clone(),
+            commands: commands.store.clone(),
+            snapshots: snapshots.store.clone(),
+            webhooks: webhooks.store.clone(),
+            deliveries: deliveries.store.clone(),
+        },
     );
 
     let caches_synced = {

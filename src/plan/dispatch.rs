@@ -23,12 +23,15 @@ pub const WEBHOOK_LABEL: &str = "ctrlplane.dev/webhook";
 
 /// Whether a webhook's event filter takes an event type: empty takes all,
 /// `*` takes all, `prefix.*` takes every type under the prefix
-/// (`sandbox.*` takes `sandbox.command.started` too), otherwise exact names.
+/// (`sandbox.*` takes `sandbox.command.started` too), otherwise exact names
+/// and their deprecated aliases (`health.healthy` takes health.recovered,
+/// `health.unhealthy` health.degraded and health.failed).
 pub fn event_matches(filter: &[String], type_: EventType) -> bool {
     filter.is_empty()
         || filter.iter().any(|f| {
             f == "*"
                 || f == type_.as_str()
+                || type_.filter_aliases().contains(&f.as_str())
                 || f.strip_suffix(".*").is_some_and(|prefix| {
                     type_
                         .as_str()
@@ -195,6 +198,31 @@ mod tests {
             &filter(&["sandbox.snap.*"]),
             SandboxSnapshotReady
         ));
+    }
+
+    #[test]
+    fn health_filters_take_their_own_name_the_family_and_the_deprecated_aliases() {
+        use EventType::*;
+        let health = [HealthPassed, HealthFailed, HealthDegraded, HealthRecovered];
+        let takes = |f: &str| -> Vec<EventType> {
+            health
+                .into_iter()
+                .filter(|t| event_matches(&filter(&[f]), *t))
+                .collect()
+        };
+        assert_eq!(takes("health.passed"), [HealthPassed]);
+        assert_eq!(takes("health.failed"), [HealthFailed]);
+        assert_eq!(takes("health.degraded"), [HealthDegraded]);
+        assert_eq!(takes("health.recovered"), [HealthRecovered]);
+        assert_eq!(takes("health.*"), health);
+        // The earlier names, for one more release.
+        assert_eq!(takes("health.healthy"), [HealthRecovered]);
+        assert_eq!(takes("health.unhealthy"), [HealthFailed, HealthDegraded]);
+        assert!(!event_matches(&filter(&["instance.*"]), HealthDegraded));
+        // Entries recorded under the earlier names still reach their filters.
+        assert!(event_matches(&filter(&["health.healthy"]), HealthHealthy));
+        assert!(event_matches(&filter(&["health.*"]), HealthUnhealthy));
+        assert!(!event_matches(&filter(&["health.passed"]), HealthHealthy));
     }
 
     fn entry(sequence: i64, type_: EventType) -> HistoryEntry {

@@ -37,6 +37,39 @@ const REPLICAS_NOT_READY: &str = "ReplicasNotReady";
 /// Progressing reasons of a spec change under way.
 const UPDATE_REASONS: &[&str] = &["RollingOut", "Restarting", "Scaling"];
 
+/// The health of a Running Instance with no spec change under way, from the
+/// readiness of its replicas. A change from one to another is a health event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    /// Every replica ready.
+    Healthy,
+    /// Some replicas ready, not all.
+    Degraded,
+    /// No replica ready.
+    Failed,
+}
+
+impl Health {
+    /// From the Ready condition (True: healthy) and the ready replicas.
+    fn of(ready: bool, ready_replicas: i32) -> Self {
+        if ready {
+            Self::Healthy
+        } else if ready_replicas > 0 {
+            Self::Degraded
+        } else {
+            Self::Failed
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "Healthy",
+            Self::Degraded => "Degraded",
+            Self::Failed => "Failed",
+        }
+    }
+}
+
 /// How many releases status.releases keeps.
 pub const RELEASE_LIMIT: usize = 10;
 
@@ -776,7 +809,29 @@ impl<'a> Planner<'a> {
             if to == Failed {
                 self.status.failed_generation = self.generation;
             }
+            if to == Running {
+                self.health_check_passed(workload);
+            }
         }
+    }
+
+    /// Reaching Running, every replica has passed the health check, if the
+    /// Instance has one: the first health event since it started, so a
+    /// health.* subscriber knows where it stands before anything degrades.
+    fn health_check_passed(&mut self, workload: Option<&InstanceWorkload>) {
+        let replicas = workload.map_or(0, |w| w.replicas);
+        if self.instance.spec.health_check.is_none() || replicas == 0 {
+            return;
+        }
+        self.record(
+            NewEvent::new(
+                EventType::HealthPassed,
+                "HealthCheckPassed",
+                format!("{replicas} of {replicas} replicas passed the health check"),
+            )
+            .detail("readyReplicas", replicas)
+            .detail("replicas", replicas),
+        );
     }
 
     fn stop_reason(&self) -> &'static str {
@@ -920,11 +975,13 @@ impl<'a> Planner<'a> {
             .unwrap_or_else(|| "the Instance failed".into());
         let rolled_back = self.rolled_back_release();
 
-        let previous_ready_reason = conditions::find(&self.status.conditions, types::READY)
+        // Whether the last status said Ready, when it said something about
+        // health: Ready, or unready replicas with no spec change under way.
+        let previously_ready = conditions::find(&self.status.conditions, types::READY)
             .filter(|c| {
                 c.status == crate::api::ConditionStatus::True || c.reason == REPLICAS_NOT_READY
             })
-            .map(|c| (c.status, c.reason.clone()));
+            .map(|c| c.status == crate::api::ConditionStatus::True);
         let pending_release = self
             .status
             .current_release
@@ -998,25 +1055,37 @@ impl<'a> Planner<'a> {
         let stayed_running = self.instance.status.as_ref().and_then(|s| s.phase) == Some(Running)
             && phase == Some(Running);
         if stayed_running {
+            let ready_before = self
+                .instance
+                .status
+                .as_ref()
+                .map_or(0, |s| s.ready_replicas);
+            let before = previously_ready.map(|ready| Health::of(ready, ready_before));
             let now_ready = ready.status == crate::api::ConditionStatus::True;
-            match &previous_ready_reason {
-                Some((crate::api::ConditionStatus::True, _))
-                    if ready.reason == REPLICAS_NOT_READY =>
-                {
-                    self.record(NewEvent::new(
-                        EventType::HealthUnhealthy,
-                        REPLICAS_NOT_READY,
-                        progress.clone(),
-                    ));
-                }
-                Some((_, reason)) if reason == REPLICAS_NOT_READY && now_ready => {
-                    self.record(NewEvent::new(
-                        EventType::HealthHealthy,
+            let now = (now_ready || ready.reason == REPLICAS_NOT_READY)
+                .then(|| Health::of(now_ready, ready_count));
+            if let (Some(before), Some(now)) = (before, now)
+                && before != now
+            {
+                let (type_, reason, message) = match now {
+                    Health::Healthy => (
+                        EventType::HealthRecovered,
                         "ReplicasReady",
                         format!("{target} of {target} replicas ready"),
-                    ));
-                }
-                _ => {}
+                    ),
+                    Health::Degraded => (
+                        EventType::HealthDegraded,
+                        REPLICAS_NOT_READY,
+                        progress.clone(),
+                    ),
+                    Health::Failed => (EventType::HealthFailed, "NoReplicaReady", progress.clone()),
+                };
+                self.record(
+                    NewEvent::new(type_, reason, message)
+                        .detail("readyReplicas", ready_count)
+                        .detail("replicas", target)
+                        .detail("previousHealth", before.as_str()),
+                );
             }
         }
         self.set_desired(ready);

@@ -74,6 +74,10 @@ pub fn event_reason(type_: EventType) -> &'static str {
         DeploySucceeded => "DeploySucceeded",
         DeployFailed => "DeployFailed",
         DeployRolledBack => "RolledBack",
+        HealthPassed => "HealthCheckPassed",
+        HealthFailed => "HealthCheckFailed",
+        HealthDegraded => "HealthDegraded",
+        HealthRecovered => "HealthRecovered",
         HealthHealthy => "Healthy",
         HealthUnhealthy => "Unhealthy",
         SandboxExpired => "Expired",
@@ -96,6 +100,8 @@ pub fn is_warning(type_: EventType) -> bool {
         InstanceFailed
             | DeployFailed
             | DeployRolledBack
+            | HealthFailed
+            | HealthDegraded
             | HealthUnhealthy
             | SandboxFailed
             | SandboxCommandFailed
@@ -111,7 +117,8 @@ pub fn is_warning(type_: EventType) -> bool {
 /// changed on request (scaled, restarted, a release), and every warning.
 /// The steps on the way (created, starting, stopping, deleting) are left to
 /// the history: each Event costs a write to the API server, and those steps
-/// are followed within moments by the arrival they lead to.
+/// are followed within moments by the arrival they lead to. So is
+/// health.passed, which comes with instance.started and says the same.
 pub fn deserves_event(type_: EventType) -> bool {
     use EventType::*;
     !matches!(
@@ -120,6 +127,7 @@ pub fn deserves_event(type_: EventType) -> bool {
             | InstanceStarting
             | InstanceStopping
             | InstanceDeleting
+            | HealthPassed
             | SandboxCreated
             | SandboxStarting
             | SandboxCommandStarted

@@ -1,11 +1,15 @@
 //! Prometheus metrics: reconciles, their errors and duration, phase
-//! transitions, status writes, and every request the operator makes to the
-//! Kubernetes API (counted by a layer on the client, so nothing escapes it).
+//! transitions, status writes, every request the operator makes to the
+//! Kubernetes API (counted by a layer on the client, so nothing escapes it),
+//! and the objects there are, by kind, namespace and phase.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -87,6 +91,92 @@ impl RequestLabels {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct ObjectLabels {
+    /// Instance, Sandbox, Webhook or WebhookDelivery.
+    pub kind: String,
+    pub namespace: String,
+    /// The object's phase; for a Webhook, Ready or NotReady. Pending while
+    /// the operator has written no status yet.
+    pub phase: String,
+}
+
+/// Adds what one set of caches holds to a tally of objects.
+pub type ObjectCounter = Box<dyn Fn(&mut BTreeMap<ObjectLabels, i64>) + Send + Sync>;
+
+/// `ctrlplane_objects`, counted afresh on every scrape from the counters
+/// registered now (each scope's caches, while its controllers run). A
+/// namespace, kind or phase with no object left is simply not there: no
+/// stale series, and nothing to reset. A replica that does not lead has
+/// no caches, and exports no counts.
+#[derive(Default)]
+pub struct ObjectCounts {
+    counters: Mutex<BTreeMap<u64, ObjectCounter>>,
+    next: AtomicU64,
+}
+
+impl std::fmt::Debug for ObjectCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectCounts").finish_non_exhaustive()
+    }
+}
+
+impl ObjectCounts {
+    /// Adds a counter until the returned registration is dropped.
+    pub fn register(self: &Arc<Self>, counter: ObjectCounter) -> ObjectCountsRegistration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, counter);
+        ObjectCountsRegistration {
+            counts: self.clone(),
+            id,
+        }
+    }
+
+    /// Objects by kind, namespace and phase, now.
+    pub fn tally(&self) -> BTreeMap<ObjectLabels, i64> {
+        let mut tally = BTreeMap::new();
+        for counter in self.lock().values() {
+            counter(&mut tally);
+        }
+        tally
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ObjectCounter>> {
+        self.counters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Collector for ObjectCounts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if self.lock().is_empty() {
+            return Ok(());
+        }
+        let family = Family::<ObjectLabels, Gauge>::default();
+        for (labels, count) in self.tally() {
+            family.get_or_create(&labels).set(count);
+        }
+        let metric = encoder.encode_descriptor(
+            "objects",
+            "Objects in the operator's caches, by kind, namespace and phase",
+            None,
+            family.metric_type(),
+        )?;
+        family.encode(metric)
+    }
+}
+
+/// Keeps a counter registered; dropping it removes the counter.
+pub struct ObjectCountsRegistration {
+    counts: Arc<ObjectCounts>,
+    id: u64,
+}
+
+impl Drop for ObjectCountsRegistration {
+    fn drop(&mut self) {
+        self.counts.lock().remove(&self.id);
+    }
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -102,6 +192,7 @@ pub struct Metrics {
     pub ready: Gauge,
     pub leader: Gauge,
     pub in_flight: Family<KindLabels, Gauge>,
+    pub objects: Arc<ObjectCounts>,
 }
 
 impl Default for Metrics {
@@ -177,6 +268,8 @@ impl Default for Metrics {
             "Reconciles running now, by kind: the part of the work queue being worked on",
             in_flight.clone(),
         );
+        let objects = Arc::new(ObjectCounts::default());
+        registry.register_collector(Box::new(objects.clone()));
         Self {
             registry,
             reconciles,
@@ -191,6 +284,7 @@ impl Default for Metrics {
             ready,
             leader,
             in_flight,
+            objects,
         }
     }
 }
@@ -268,6 +362,50 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn object(kind: &str, namespace: &str, phase: &str) -> ObjectLabels {
+        ObjectLabels {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            phase: phase.into(),
+        }
+    }
+
+    #[test]
+    fn object_counts_are_what_the_counters_hold_at_scrape_time() {
+        let metrics = Metrics::default();
+        assert!(
+            !metrics.encode().contains("ctrlplane_objects"),
+            "nothing counted, nothing exported"
+        );
+        let held = Arc::new(Mutex::new(vec![
+            object("Instance", "a", "Running"),
+            object("Instance", "a", "Running"),
+            object("Instance", "b", "Stopped"),
+        ]));
+        let source = held.clone();
+        let registration = metrics.objects.register(Box::new(move |tally| {
+            for l in source.lock().unwrap().iter() {
+                *tally.entry(l.clone()).or_insert(0) += 1;
+            }
+        }));
+        let text = metrics.encode();
+        assert!(text.contains("# TYPE ctrlplane_objects gauge"), "{text}");
+        assert!(
+            text.contains(r#"ctrlplane_objects{kind="Instance",namespace="a",phase="Running"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"ctrlplane_objects{kind="Instance",namespace="b",phase="Stopped"} 1"#),
+            "{text}"
+        );
+        // Namespace b emptied: its series goes, it does not keep its old count.
+        held.lock().unwrap().retain(|l| l.namespace != "b");
+        let text = metrics.encode();
+        assert!(!text.contains(r#"namespace="b""#), "{text}");
+        drop(registration);
+        assert!(!metrics.encode().contains("ctrlplane_objects"));
+    }
 
     fn labels(method: http::Method, uri: &str) -> (String, String) {
         let labels = RequestLabels::of(&method, &uri.parse().unwrap());

@@ -624,3 +624,26 @@ pub fn requests_between(
         .filter(|(_, count)| *count > 0.0)
         .collect()
 }
+
+/// The names of the objects `kubectl get RESOURCE --field-selector SELECTOR`
+/// lists in a namespace, or the API server's refusal.
+pub fn field_selected(
+    namespace: &str,
+    resource: &str,
+    selector: &str,
+) -> Result<std::collections::BTreeSet<String>, String> {
+    let listed = kubectl([
+        "get",
+        resource,
+        "-n",
+        namespace,
+        "--field-selector",
+        selector,
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    if !listed.success {
+        return Err(listed.stderr);
+    }
+    Ok(listed.stdout.split_whitespace().map(String::from).collect())
+}

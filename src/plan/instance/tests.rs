@@ -544,7 +544,7 @@ fn a_running_instance_whose_replicas_crash_fails_after_the_deadline() {
         condition(&unhealthy, types::READY).reason,
         "ReplicasNotReady"
     );
-    assert!(types_of(&unhealthy, 0).contains(&EventType::HealthUnhealthy));
+    assert!(types_of(&unhealthy, 0).contains(&EventType::HealthDegraded));
     assert!(unhealthy.requeue_after <= std::time::Duration::from_secs(61));
 
     let later = step(
@@ -557,6 +557,256 @@ fn a_running_instance_whose_replicas_crash_fails_after_the_deadline() {
         condition(&later, types::READY)
             .message
             .contains("CrashLoopBackOff")
+    );
+}
+
+/// The observed workload of a settled Instance with `ready` of `replicas`
+/// ready: no spec change under way, some replicas just went unready.
+fn with_ready(image: &str, replicas: i32, ready: i32) -> WorkloadStatus {
+    let mut workload = ready_workload(image, replicas);
+    workload.ready_replicas = ready;
+    workload.rollout_complete = ready >= replicas;
+    workload.endpoint_ready = ready > 0;
+    workload
+}
+
+fn with_health_check(mut spec: InstanceSpec) -> InstanceSpec {
+    spec.health_check = Some(crate::api::HealthCheck {
+        http_get: Some(crate::api::HttpHealthCheck {
+            path: "/healthz".into(),
+            port: "http".into(),
+        }),
+        tcp_socket: None,
+        exec: None,
+        initial_delay_seconds: None,
+        period_seconds: None,
+        timeout_seconds: None,
+        failure_threshold: None,
+    });
+    spec
+}
+
+/// The one health event a plan recorded after `since`, if any, with its
+/// previousHealth, readyReplicas and replicas details.
+fn health_event(plan: &InstancePlan, since: i64) -> Option<(EventType, String, String, String)> {
+    let health: Vec<_> = plan
+        .status
+        .history
+        .iter()
+        .filter(|e| e.sequence > since && e.type_.family() == "health")
+        .collect();
+    assert!(health.len() <= 1, "more than one health event: {health:?}");
+    health.first().map(|e| {
+        let detail = |k: &str| e.details.get(k).cloned().unwrap_or_default();
+        (
+            e.type_,
+            detail("previousHealth"),
+            detail("readyReplicas"),
+            detail("replicas"),
+        )
+    })
+}
+
+#[test]
+fn health_passed_comes_with_running_when_every_replica_passed_the_health_check() {
+    let instance = running(with_health_check(spec("nginx:1.27")));
+    let history = &instance.status.as_ref().unwrap().history;
+    let types: Vec<_> = history.iter().map(|e| e.type_).collect();
+    assert_eq!(
+        types,
+        [
+            EventType::InstanceCreated,
+            EventType::InstanceStarting,
+            EventType::InstanceStarted,
+            EventType::HealthPassed
+        ]
+    );
+    let passed = history.last().unwrap();
+    assert_eq!(
+        passed.details.get("replicas").map(String::as_str),
+        Some("2")
+    );
+    // instance.started already says it to a person: no Kubernetes Event of its own.
+    assert!(!crate::plan::deserves_event(EventType::HealthPassed));
+
+    // Again at every start: stopped, then started.
+    let mut instance = instance;
+    instance.spec.state = DesiredState::Stopped;
+    instance.metadata.generation = Some(2);
+    step(
+        &mut instance,
+        &observed(Some(ready_workload("nginx:1.27", 0))),
+        t0(),
+    );
+    assert_eq!(
+        instance.status.as_ref().unwrap().phase,
+        Some(InstancePhase::Stopped)
+    );
+    instance.spec.state = DesiredState::Running;
+    instance.metadata.generation = Some(3);
+    let seq = last_seq(&instance);
+    step(
+        &mut instance,
+        &observed(Some(ready_workload("nginx:1.27", 0))),
+        t0(),
+    );
+    let started = step(
+        &mut instance,
+        &observed(Some(ready_workload("nginx:1.27", 2))),
+        t0(),
+    );
+    assert_eq!(
+        types_of(&started, seq),
+        [
+            EventType::InstanceStarting,
+            EventType::InstanceStarted,
+            EventType::HealthPassed
+        ]
+    );
+}
+
+#[test]
+fn without_a_health_check_or_replicas_no_health_check_passes() {
+    let plain = running(spec("nginx:1.27"));
+    assert!(
+        plain
+            .status
+            .as_ref()
+            .unwrap()
+            .history
+            .iter()
+            .all(|e| e.type_.family() != "health")
+    );
+    let mut none = with_health_check(spec("nginx:1.27"));
+    none.replicas = 0;
+    let none = running(none);
+    assert!(
+        none.status
+            .as_ref()
+            .unwrap()
+            .history
+            .iter()
+            .all(|e| e.type_.family() != "health")
+    );
+}
+
+#[test]
+fn replicas_going_unready_degrade_then_fail_and_coming_back_recover() {
+    let mut instance = running(spec("nginx:1.27"));
+    let look = |instance: &mut Instance, ready: i32| {
+        let seq = last_seq(instance);
+        let planned = step(
+            instance,
+            &observed(Some(with_ready("nginx:1.27", 2, ready))),
+            t0(),
+        );
+        assert_eq!(planned.status.phase, Some(InstancePhase::Running));
+        // Planning again on the same observation records nothing more.
+        let again = plan(
+            instance,
+            &observed(Some(with_ready("nginx:1.27", 2, ready))),
+            t0(),
+        );
+        assert_eq!(again.status.history, planned.status.history);
+        (health_event(&planned, seq), planned)
+    };
+    let str3 = |t: EventType, before: &str, ready: &str| {
+        Some((t, before.to_string(), ready.to_string(), "2".to_string()))
+    };
+
+    // Healthy -> some ready: degraded, a Warning.
+    let (event, plan) = look(&mut instance, 1);
+    assert_eq!(event, str3(EventType::HealthDegraded, "Healthy", "1"));
+    let warning = plan
+        .events
+        .iter()
+        .find(|e| e.reason == "HealthDegraded")
+        .unwrap();
+    assert!(warning.warning);
+    assert!(
+        warning.message.contains("1 of 2 replicas ready"),
+        "{}",
+        warning.message
+    );
+    assert_eq!(condition(&plan, types::READY).reason, "ReplicasNotReady");
+    // Degraded -> none ready: failed, a Warning.
+    let (event, plan) = look(&mut instance, 0);
+    assert_eq!(event, str3(EventType::HealthFailed, "Degraded", "0"));
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.warning && e.reason == "HealthCheckFailed")
+    );
+    // Failed -> some ready again: degraded, from failed.
+    let (event, _) = look(&mut instance, 1);
+    assert_eq!(event, str3(EventType::HealthDegraded, "Failed", "1"));
+    // Degraded -> every replica ready: recovered, not a Warning.
+    let (event, plan) = look(&mut instance, 2);
+    assert_eq!(event, str3(EventType::HealthRecovered, "Degraded", "2"));
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| !e.warning && e.reason == "HealthRecovered")
+    );
+    assert_eq!(condition(&plan, types::READY).status, ConditionStatus::True);
+    // Healthy -> none ready at once: failed, from healthy; then recovered from failed.
+    let (event, _) = look(&mut instance, 0);
+    assert_eq!(event, str3(EventType::HealthFailed, "Healthy", "0"));
+    let (event, _) = look(&mut instance, 2);
+    assert_eq!(event, str3(EventType::HealthRecovered, "Failed", "2"));
+    // Staying healthy is no event.
+    let (event, _) = look(&mut instance, 2);
+    assert_eq!(event, None);
+    // Nor is moving between two degraded counts.
+    let mut three = running(spec("nginx:1.27"));
+    three.spec.replicas = 3;
+    three.status.as_mut().unwrap().applied_scale = Some(AppliedScale {
+        replicas: 3,
+        cpu: None,
+        memory: None,
+    });
+    step(
+        &mut three,
+        &observed(Some(ready_workload("nginx:1.27", 3))),
+        t0(),
+    );
+    let seq = last_seq(&three);
+    step(
+        &mut three,
+        &observed(Some(with_ready("nginx:1.27", 3, 2))),
+        t0(),
+    );
+    let fewer = step(
+        &mut three,
+        &observed(Some(with_ready("nginx:1.27", 3, 1))),
+        t0(),
+    );
+    assert_eq!(types_of(&fewer, seq), [EventType::HealthDegraded]);
+}
+
+#[test]
+fn unready_replicas_during_a_spec_change_are_no_health_event() {
+    let mut instance = running(spec("nginx:1.27"));
+    let seq = last_seq(&instance);
+    instance.spec.image = "nginx:1.28".into();
+    instance.metadata.generation = Some(2);
+    let mut rolling = with_ready("nginx:1.28", 2, 0);
+    rolling.rollout_complete = false;
+    step(&mut instance, &observed(Some(rolling.clone())), t0());
+    step(
+        &mut instance,
+        &observed(Some(with_ready("nginx:1.28", 2, 1))),
+        t0(),
+    );
+    let done = step(
+        &mut instance,
+        &observed(Some(ready_workload("nginx:1.28", 2))),
+        t0(),
+    );
+    assert!(
+        types_of(&done, seq).iter().all(|t| t.family() != "health"),
+        "{:?}",
+        types_of(&done, seq)
     );
 }
 
