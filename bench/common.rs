@@ -238,3 +238,69 @@ pub fn print_per_object(
         parts.join(", ")
     );
 }
+
+/// A StorageClass of the benchmark's own with static PersistentVolumes in
+/// it: nothing in the local control plane provisions volumes. Not timed.
+pub struct StaticVolumes {
+    pub class: &'static str,
+    /// The `bench` label every volume carries, to remove them together.
+    pub label: &'static str,
+}
+
+impl StaticVolumes {
+    pub async fn create(&self, client: &Client, count: usize) -> Result<(), kube::Error> {
+        use futures::{StreamExt, TryStreamExt, stream};
+        use k8s_openapi::api::core::v1::PersistentVolume;
+        use k8s_openapi::api::storage::v1::StorageClass;
+        let class: StorageClass = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": self.class},
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "Immediate",
+            "reclaimPolicy": "Retain",
+        }))
+        .expect("a StorageClass");
+        Api::<StorageClass>::all(client.clone())
+            .create(&PostParams::default(), &class)
+            .await?;
+        let volumes: Api<PersistentVolume> = Api::all(client.clone());
+        stream::iter(0..count)
+            .map(|i| {
+                let volumes = volumes.clone();
+                let name = format!("{}-pv-{i}", self.class);
+                let volume: PersistentVolume = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": name, "labels": {"bench": self.label}},
+                    "spec": {
+                        "capacity": {"storage": "2Gi"},
+                        "accessModes": ["ReadWriteOnce"],
+                        "storageClassName": self.class,
+                        "hostPath": {"path": format!("/tmp/{name}")},
+                    }
+                }))
+                .expect("a PersistentVolume");
+                async move {
+                    volumes
+                        .create(&PostParams::default(), &volume)
+                        .await
+                        .map(|_| ())
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect::<()>()
+            .await
+    }
+
+    pub async fn remove(&self, client: &Client) -> Result<(), kube::Error> {
+        use k8s_openapi::api::core::v1::PersistentVolume;
+        use k8s_openapi::api::storage::v1::StorageClass;
+        Api::<PersistentVolume>::all(client.clone())
+            .delete_collection(
+                &DeleteParams::default(),
+                &kube::api::ListParams::default().labels(&format!("bench={}", self.label)),
+            )
+            .await?;
+        Api::<StorageClass>::all(client.clone())
+            .delete(self.class, &DeleteParams::default())
+            .await?;
+        Ok(())
+    }
+}

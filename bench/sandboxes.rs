@@ -21,14 +21,17 @@ use ctrlplane_operator::provider::pod::{claim_for, claim_name, pod_for};
 use ctrlplane_operator::provider::{RunWanted, SandboxWorkload};
 use ctrlplane_operator::runtime::metrics::{CountRequestsLayer, Metrics};
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
-use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::{Api, Client};
 
 const CONCURRENCY: usize = 16;
 const CLASS: &str = "bench-sandboxes";
+const VOLUMES: StaticVolumes = StaticVolumes {
+    class: CLASS,
+    label: "sandboxes",
+};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -50,7 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .build();
     println!("bench/sandboxes: N = {count}, client concurrency {CONCURRENCY}");
-    prepare_volumes(&client, count * 2).await?;
+    VOLUMES.create(&client, count * 2).await?;
 
     // Baseline: the same claims and Pods from a plain client.
     let baseline_ns = "bench-sbx-baseline";
@@ -179,7 +182,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = operator.kill();
     let _ = operator.wait();
     delete_namespace(&client, operator_ns).await?;
-    cleanup_volumes(&client).await?;
+    VOLUMES.remove(&client).await?;
 
     println!();
     println!("| figure | operator | baseline | ratio |");
@@ -250,56 +253,6 @@ fn workload(namespace: &str, i: usize, host: Option<String>) -> SandboxWorkload 
         revision: "bench".into(),
         restore_from: None,
     }
-}
-
-async fn prepare_volumes(client: &Client, count: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let class: StorageClass = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": CLASS},
-        "provisioner": "kubernetes.io/no-provisioner",
-        "volumeBindingMode": "Immediate",
-        "reclaimPolicy": "Retain",
-    }))?;
-    Api::<StorageClass>::all(client.clone())
-        .create(&PostParams::default(), &class)
-        .await?;
-    let volumes: Api<PersistentVolume> = Api::all(client.clone());
-    stream::iter(0..count)
-        .map(|i| {
-            let volumes = volumes.clone();
-            async move {
-                let volume: PersistentVolume = serde_json::from_value(serde_json::json!({
-                    "metadata": {"name": format!("bench-pv-{i}"), "labels": {"bench": "sandboxes"}},
-                    "spec": {
-                        "capacity": {"storage": "2Gi"},
-                        "accessModes": ["ReadWriteOnce"],
-                        "storageClassName": CLASS,
-                        "hostPath": {"path": format!("/tmp/bench-pv-{i}")},
-                    }
-                }))
-                .expect("a volume");
-                volumes
-                    .create(&PostParams::default(), &volume)
-                    .await
-                    .map(|_| ())
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<()>()
-        .await?;
-    Ok(())
-}
-
-async fn cleanup_volumes(client: &Client) -> Result<(), kube::Error> {
-    Api::<PersistentVolume>::all(client.clone())
-        .delete_collection(
-            &DeleteParams::default(),
-            &ListParams::default().labels("bench=sandboxes"),
-        )
-        .await?;
-    Api::<StorageClass>::all(client.clone())
-        .delete(CLASS, &DeleteParams::default())
-        .await?;
-    Ok(())
 }
 
 async fn ready_pods(pods: &Api<Pod>) -> Result<usize, kube::Error> {

@@ -6,6 +6,8 @@
 #                                   vs. signed POSTs from a plain client and bare object creates
 #   hack/bench.sh sandboxes [N]     N Sandboxes (default 500) up and down vs. the same claims
 #                                   and pods from a plain client
+#   hack/bench.sh commands [N] [M]  N SandboxCommands (default 200) across M Sandboxes (default
+#                                   10) vs. the same execs from a plain client
 #
 # Builds the operator in release mode, starts a control plane of its own
 # (state in .controlplane-bench/, its own ports), runs the benchmark, stops it.
@@ -13,7 +15,7 @@ set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 
-bench=${1:?usage: hack/bench.sh instances|webhooks|sandboxes [N]}
+bench=${1:?usage: hack/bench.sh instances|webhooks|sandboxes|commands [N]}
 shift
 export CTRLPLANE_STATE_DIR=${CTRLPLANE_BENCH_STATE_DIR:-$repo_root/.controlplane-bench}
 export CTRLPLANE_PORT_BASE=${CTRLPLANE_BENCH_PORT_BASE:-16740}

@@ -133,7 +133,10 @@ pub fn plan(
     let mut ended: Option<(CommandPhase, String, String)> = None;
     match status.phase {
         Some(CommandPhase::Pending) => match &observation.sandbox {
-            None => ended = Some(failed("SandboxNotFound", "its Sandbox does not exist")),
+            None => match super::wait_left(&command.metadata, super::MISSING_SANDBOX_GRACE, now) {
+                Some(left) => requeue_after = requeue_after.min(left),
+                None => ended = Some(failed("SandboxNotFound", "its Sandbox does not exist")),
+            },
             Some(sandbox) if sandbox.deleting => {
                 ended = Some(failed(
                     "SandboxDeleted",
@@ -235,6 +238,7 @@ pub fn plan(
     }
     if status.phase == Some(CommandPhase::Pending) {
         let waiting_for = match &observation.sandbox {
+            None => "waiting for its Sandbox to exist",
             Some(s) if !s.running => "waiting for its Sandbox to run",
             _ if observation.earlier_unfinished => "waiting for the commands before it",
             _ => "about to start",

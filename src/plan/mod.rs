@@ -18,6 +18,9 @@ pub mod webhook;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
 use crate::api::{EventType, HistoryEntry};
 use crate::lifecycle::TransitionError;
 use conditions::{DesiredCondition, types};
@@ -53,6 +56,31 @@ pub const REQUEUE_SETTLED: Duration = Duration::from_secs(300);
 /// How soon to look again while something is under way. Watches on the
 /// children usually bring the next reconcile sooner.
 pub const REQUEUE_PROGRESSING: Duration = Duration::from_secs(30);
+
+/// How long a command or a snapshot may name a Sandbox that does not exist
+/// before it fails: applied in one go, the command can reach the operator
+/// before its Sandbox does.
+pub const MISSING_SANDBOX_GRACE: Duration = Duration::from_secs(30);
+
+/// When a Kubernetes object was created, in our own clock type.
+pub fn created_at(meta: &ObjectMeta) -> Option<DateTime<Utc>> {
+    let created = meta.creation_timestamp.as_ref()?;
+    DateTime::<Utc>::from_timestamp(
+        created.0.as_second(),
+        created.0.subsec_nanosecond().max(0) as u32,
+    )
+}
+
+/// How much longer an object created at `meta`'s time may wait for what
+/// it names to appear, `grace` in all; `None` once the wait is over (or
+/// when the creation time is unknown).
+pub fn wait_left(meta: &ObjectMeta, grace: Duration, now: DateTime<Utc>) -> Option<Duration> {
+    let deadline = created_at(meta)? + chrono::Duration::from_std(grace).ok()?;
+    (deadline - now)
+        .to_std()
+        .ok()
+        .filter(|left| !left.is_zero())
+}
 
 /// The Kubernetes Event reason for a lifecycle event type.
 pub fn event_reason(type_: EventType) -> &'static str {

@@ -127,12 +127,10 @@ pub fn expiry(sandbox: &Sandbox) -> Option<DateTime<Utc>> {
     if let Some(at) = sandbox.spec.expires_at {
         return Some(at);
     }
-    let created = sandbox.metadata.creation_timestamp.as_ref()?;
-    let created = DateTime::<Utc>::from_timestamp(
-        created.0.as_second(),
-        created.0.subsec_nanosecond().max(0) as u32,
-    )?;
-    Some(created + chrono::Duration::seconds(sandbox.spec.ttl_seconds?))
+    Some(
+        super::created_at(&sandbox.metadata)?
+            + chrono::Duration::seconds(sandbox.spec.ttl_seconds?),
+    )
 }
 
 struct Planner<'a> {

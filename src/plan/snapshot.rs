@@ -125,6 +125,11 @@ pub fn plan(
         }
         match (status.phase, &observation.observed) {
             (Some(SnapshotPhase::Pending), None) => match &observation.sandbox {
+                None if super::wait_left(&snapshot.metadata, super::MISSING_SANDBOX_GRACE, now)
+                    .is_some() =>
+                {
+                    waiting = Some(format!("waiting for sandbox {sandbox_name} to exist"));
+                }
                 None => move_to(
                     &mut status,
                     SnapshotPhase::Failed,
@@ -243,6 +248,7 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::api::{SandboxReference, SandboxSnapshotSpec};
+    use crate::plan::MISSING_SANDBOX_GRACE;
     use chrono::TimeZone;
     use proptest::prelude::*;
 
@@ -331,6 +337,27 @@ mod tests {
                 EventType::SandboxSnapshotReady
             ]
         );
+    }
+
+    #[test]
+    fn a_missing_sandbox_is_waited_for_briefly_then_fails_the_snapshot() {
+        let mut young = snapshot();
+        young.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(t0().timestamp()).unwrap(),
+            ));
+        let missing = SnapshotObservation {
+            sandbox: None,
+            observed: None,
+        };
+        let (decision, action) = plan(&young, &missing, t0() + chrono::Duration::seconds(5));
+        assert_eq!(action, None);
+        assert_eq!(decision.status.phase, Some(SnapshotPhase::Pending));
+        assert!(decision.requeue_after <= MISSING_SANDBOX_GRACE);
+        let (decision, _) = plan(&young, &missing, t0() + chrono::Duration::seconds(31));
+        assert_eq!(decision.status.phase, Some(SnapshotPhase::Failed));
+        let ready = conditions::find(&decision.status.conditions, types::READY).unwrap();
+        assert_eq!(ready.reason, "SandboxNotFound");
     }
 
     #[test]

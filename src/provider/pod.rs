@@ -159,7 +159,7 @@ pub fn env_block(env: &[(String, String)]) -> Vec<u8> {
 
 /// The exit code a finished exec reported: 0 on Success, else the code in
 /// its status's causes (ExitCode), else 1.
-fn exit_code(status: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>) -> i32 {
+pub fn exit_code(status: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>) -> i32 {
     let Some(status) = status else {
         return 1;
     };
@@ -784,10 +784,7 @@ impl SandboxProvider for PodProvider {
         Ok(ExecOutcome {
             exit_code: exit_code(status.as_ref()),
             stdout: stdout.map_err(broken)?,
-            stderr: stderr.map_err(|e| ProviderError::Exec {
-                pod: id.name.clone(),
-                message: e.to_string(),
-            })?,
+            stderr: stderr.map_err(broken)?,
         })
     }
 

@@ -119,6 +119,36 @@ fn a_command_waits_for_its_sandbox_and_for_the_commands_before_it() {
 }
 
 #[test]
+fn a_missing_sandbox_is_waited_for_briefly_then_fails_the_command() {
+    // Applied together, a command can reach the operator before its Sandbox.
+    let mut young = command(None);
+    young.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(t0().timestamp()).unwrap(),
+    ));
+    let missing = observation(None, Run::Unknown);
+    let waiting = plan(&young, &missing, t0() + chrono::Duration::seconds(5));
+    assert_eq!(waiting.decision.status.phase, Some(CommandPhase::Pending));
+    assert_eq!(waiting.action, None);
+    assert_eq!(
+        waiting.decision.requeue_after,
+        std::time::Duration::from_secs(25),
+        "looks again when the wait is over"
+    );
+    assert!(
+        conditions::find(&waiting.decision.status.conditions, types::COMPLETE)
+            .unwrap()
+            .message
+            .contains("Sandbox to exist")
+    );
+    let over = plan(&young, &missing, t0() + chrono::Duration::seconds(31));
+    assert_eq!(over.decision.status.phase, Some(CommandPhase::Failed));
+    assert_eq!(
+        condition(&over, types::FAILED),
+        (true, "SandboxNotFound".to_string())
+    );
+}
+
+#[test]
 fn a_sandbox_that_goes_or_stops_fails_its_pending_commands_with_a_reason() {
     for (sandbox, reason) in [
         (None, "SandboxNotFound"),
