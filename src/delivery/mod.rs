@@ -8,7 +8,7 @@ pub mod guard;
 pub mod signing;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -76,6 +76,21 @@ pub enum AttemptResult {
     },
     /// It did not: timeout, refused connection, TLS, or a forbidden address.
     Failed { error: String },
+}
+
+/// What an endpoint's answer is, from its status code and headers: the
+/// status, and when it asks to be tried again (the first Retry-After
+/// header, as delay-seconds or an HTTP date, relative to `now`). A
+/// Retry-After that is not UTF-8 or cannot be read is ignored. The body is
+/// never read. Pure: the client calls it with what came over the wire.
+pub fn answer(status: u16, headers: &http::HeaderMap, now: SystemTime) -> AttemptResult {
+    AttemptResult::Answered {
+        status,
+        retry_after: headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| backoff::parse_retry_after(v, now)),
+    }
 }
 
 /// What the result means.
@@ -282,6 +297,28 @@ mod tests {
             }),
             Verdict::Retry { retry_after: None }
         ));
+    }
+
+    #[test]
+    fn an_answer_takes_the_first_readable_retry_after_and_ignores_junk() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(answer(503, &headers, now), answered(503));
+        headers.append("retry-after", http::HeaderValue::from_static("7"));
+        headers.append("retry-after", http::HeaderValue::from_static("99"));
+        assert_eq!(
+            answer(429, &headers, now),
+            AttemptResult::Answered {
+                status: 429,
+                retry_after: Some(Duration::from_secs(7))
+            }
+        );
+        let mut junk = http::HeaderMap::new();
+        junk.append(
+            "retry-after",
+            http::HeaderValue::from_bytes(b"\xff\xfe30").unwrap(),
+        );
+        assert_eq!(answer(503, &junk, now), answered(503));
     }
 
     #[test]
