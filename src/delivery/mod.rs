@@ -139,8 +139,9 @@ pub fn record_attempt(
     jitter: f64,
 ) -> (WebhookDeliveryStatus, Option<Completion>) {
     let mut next = status.clone();
-    let finished = started + chrono::Duration::from_std(duration).unwrap_or_default();
-    next.attempts += 1;
+    // Times and counts may hold anything a status can: stop at the ends.
+    let finished = crate::plan::saturating_add_std(started, duration);
+    next.attempts = next.attempts.saturating_add(1);
     let (code, error) = match result {
         AttemptResult::Answered { status, .. } => (
             Some(i32::from(*status)),
@@ -168,8 +169,7 @@ pub fn record_attempt(
             match backoff::next_delay(policy, failed, retry_after, jitter) {
                 Some(delay) => {
                     next.phase = Some(DeliveryPhase::Pending);
-                    next.next_attempt_at =
-                        Some(finished + chrono::Duration::from_std(delay).unwrap_or_default());
+                    next.next_attempt_at = Some(crate::plan::saturating_add_std(finished, delay));
                     None
                 }
                 None => Some(Completion::GaveUp),
@@ -390,6 +390,55 @@ mod tests {
             (completion, gone.phase),
             (Some(Completion::Gone), Some(DeliveryPhase::Failed))
         );
+    }
+
+    #[test]
+    fn an_attempt_at_the_end_of_time_is_recorded_there() {
+        // An attempt started at DateTime::MAX_UTC (or lasting Duration::MAX,
+        // or retried after one) panicked: `DateTime + TimeDelta` overflowed.
+        let end = DateTime::<Utc>::MAX_UTC;
+        let (status, completion) = record_attempt(
+            &WebhookDeliveryStatus::default(),
+            &policy(),
+            &answered(500),
+            end,
+            Duration::from_secs(1),
+            0.5,
+        );
+        assert_eq!(completion, None);
+        assert_eq!(status.next_attempt_at, Some(end));
+        let (status, _) = record_attempt(
+            &WebhookDeliveryStatus::default(),
+            &policy(),
+            &answered(200),
+            at(0),
+            Duration::MAX,
+            0.5,
+        );
+        assert_eq!(status.completed_at, Some(end));
+        let huge = backoff::Policy {
+            max_attempts: 3,
+            base: Duration::MAX,
+            cap: Duration::MAX,
+        };
+        let (status, _) = record_attempt(
+            &WebhookDeliveryStatus::default(),
+            &huge,
+            &answered(500),
+            at(0),
+            Duration::ZERO,
+            0.5,
+        );
+        assert_eq!(status.next_attempt_at, Some(end));
+        // A status that counted i32::MAX attempts stays there.
+        let many = WebhookDeliveryStatus {
+            attempts: i32::MAX,
+            ..WebhookDeliveryStatus::default()
+        };
+        let (status, completion) =
+            record_attempt(&many, &policy(), &answered(500), at(0), Duration::ZERO, 0.5);
+        assert_eq!(status.attempts, i32::MAX);
+        assert_eq!(completion, Some(Completion::GaveUp));
     }
 
     #[test]
