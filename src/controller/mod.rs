@@ -137,7 +137,7 @@ pub async fn run_scope(
         &tracker,
         "sandboxcommands",
         forget_managed_fields,
-        2,
+        3,
     );
     let mut snapshots = reflect_shared(
         scope.api::<SandboxSnapshot>(&client),
@@ -398,35 +398,53 @@ pub async fn run_scope(
         context.clone(),
         shutdown.clone(),
     );
-    // A command is woken when its run ends, and when its Sandbox changes
-    // (it starts running, stops, goes).
-    let command_wakes = futures::stream::select(
+    // A command is woken when its run ends, when its Sandbox changes (it
+    // starts running, stops, goes), and when a command of its Sandbox ends
+    // (the next one may start).
+    let unfinished_of = {
+        let command_store = command_store.clone();
+        move |namespace: Option<String>, sandbox: String| {
+            let theirs: Vec<ObjectRef<SandboxCommand>> = command_store
+                .state()
+                .iter()
+                .filter(|c| {
+                    c.namespace() == namespace
+                        && c.spec.sandbox_ref.name == sandbox
+                        && !c
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.phase)
+                            .is_some_and(|p| p.is_finished())
+                })
+                .map(|c| ObjectRef::from_obj(c.as_ref()))
+                .collect();
+            futures::stream::iter(theirs)
+        }
+    };
+    let command_wakes = futures::stream::select_all([
         commands_ended
             .map(|(namespace, name)| ObjectRef::<SandboxCommand>::new(&name).within(&namespace))
             .boxed(),
         sandboxes
             .subscriber()
-            .flat_map(move |sandbox| {
-                let namespace = sandbox.namespace();
-                let name = sandbox.name_any();
-                let theirs: Vec<ObjectRef<SandboxCommand>> = command_store
-                    .state()
-                    .iter()
-                    .filter(|c| {
-                        c.namespace() == namespace
-                            && c.spec.sandbox_ref.name == name
-                            && !c
-                                .status
-                                .as_ref()
-                                .and_then(|s| s.phase)
-                                .is_some_and(|p| p.is_finished())
-                    })
-                    .map(|c| ObjectRef::from_obj(c.as_ref()))
-                    .collect();
-                futures::stream::iter(theirs)
+            .flat_map({
+                let unfinished_of = unfinished_of.clone();
+                move |sandbox| unfinished_of(sandbox.namespace(), sandbox.name_any())
             })
             .boxed(),
-    );
+        commands
+            .subscriber()
+            .filter(|c| {
+                let finished = c
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .is_some_and(|p| p.is_finished());
+                futures::future::ready(finished)
+            })
+            .flat_map(move |c| unfinished_of(c.namespace(), c.spec.sandbox_ref.name.clone()))
+            .boxed(),
+    ]);
     let command_controller = command::controller(
         commands
             .subscriber()
