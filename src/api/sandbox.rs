@@ -257,7 +257,7 @@ pub struct Placement {
 }
 
 /// Where a Sandbox is in its lifecycle. The allowed moves between these are
-/// the Sandbox transition table (see the README).
+/// the Sandbox transition table (see docs/api-reference.md).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum SandboxPhase {
     Created,

@@ -1,6 +1,6 @@
 //! Shared harness for the end-to-end tests: they run against the real local
-//! control plane that `hack/test.sh` starts (see the README), through the same
-//! kubectl and API a user would use.
+//! control plane that `hack/test.sh` starts (see docs/local-control-plane.md),
+//! through the same kubectl and API a user would use.
 //!
 //! Every test gets its own namespace ([`TestNamespace`]) and removes it when it
 //! ends, pass or fail. Waiting is always on a condition with a deadline.
