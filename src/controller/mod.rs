@@ -30,7 +30,7 @@ pub mod webhook;
 
 use std::sync::Arc;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
 use kube::runtime::watcher;
@@ -115,6 +115,9 @@ pub async fn run_scope(
     let everything = watcher::Config::default();
     // Every watch handed out below counts; all must sync before reconciling.
     let tracker = SyncTracker::new();
+    // Our own writes the caches have not caught up with: each kind's watch
+    // lets go of a write as soon as it brings a newer version.
+    let written = Arc::new(WrittenObjects::default());
     let (instances, instance_stream) = reflect(
         scope.api::<Instance>(&client),
         everything.clone(),
@@ -339,13 +342,16 @@ pub async fn run_scope(
         courier,
         ledger,
         backoff: ErrorBackoff::default(),
-        written: WrittenObjects::default(),
+        written: written.clone(),
         deferrals: Default::default(),
         caches_synced: caches_synced.clone(),
     });
 
     let instance_controller = instance::controller(
-        instance_stream,
+        instance_stream.inspect_ok({
+            let written = written.clone();
+            move |instance| written.seen(instance)
+        }),
         instances,
         instances_dispatched,
         config.concurrency,
@@ -389,9 +395,13 @@ pub async fn run_scope(
             .boxed(),
     ]);
     let sandbox_controller = sandbox::controller(
-        sandboxes
-            .subscriber()
-            .map(|s| Ok::<_, watcher::Error>(s.as_ref().clone())),
+        sandboxes.subscriber().map({
+            let written = written.clone();
+            move |s| {
+                written.seen(s.as_ref());
+                Ok::<_, watcher::Error>(s.as_ref().clone())
+            }
+        }),
         sandboxes.store.clone(),
         sandbox_wakes,
         config.concurrency,
@@ -446,9 +456,13 @@ pub async fn run_scope(
             .boxed(),
     ]);
     let command_controller = command::controller(
-        commands
-            .subscriber()
-            .map(|c| Ok::<_, watcher::Error>(c.as_ref().clone())),
+        commands.subscriber().map({
+            let written = written.clone();
+            move |c| {
+                written.seen(c.as_ref());
+                Ok::<_, watcher::Error>(c.as_ref().clone())
+            }
+        }),
         commands.store.clone(),
         command_wakes,
         config.concurrency,
@@ -489,9 +503,13 @@ pub async fn run_scope(
         );
     }
     let snapshot_controller = snapshot::controller(
-        snapshots
-            .subscriber()
-            .map(|s| Ok::<_, watcher::Error>(s.as_ref().clone())),
+        snapshots.subscriber().map({
+            let written = written.clone();
+            move |s| {
+                written.seen(s.as_ref());
+                Ok::<_, watcher::Error>(s.as_ref().clone())
+            }
+        }),
         snapshots.store.clone(),
         futures::stream::select_all(snapshot_wakes),
         config.concurrency,
