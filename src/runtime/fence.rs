@@ -195,6 +195,15 @@ where
             );
             return Box::pin(async move { Err(fenced.into()) });
         }
+        if write {
+            // Which writes went, and when: tests/chaos.rs tells a write that
+            // was on its way when the process froze from one decided later.
+            tracing::trace!(
+                method = %request.method(),
+                path = request.uri().path(),
+                "write passed the fence"
+            );
+        }
         let response = self.inner.call(request);
         Box::pin(async move { response.await.map_err(Into::into) })
     }
