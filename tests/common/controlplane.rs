@@ -130,6 +130,10 @@ pub struct AuditEvent {
     pub subresource: String,
     pub namespace: String,
     pub name: String,
+    /// The HTTP method the verb stands for (POST, PUT, PATCH, DELETE).
+    pub method: String,
+    /// The request's path, without the query.
+    pub path: String,
     /// The HTTP status code of the answer.
     pub code: u16,
     /// When the API server received the request.
@@ -196,9 +200,20 @@ fn parse_audit_line(line: &str) -> Option<AuditEvent> {
         .or_else(|| event["user"]["username"].as_str())?
         .to_string();
     let object = &event["objectRef"];
+    let verb = text(&event["verb"]);
+    let method = match verb.as_str() {
+        "create" => "POST",
+        "update" => "PUT",
+        "patch" => "PATCH",
+        "delete" | "deletecollection" => "DELETE",
+        _ => "",
+    };
+    let uri = text(&event["requestURI"]);
     Some(AuditEvent {
         user,
-        verb: text(&event["verb"]),
+        method: method.into(),
+        path: uri.split('?').next().unwrap_or_default().into(),
+        verb,
         resource: text(&object["resource"]),
         subresource: text(&object["subresource"]),
         namespace: text(&object["namespace"]),
