@@ -839,6 +839,40 @@ async fn wait_operator_ready(operator: &Operator) -> Instant {
     .await
 }
 
+/// Asks the operator's /readyz every 200 ms, on a thread of its own, from
+/// before a fault until [`ReadySampler::stop`]: how many answers were 200,
+/// and how many were not.
+struct ReadySampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, usize)>,
+}
+
+impl ReadySampler {
+    fn start(operator: &Operator) -> Self {
+        let address = operator.metrics_address;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut ready, mut not_ready) = (0, 0);
+            while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                match http_get(address, "/readyz") {
+                    Some((200, _)) => ready += 1,
+                    _ => not_ready += 1,
+                }
+                // A sampling rate, not a wait for anything.
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            (ready, not_ready)
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> (usize, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
 /// After a fault: a new Instance, created as soon as the API answers. When
 /// the operator first wrote its status (its own recovery: watches and
 /// writes work again), and when it is Running (the whole control plane's:
@@ -929,12 +963,14 @@ async fn chaos_the_api_server_restarted_in_the_middle_of_a_churn() {
     churn
         .wait_progress("round 2 written", |p| p.applied >= 3)
         .await;
+    let sampler = ReadySampler::start(&operator);
     let fault = Fault::stop("kube-apiserver").await;
     let began = fault.began;
     let back = fault.end().await;
     let ready = wait_operator_ready(&operator).await;
     let probed = probe(&churn).await;
     let recovery = recover(&scene, &churn, driver).await;
+    let (answered_ready, answered_not_ready) = sampler.stop();
 
     assert_eq!(operator.exit_status(), None, "the operator kept running");
     assert_eq!(
@@ -946,7 +982,10 @@ async fn chaos_the_api_server_restarted_in_the_middle_of_a_churn() {
         "kube-apiserver restarted",
         &[
             format!("down {}", fmt_secs(back - began)),
-            format!("operator ready {:.1}s after it was back", secs(back, ready)),
+            format!(
+                "operator ready {:.1}s after it was back (/readyz through it all: {answered_ready} times 200, {answered_not_ready} not)",
+                secs(back, ready)
+            ),
             format!(
                 "a new Instance seen by the operator after {:.1}s, Running after {:.1}s",
                 secs(back, probed.seen),
@@ -988,6 +1027,7 @@ async fn chaos_etcd_paused_for_15s_in_the_middle_of_a_churn() {
     churn
         .wait_progress("round 2 written", |p| p.applied >= 3)
         .await;
+    let sampler = ReadySampler::start(&operator);
     let fault = Fault::pause("etcd").await;
     // The fault itself: etcd frozen for 15 seconds.
     tokio::time::sleep(Duration::from_secs(15)).await;
@@ -995,6 +1035,7 @@ async fn chaos_etcd_paused_for_15s_in_the_middle_of_a_churn() {
     let ready = wait_operator_ready(&operator).await;
     let probed = probe(&churn).await;
     let recovery = recover(&scene, &churn, driver).await;
+    let (answered_ready, answered_not_ready) = sampler.stop();
 
     assert_eq!(operator.exit_status(), None, "the operator kept running");
     assert_eq!(
@@ -1006,7 +1047,7 @@ async fn chaos_etcd_paused_for_15s_in_the_middle_of_a_churn() {
         "etcd paused 15s",
         &[
             format!(
-                "operator ready {:.1}s after etcd resumed",
+                "operator ready {:.1}s after etcd resumed (/readyz through it all: {answered_ready} times 200, {answered_not_ready} not)",
                 secs(back, ready)
             ),
             format!(
@@ -1044,7 +1085,8 @@ async fn chaos_a_receiver_down_for_60s_gets_everything_in_order() {
     let _serial = SERIAL.lock().await;
     // The default retry policy (8 attempts, from 1 s doubling): what users get.
     let mut scene = Scene::new("chaos-receiver", "").await;
-    let operator = Operator::start_with(&scene.ns.name, &operator_args());
+    let mut operator = Operator::start_with(&scene.ns.name, &operator_args());
+    let pid = operator.pid();
     let churn = scene.churn();
     let driver = tokio::spawn(churn.clone().run(churn_plan(ROUNDS)));
     churn
@@ -1065,6 +1107,12 @@ async fn chaos_a_receiver_down_for_60s_gets_everything_in_order() {
     let up = Instant::now();
     let recovery = recover(&scene, &churn, driver).await;
 
+    assert_eq!(operator.exit_status(), None, "the operator kept running");
+    assert_eq!(
+        operator.pid(),
+        pid,
+        "the same operator process, never restarted"
+    );
     assert_eq!(
         operator.metric("ctrlplane_webhook_deliveries_total{outcome=\"failed\""),
         0.0
