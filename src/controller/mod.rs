@@ -202,7 +202,12 @@ pub async fn run_scope(
         everything.clone(),
         &tracker,
         "deployments",
-        keep_metadata_unless_managed,
+        |deployment| {
+            keep_metadata_unless_managed(deployment);
+            if shape::is_managed(deployment) {
+                kubernetes::keep_what_the_provider_reads(deployment);
+            }
+        },
         1,
     );
     let mut services = reflect_shared(
@@ -218,7 +223,7 @@ pub async fn run_scope(
         managed.clone(),
         &tracker,
         "pods",
-        forget_managed_fields,
+        pod::keep_what_providers_read,
         2,
     );
     let mut claims = reflect_shared(
