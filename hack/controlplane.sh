@@ -5,8 +5,16 @@
 #   hack/controlplane.sh up       build if needed, then start etcd, kube-apiserver,
 #                                 kube-controller-manager, kube-scheduler and kwok on loopback
 #   hack/controlplane.sh down     stop every process it started and wait until they are gone
-#   hack/controlplane.sh status   show what is running
+#   hack/controlplane.sh status   show what is running (and what is paused)
 #   hack/controlplane.sh env      print the exports that point kubectl at it
+#
+# One component at a time, for chaos tests (NAME: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, kwok):
+#   hack/controlplane.sh stop NAME       stop it (SIGTERM, SIGKILL after 20s) and wait until it is gone
+#   hack/controlplane.sh start NAME      start it again as `up` did, and wait until it is healthy
+#   hack/controlplane.sh restart NAME    stop, then start
+#   hack/controlplane.sh pause NAME      freeze it (SIGSTOP); it holds its sockets and answers nothing
+#   hack/controlplane.sh continue NAME   let it run again (SIGCONT)
 #
 # Everything listens on, and talks to, 127.0.0.1 only. Certificates and the
 # service-account key are generated per state directory; the API server runs with
@@ -32,6 +40,11 @@
 #   CTRLPLANE_PORT_BASE   first of a block of ports (default: 16440); the API server gets
 #                         base+3, etcd base+4/base+5, controller-manager base+7,
 #                         scheduler base+9, kwok base+1 (its kubelet-facing server)
+#   CTRLPLANE_AUDIT_LOG   1: `up` turns on the API server's audit log, one JSON line per
+#                         write request (create, update, patch, delete, deletecollection)
+#                         at Metadata level (who, what, when, the answer's code; no
+#                         bodies) in <state dir>/logs/audit.log. The policy is kept in
+#                         the state directory, so `start`/`restart kube-apiserver` keep it.
 set -euo pipefail
 
 readonly KUBERNETES_VERSION=v1.36.3
@@ -286,12 +299,15 @@ is_running() {
   [[ -f $f ]] && kill -0 "$(cat "$f")" 2>/dev/null
 }
 
-# start NAME BINARY ARGS...: run in its own session, logs to logs/NAME.log.
+# start NAME BINARY ARGS...: run in its own session, logs to logs/NAME.log
+# (appended, so a restarted component's earlier log is kept).
 start() {
   local name=$1; shift
   if is_running "$name"; then log "$name is already running"; return; fi
   mkdir -p "$state_dir/run" "$state_dir/logs"
-  setsid "$@" >"$state_dir/logs/$name.log" 2>&1 < /dev/null &
+  printf -- '--- %s: started by hack/controlplane.sh\n' "$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)" \
+    >>"$state_dir/logs/$name.log"
+  setsid "$@" >>"$state_dir/logs/$name.log" 2>&1 < /dev/null &
   echo $! > "$(pid_file "$name")"
 }
 
@@ -318,6 +334,121 @@ apiserver_ready() {
     --key "$state_dir/pki/admin.key" "https://127.0.0.1:$apiserver_port/readyz" | grep -q ok
 }
 
+# The audit policy `up` writes when CTRLPLANE_AUDIT_LOG=1: every write
+# request, at Metadata level (user, impersonated user, verb, object, code and
+# times; no bodies), once it is answered; nothing else.
+readonly AUDIT_POLICY='apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None'
+
+audit_policy_file() { echo "$state_dir/audit-policy.yaml"; }
+
+# start_component NAME: starts one component as `up` does (certificates and
+# kubeconfigs must exist), without waiting for it.
+start_component() {
+  local bin pki=$state_dir/pki
+  bin=$(bin_dir)
+  case $1 in
+    etcd)
+      start etcd "$bin/etcd" --name=ctrlplane-local --data-dir="$state_dir/etcd" \
+        --listen-client-urls="http://127.0.0.1:$etcd_client_port" \
+        --advertise-client-urls="http://127.0.0.1:$etcd_client_port" \
+        --listen-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+        --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+        --initial-cluster="ctrlplane-local=http://127.0.0.1:$etcd_peer_port" \
+        --listen-metrics-urls="http://127.0.0.1:$((port_base + 6))" \
+        --unsafe-no-fsync --quota-backend-bytes=8589934592 --log-level=warn
+      ;;
+    kube-apiserver)
+      # The endpoint reconciler is off because the API server advertises a loopback
+      # address, which is not a valid Endpoints address for the `kubernetes` Service.
+      # Exec, logs and port-forward go to a node's InternalIP only (never a name
+      # that would need DNS), which kwok reports as 127.0.0.1, over TLS checked
+      # against the local CA.
+      local audit=()
+      if [[ -f $(audit_policy_file) ]]; then
+        mkdir -p "$state_dir/logs"
+        audit=(--audit-policy-file="$(audit_policy_file)" --audit-log-path="$state_dir/logs/audit.log"
+          --audit-log-format=json --audit-log-maxsize=100 --audit-log-maxbackup=1)
+      fi
+      start kube-apiserver "$bin/kube-apiserver" \
+        --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$apiserver_port" \
+        --etcd-servers="http://127.0.0.1:$etcd_client_port" \
+        --cert-dir="$pki" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+        --client-ca-file="$pki/ca.crt" \
+        --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+        --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
+        --service-cluster-ip-range=10.96.0.0/16 \
+        --authorization-mode=RBAC --anonymous-auth=false \
+        --allow-privileged=true --endpoint-reconciler-type=none --profiling=false \
+        --max-requests-inflight=800 --max-mutating-requests-inflight=400 \
+        --event-ttl=1h \
+        --kubelet-preferred-address-types=InternalIP --kubelet-certificate-authority="$pki/ca.crt" \
+        "${audit[@]}"
+      ;;
+    kube-controller-manager)
+      start kube-controller-manager "$bin/kube-controller-manager" \
+        --kubeconfig="$state_dir/controller-manager.kubeconfig" \
+        --authentication-kubeconfig="$state_dir/controller-manager.kubeconfig" \
+        --authorization-kubeconfig="$state_dir/controller-manager.kubeconfig" \
+        --bind-address=127.0.0.1 --secure-port="$kcm_port" --leader-elect=false \
+        --use-service-account-credentials=true \
+        --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
+        --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
+        --kube-api-qps=200 --kube-api-burst=400 --concurrent-deployment-syncs=10 \
+        --concurrent-replicaset-syncs=10 --concurrent-gc-syncs=40 \
+        --profiling=false
+      ;;
+    kube-scheduler)
+      start kube-scheduler "$bin/kube-scheduler" \
+        --kubeconfig="$state_dir/scheduler.kubeconfig" \
+        --authentication-kubeconfig="$state_dir/scheduler.kubeconfig" \
+        --authorization-kubeconfig="$state_dir/scheduler.kubeconfig" \
+        --bind-address=127.0.0.1 --secure-port="$scheduler_port" --leader-elect=false \
+        --kube-api-qps=200 --kube-api-burst=400 --profiling=false
+      ;;
+    kwok)
+      # kwok's nodes report 127.0.0.1 and the port of its kubelet-facing server,
+      # which serves TLS with a certificate from the local CA. There kwok runs exec'd
+      # commands as local processes (kwok-exec.yaml), in exec/<namespace>/<pod>/.
+      # kwok gets an environment of its own, not whatever the caller of this script
+      # had (HOME is the state directory, so no ~/.kwok/kwok.yaml is read either).
+      # It runs from its component folder rather than the shared bin/ link, which a
+      # checkout with another kwok build (without the patch) may point elsewhere.
+      local exec_root=$state_dir/exec exec_config
+      mkdir -p "$exec_root"
+      exec_config=$(<"$modules_dir/kwok-exec.yaml")
+      printf '%s\n' "${exec_config//@EXEC_ROOT@/$exec_root}" > "$state_dir/kwok-exec.yaml"
+      start kwok env -i PATH="$PATH" LANG=C.UTF-8 HOME="$state_dir" \
+        "$(component_dir kwok)/kwok" --kubeconfig="$state_dir/kwok.kubeconfig" \
+        --config="$modules_dir/kwok-stages.yaml" --config="$modules_dir/kwok-snapshot-stages.yaml" \
+        --config="$state_dir/kwok-exec.yaml" \
+        --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+        --cidr=10.244.0.0/16 --node-ip=127.0.0.1 --node-port="$kwok_port" --node-lease-duration-seconds=40 \
+        --server-address="127.0.0.1:$kwok_port" \
+        --tls-cert-file="$pki/kwok-serving.crt" --tls-private-key-file="$pki/kwok-serving.key"
+      ;;
+    *) die "unknown component $1 (one of: ${STOP_ORDER[*]})" ;;
+  esac
+}
+
+# wait_component NAME: waits until a started component answers its health check.
+wait_component() {
+  case $1 in
+    etcd) wait_for etcd 60 healthy etcd "http://127.0.0.1:$etcd_client_port/health" '"health":"true"' ;;
+    kube-apiserver) wait_for kube-apiserver 120 apiserver_ready ;;
+    kube-controller-manager)
+      wait_for kube-controller-manager 60 healthy kube-controller-manager "https://127.0.0.1:$kcm_port/healthz" ;;
+    kube-scheduler) wait_for kube-scheduler 60 healthy kube-scheduler "https://127.0.0.1:$scheduler_port/healthz" ;;
+    kwok) wait_for kwok 60 healthy kwok "http://127.0.0.1:$kwok_port/healthz" ;;
+    *) die "unknown component $1 (one of: ${STOP_ORDER[*]})" ;;
+  esac
+}
+
 cmd_up() {
   local started=$SECONDS
   cmd_build
@@ -325,59 +456,23 @@ cmd_up() {
   mkdir -p "$state_dir"
   gen_certs
   gen_kwok_serving_cert
-  local pki=$state_dir/pki
   write_kubeconfig "$state_dir/kubeconfig" admin
   write_kubeconfig "$state_dir/controller-manager.kubeconfig" controller-manager
   write_kubeconfig "$state_dir/scheduler.kubeconfig" scheduler
   write_kubeconfig "$state_dir/kwok.kubeconfig" kwok
+  if [[ ${CTRLPLANE_AUDIT_LOG:-} == 1 ]]; then
+    printf '%s\n' "$AUDIT_POLICY" > "$(audit_policy_file)"
+    log "audit log of write requests: $state_dir/logs/audit.log"
+  else
+    rm -f "$(audit_policy_file)"
+  fi
 
-  start etcd "$bin/etcd" --name=ctrlplane-local --data-dir="$state_dir/etcd" \
-    --listen-client-urls="http://127.0.0.1:$etcd_client_port" \
-    --advertise-client-urls="http://127.0.0.1:$etcd_client_port" \
-    --listen-peer-urls="http://127.0.0.1:$etcd_peer_port" \
-    --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer_port" \
-    --initial-cluster="ctrlplane-local=http://127.0.0.1:$etcd_peer_port" \
-    --listen-metrics-urls="http://127.0.0.1:$((port_base + 6))" \
-    --unsafe-no-fsync --quota-backend-bytes=8589934592 --log-level=warn
-  wait_for etcd 60 healthy etcd "http://127.0.0.1:$etcd_client_port/health" '"health":"true"' 
-
-  # The endpoint reconciler is off because the API server advertises a loopback
-  # address, which is not a valid Endpoints address for the `kubernetes` Service.
-  # Exec, logs and port-forward go to a node's InternalIP only (never a name
-  # that would need DNS), which kwok reports as 127.0.0.1, over TLS checked
-  # against the local CA.
-  start kube-apiserver "$bin/kube-apiserver" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$apiserver_port" \
-    --etcd-servers="http://127.0.0.1:$etcd_client_port" \
-    --cert-dir="$pki" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
-    --client-ca-file="$pki/ca.crt" \
-    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-    --service-cluster-ip-range=10.96.0.0/16 \
-    --authorization-mode=RBAC --anonymous-auth=false \
-    --allow-privileged=true --endpoint-reconciler-type=none --profiling=false \
-    --max-requests-inflight=800 --max-mutating-requests-inflight=400 \
-    --event-ttl=1h \
-    --kubelet-preferred-address-types=InternalIP --kubelet-certificate-authority="$pki/ca.crt"
-  wait_for kube-apiserver 120 apiserver_ready
-
-  start kube-controller-manager "$bin/kube-controller-manager" \
-    --kubeconfig="$state_dir/controller-manager.kubeconfig" \
-    --authentication-kubeconfig="$state_dir/controller-manager.kubeconfig" \
-    --authorization-kubeconfig="$state_dir/controller-manager.kubeconfig" \
-    --bind-address=127.0.0.1 --secure-port="$kcm_port" --leader-elect=false \
-    --use-service-account-credentials=true \
-    --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
-    --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
-    --kube-api-qps=200 --kube-api-burst=400 --concurrent-deployment-syncs=10 \
-    --concurrent-replicaset-syncs=10 --concurrent-gc-syncs=40 \
-    --profiling=false
-  start kube-scheduler "$bin/kube-scheduler" \
-    --kubeconfig="$state_dir/scheduler.kubeconfig" \
-    --authentication-kubeconfig="$state_dir/scheduler.kubeconfig" \
-    --authorization-kubeconfig="$state_dir/scheduler.kubeconfig" \
-    --bind-address=127.0.0.1 --secure-port="$scheduler_port" --leader-elect=false \
-    --kube-api-qps=200 --kube-api-burst=400 --profiling=false
+  start_component etcd
+  wait_component etcd
+  start_component kube-apiserver
+  wait_component kube-apiserver
+  start_component kube-controller-manager
+  start_component kube-scheduler
 
   local kubectl=("$bin/kubectl" --kubeconfig="$state_dir/kubeconfig")
   # kwok plays the snapshot controller too (kwok-snapshot-stages.yaml), so the
@@ -391,28 +486,10 @@ cmd_up() {
   "${kubectl[@]}" wait --for=condition=Established "${crd_names[@]}" --timeout=60s >/dev/null
   wait_for "the VolumeSnapshot API" 60 snapshot_api_served "${kubectl[@]}"
 
-  # kwok's nodes report 127.0.0.1 and the port of its kubelet-facing server,
-  # which serves TLS with a certificate from the local CA. There kwok runs exec'd
-  # commands as local processes (kwok-exec.yaml), in exec/<namespace>/<pod>/.
-  # kwok gets an environment of its own, not whatever the caller of this script
-  # had (HOME is the state directory, so no ~/.kwok/kwok.yaml is read either).
-  # It runs from its component folder rather than the shared bin/ link, which a
-  # checkout with another kwok build (without the patch) may point elsewhere.
-  local exec_root=$state_dir/exec exec_config
-  mkdir -p "$exec_root"
-  exec_config=$(<"$modules_dir/kwok-exec.yaml")
-  printf '%s\n' "${exec_config//@EXEC_ROOT@/$exec_root}" > "$state_dir/kwok-exec.yaml"
-  start kwok env -i PATH="$PATH" LANG=C.UTF-8 HOME="$state_dir" \
-    "$(component_dir kwok)/kwok" --kubeconfig="$state_dir/kwok.kubeconfig" \
-    --config="$modules_dir/kwok-stages.yaml" --config="$modules_dir/kwok-snapshot-stages.yaml" \
-    --config="$state_dir/kwok-exec.yaml" \
-    --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-    --cidr=10.244.0.0/16 --node-ip=127.0.0.1 --node-port="$kwok_port" --node-lease-duration-seconds=40 \
-    --server-address="127.0.0.1:$kwok_port" \
-    --tls-cert-file="$pki/kwok-serving.crt" --tls-private-key-file="$pki/kwok-serving.key"
-  wait_for kube-controller-manager 60 healthy kube-controller-manager "https://127.0.0.1:$kcm_port/healthz"
-  wait_for kube-scheduler 60 healthy kube-scheduler "https://127.0.0.1:$scheduler_port/healthz"
-  wait_for kwok 60 healthy kwok "http://127.0.0.1:$kwok_port/healthz"
+  start_component kwok
+  wait_component kube-controller-manager
+  wait_component kube-scheduler
+  wait_component kwok
 
   "${kubectl[@]}" apply --server-side --field-manager=ctrlplane-controlplane \
     -f "$modules_dir/nodes.yaml" -f "$modules_dir/storage.yaml" >/dev/null
@@ -461,6 +538,8 @@ stop_all() {
     if is_running "$name"; then
       pid=$(cat "$(pid_file "$name")")
       kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+      # A paused (SIGSTOP) process acts on SIGTERM only once it runs again.
+      kill -CONT -- "-$pid" 2>/dev/null || kill -CONT "$pid" 2>/dev/null || true
       pids+=("$pid"); names+=("$name")
     fi
     rm -f "$(pid_file "$name")"
@@ -489,16 +568,62 @@ cmd_down() {
   fi
 }
 
+# is_paused NAME: the process is stopped by a signal (state T in /proc).
+is_paused() {
+  local pid; pid=$(cat "$(pid_file "$1")")
+  [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) == T ]]
+}
+
 cmd_status() {
   local name any=1
   for name in "${STOP_ORDER[@]}"; do
-    if is_running "$name"; then echo "$name: running (pid $(cat "$(pid_file "$name")"))"; any=0
+    if is_running "$name"; then
+      if is_paused "$name"; then echo "$name: paused (pid $(cat "$(pid_file "$name")"))"
+      else echo "$name: running (pid $(cat "$(pid_file "$name")"))"; fi
+      any=0
     else echo "$name: stopped"; fi
   done
   return $any
 }
 
+# component NAME: checks that NAME is one of ours.
+component() {
+  local name
+  for name in "${STOP_ORDER[@]}"; do [[ $1 == "$name" ]] && return; done
+  die "unknown component '${1:-}' (one of: ${STOP_ORDER[*]})"
+}
+
+# One component at a time: the state directory (certificates, kubeconfigs,
+# data) must be there from an earlier `up`.
+cmd_stop() {
+  component "$1"
+  stop_all "$1"
+  log "$1 stopped"
+}
+
+cmd_start() {
+  component "$1"
+  [[ -f $state_dir/pki/.complete ]] || die "no control plane state in $state_dir: run \`up\` first"
+  start_component "$1"
+  wait_component "$1"
+  log "$1 started (pid $(cat "$(pid_file "$1")"))"
+}
+
+# pause/continue signal the process group: for kwok, the commands exec'd into
+# pods too.
+cmd_signal() {
+  local signal=$1 name=$2
+  component "$name"
+  is_running "$name" || die "$name is not running"
+  kill "-$signal" -- "-$(cat "$(pid_file "$name")")"
+  log "$name: SIG$signal"
+}
+
 cmd_env() {
+  # The state directory and ports too, so that `hack/controlplane.sh` run
+  # later from this environment (a chaos test restarting a component) acts on
+  # this control plane.
+  echo "export CTRLPLANE_STATE_DIR=$state_dir CTRLPLANE_PORT_BASE=$port_base"
   echo "export KUBECONFIG=$state_dir/kubeconfig"
   echo "export PATH=$(bin_dir):\$PATH"
 }
@@ -508,7 +633,12 @@ case ${1:-} in
   up) cmd_up ;;
   down) shift; cmd_down "$@" ;;
   status) cmd_status ;;
+  stop) cmd_stop "${2:-}" ;;
+  start) cmd_start "${2:-}" ;;
+  restart) cmd_stop "${2:-}"; cmd_start "${2:-}" ;;
+  pause) cmd_signal STOP "${2:-}" ;;
+  continue) cmd_signal CONT "${2:-}" ;;
   env) cmd_env ;;
   bin-dir) bin_dir ;;
-  *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

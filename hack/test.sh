@@ -6,9 +6,17 @@
 #   hack/test.sh                 everything
 #   hack/test.sh foundation      only tests whose name contains "foundation"
 #                                (any arguments go to `cargo test` after `--`)
+#   hack/test.sh chaos           only the chaos tests
 #
 # It uses its own state directory and ports, so it does not disturb a control
 # plane that hack/run.sh or hack/controlplane.sh started.
+#
+# The chaos tests (tests/chaos.rs) restart the API server, freeze etcd and
+# read the API server's audit log, so they never share a control plane with
+# other tests: a plain `cargo test` skips them (#[ignore]), and after the other
+# tests this script stops their control plane and runs the chaos tests one at
+# a time on a fresh one of their own (state in <state dir>-chaos, the same
+# ports, the audit log on). CTRLPLANE_TEST_CHAOS=0 leaves them out.
 set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
@@ -49,12 +57,42 @@ step "lint: cargo fmt --check and cargo clippy"
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 
-step "starting a fresh control plane"
-hack/controlplane.sh down --purge >/dev/null 2>&1 || true
-trap 'step "stopping the control plane"; hack/controlplane.sh down' EXIT
-hack/controlplane.sh up
-eval "$(hack/controlplane.sh env)"
+# What the arguments select: the chaos tests (ignored unless asked for), and
+# the others (every test binary lists the chaos tests too, ignored or not).
+count_tests() { { cargo test --locked "$@" 2>/dev/null || true; } | grep -c ': test$' || true; }
+chaos_tests=0
+if [[ ${CTRLPLANE_TEST_CHAOS:-1} != 0 ]]; then
+  chaos_tests=$(count_tests --test chaos -- --list --ignored "$@")
+fi
+other_tests=$(( $(count_tests -- --list "$@") - $(count_tests --test chaos -- --list "$@") ))
+failed=()
 
-step "running the tests"
-cargo test --locked --no-fail-fast -- "$@"
+trap 'step "stopping the control plane"; hack/controlplane.sh down' EXIT
+if ((other_tests > 0)); then
+  step "starting a fresh control plane"
+  hack/controlplane.sh down --purge >/dev/null 2>&1 || true
+  hack/controlplane.sh up
+  eval "$(hack/controlplane.sh env)"
+
+  step "running the tests"
+  cargo test --locked --no-fail-fast -- "$@" || failed+=(tests)
+  hack/controlplane.sh down
+fi
+
+if ((chaos_tests > 0)); then
+  step "starting a fresh control plane for the chaos tests (the API server's audit log on)"
+  export CTRLPLANE_STATE_DIR=${CTRLPLANE_TEST_CHAOS_STATE_DIR:-$CTRLPLANE_STATE_DIR-chaos}
+  hack/controlplane.sh down --purge >/dev/null 2>&1 || true
+  CTRLPLANE_AUDIT_LOG=1 hack/controlplane.sh up
+  eval "$(hack/controlplane.sh env)"
+
+  step "running the chaos tests, one at a time (each prints how long recovery took)"
+  cargo test --locked --no-fail-fast --test chaos -- --ignored --test-threads=1 --nocapture "$@" \
+    || failed+=("chaos tests")
+fi
+
+if ((${#failed[@]})); then
+  step "failed: ${failed[*]}"
+  exit 1
+fi
 step "all tests passed"

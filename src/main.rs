@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use clap::{Parser, Subcommand};
 use ctrlplane_operator::api;
 use ctrlplane_operator::controller::{self, ControllerConfig, Scope};
-use ctrlplane_operator::runtime::{self, Readiness, ReadyState, RunArgs, metrics::Metrics};
+use ctrlplane_operator::runtime::{
+    self, Readiness, ReadyState, RunArgs, fence::Fence, metrics::Metrics,
+};
 use ctrlplane_operator::tenancy::TenancySource;
 use futures::FutureExt;
 
@@ -79,7 +81,26 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = Arc::new(Metrics::default());
-    let client = runtime::client(args.kubeconfig.as_ref(), metrics.clone()).await?;
+    let lease_namespace = args
+        .leader_election_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "default".into());
+    let lease_duration = args.leader_election_lease_duration.max(2);
+    let lease_grace = (lease_duration / 3).max(1);
+    // With leader election, writes go only while the lease is surely ours
+    // by this process's own clock (see runtime::fence).
+    let fence = Arc::new(if args.leader_election {
+        Fence::lease(
+            &lease_namespace,
+            &args.leader_election_lease_name,
+            std::time::Duration::from_secs(lease_duration),
+            std::time::Duration::from_secs(lease_grace),
+        )
+    } else {
+        Fence::open()
+    });
+    let client = runtime::client(args.kubeconfig.as_ref(), metrics.clone(), fence.clone()).await?;
     let readiness = Arc::new(Readiness::default());
     let server = tokio::spawn(runtime::serve(
         args.metrics_address,
@@ -139,20 +160,15 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     // Without leader election this replica reconciles at once; with it, only
     // while it holds the Lease.
     let mut leadership = if args.leader_election {
-        let namespace = args
-            .leader_election_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .unwrap_or_else(|| "default".into());
-        let duration = args.leader_election_lease_duration.max(2);
+        let namespace = lease_namespace;
         let manager = kube_lease_manager::LeaseManagerBuilder::new(
             client.clone(),
             &args.leader_election_lease_name,
         )
         .with_namespace(&namespace)
         .with_identity(&identity)
-        .with_duration(duration)
-        .with_grace((duration / 3).max(1))
+        .with_duration(lease_duration)
+        .with_grace(lease_grace)
         .with_field_manager("ctrlplane-operator")
         .build()
         .await
@@ -180,6 +196,7 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         tracing::info!(identity, "acquired the lease; reconciling");
     }
+    fence.set_leading(true);
     metrics.leader.set(1);
 
     let unsynced = Arc::new(AtomicUsize::new(scopes.len()));
@@ -226,6 +243,7 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             // Another replica holds the lease now. Every reconcile was just
             // dropped where it stood, so nothing more is written; start over
             // as a follower (Kubernetes restarts the container).
+            fence.set_leading(false);
             metrics.leader.set(0);
             tracing::error!(identity, "lost the lease; stopping at once");
             std::process::exit(1);

@@ -210,6 +210,70 @@ async fn commands_of_one_sandbox_run_one_at_a_time_in_creation_order() {
     );
 }
 
+/// Created all at once (mostly in the same second, so ordered by name), a
+/// burst of commands runs one at a time in creation order, every one of
+/// them, without waiting on a timed requeue.
+#[tokio::test]
+async fn a_burst_of_commands_runs_every_one_in_creation_order() {
+    let f = fixture("cmd-burst", 1).await;
+    f.sandbox("box", "");
+    f.running("box").await;
+    let names: Vec<String> = (0..12).map(|i| format!("c-{i:02}")).collect();
+    let creates = names.iter().rev().map(|name| {
+        let command: SandboxCommand = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ctrlplane.dev/v1alpha1",
+            "kind": "SandboxCommand",
+            "metadata": {"name": name},
+            "spec": {"sandboxRef": {"name": "box"}, "command": ["sh", "-c", format!("echo {name} >> burst.log")]},
+        }))
+        .unwrap();
+        let commands = f.commands.clone();
+        async move { commands.create(&Default::default(), &command).await }
+    });
+    for created in futures::future::join_all(creates).await {
+        created.expect("creating a command");
+    }
+    let mut finished = Vec::new();
+    for name in &names {
+        finished.push(f.finished(name).await);
+    }
+    assert!(
+        finished
+            .iter()
+            .all(|c| c.status.as_ref().unwrap().phase == Some(CommandPhase::Succeeded)),
+        "every command succeeded"
+    );
+    let mut expected: Vec<(String, String)> = finished
+        .iter()
+        .map(|c| {
+            let created = c
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .unwrap()
+                .0
+                .to_string();
+            (created, c.metadata.name.clone().unwrap())
+        })
+        .collect();
+    expected.sort();
+    let expected: Vec<String> = expected.into_iter().map(|(_, name)| name).collect();
+    // What ran, in the order it ran: the Sandbox's history, and the file.
+    let sandbox = f.sandboxes.get("box").await.unwrap();
+    let started: Vec<String> = sandbox
+        .status
+        .unwrap()
+        .history
+        .iter()
+        .filter(|e| e.type_ == EventType::SandboxCommandStarted)
+        .map(|e| e.details["command"].clone())
+        .collect();
+    assert_eq!(started, expected);
+    f.command("read", "box", r#"["cat", "burst.log"]"#, "");
+    let read = f.finished("read").await;
+    assert_eq!(stdout(&read), format!("{}\n", expected.join("\n")));
+}
+
 #[tokio::test]
 async fn a_command_past_its_timeout_is_stopped_and_recorded_timed_out() {
     let f = fixture("cmd-timeout", 1).await;

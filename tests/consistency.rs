@@ -1,5 +1,6 @@
 //! Checks that what is checked in agrees with the code: the CRD YAML under
-//! `crds/`, the `crds` command, and the transition tables in the README.
+//! `crds/`, the `crds` command, and the transition tables in
+//! docs/api-reference.md.
 //! These need no cluster.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -76,16 +77,23 @@ fn crds_command_prints_every_crd() {
     }
 }
 
+/// Where the lifecycle tables are documented.
+const TABLES_PAGE: &str = "docs/api-reference.md";
+
 /// Reads the Markdown table that follows `<!-- lifecycle-table: KIND -->` in
-/// the README, as from -> set of allowed targets.
-fn readme_table(kind: &str) -> BTreeMap<String, BTreeSet<String>> {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+/// [`TABLES_PAGE`], as from -> set of allowed targets.
+fn documented_table(kind: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let page = std::fs::read_to_string(repo_root().join(TABLES_PAGE))
+        .unwrap_or_else(|e| panic!("reading {TABLES_PAGE}: {e}"));
     let marker = format!("<!-- lifecycle-table: {kind} -->");
-    let start = readme
-        .find(&marker)
-        .unwrap_or_else(|| panic!("README.md has no `{marker}` before the {kind} table"));
+    assert_eq!(
+        page.matches(&marker).count(),
+        1,
+        "{TABLES_PAGE} must have exactly one `{marker}`, before the {kind} table"
+    );
+    let start = page.find(&marker).unwrap();
     let mut table = BTreeMap::new();
-    for line in readme[start + marker.len()..]
+    for line in page[start + marker.len()..]
         .lines()
         .skip_while(|l| l.trim().is_empty())
         .take_while(|l| l.trim_start().starts_with('|'))
@@ -100,7 +108,7 @@ fn readme_table(kind: &str) -> BTreeMap<String, BTreeSet<String>> {
         assert_eq!(
             cells.len(),
             2,
-            "README {kind} table row has not two cells: {line}"
+            "{TABLES_PAGE}: the {kind} table's row has not two cells: {line}"
         );
         let to: BTreeSet<String> = if cells[1].contains("terminal") {
             BTreeSet::new()
@@ -109,10 +117,14 @@ fn readme_table(kind: &str) -> BTreeMap<String, BTreeSet<String>> {
         };
         assert!(
             table.insert(cells[0].to_string(), to).is_none(),
-            "README {kind} table lists {} twice",
+            "{TABLES_PAGE}: the {kind} table lists {} twice",
             cells[0]
         );
     }
+    assert!(
+        !table.is_empty(),
+        "{TABLES_PAGE}: no table rows follow `{marker}`"
+    );
     table
 }
 
@@ -127,38 +139,38 @@ fn code_table<S: Lifecycle>() -> BTreeMap<String, BTreeSet<String>> {
 }
 
 #[test]
-fn readme_instance_table_matches_the_code() {
+fn documented_instance_table_matches_the_code() {
     assert_eq!(
-        readme_table("Instance"),
+        documented_table("Instance"),
         code_table::<InstancePhase>(),
-        "the README's Instance table and lifecycle::InstancePhase disagree"
+        "the Instance table in {TABLES_PAGE} and lifecycle::InstancePhase disagree"
     );
 }
 
 #[test]
-fn readme_sandbox_table_matches_the_code() {
+fn documented_sandbox_table_matches_the_code() {
     assert_eq!(
-        readme_table("Sandbox"),
+        documented_table("Sandbox"),
         code_table::<SandboxPhase>(),
-        "the README's Sandbox table and lifecycle::SandboxPhase disagree"
+        "the Sandbox table in {TABLES_PAGE} and lifecycle::SandboxPhase disagree"
     );
 }
 
 #[test]
-fn readme_sandbox_command_table_matches_the_code() {
+fn documented_sandbox_command_table_matches_the_code() {
     assert_eq!(
-        readme_table("SandboxCommand"),
+        documented_table("SandboxCommand"),
         code_table::<CommandPhase>(),
-        "the README's SandboxCommand table and lifecycle::CommandPhase disagree"
+        "the SandboxCommand table in {TABLES_PAGE} and lifecycle::CommandPhase disagree"
     );
 }
 
 #[test]
-fn readme_sandbox_snapshot_table_matches_the_code() {
+fn documented_sandbox_snapshot_table_matches_the_code() {
     assert_eq!(
-        readme_table("SandboxSnapshot"),
+        documented_table("SandboxSnapshot"),
         code_table::<SnapshotPhase>(),
-        "the README's SandboxSnapshot table and lifecycle::SnapshotPhase disagree"
+        "the SandboxSnapshot table in {TABLES_PAGE} and lifecycle::SnapshotPhase disagree"
     );
 }
 

@@ -192,6 +192,8 @@ macro_rules! invalid_manifests {
 }
 
 invalid_manifests! {
+    rejects_instance_name_too_long => "instance-name-too-long.yaml",
+    rejects_instance_name_not_a_service_name => "instance-name-not-a-service-name.yaml",
     rejects_instance_image_bad_shape => "instance-image-bad-shape.yaml",
     rejects_instance_image_empty => "instance-image-empty.yaml",
     rejects_instance_image_missing => "instance-image-missing.yaml",
@@ -215,6 +217,7 @@ invalid_manifests! {
     rejects_instance_region_bad => "instance-region-bad.yaml",
     rejects_instance_rollback_unknown => "instance-rollback-unknown.yaml",
     rejects_instance_progress_deadline_too_short => "instance-progress-deadline-too-short.yaml",
+    rejects_sandbox_name_too_long => "sandbox-name-too-long.yaml",
     rejects_sandbox_ttl_too_short => "sandbox-ttl-too-short.yaml",
     rejects_sandbox_ttl_too_long => "sandbox-ttl-too-long.yaml",
     rejects_sandbox_ttl_and_expires_at => "sandbox-ttl-and-expires-at.yaml",
@@ -228,6 +231,7 @@ invalid_manifests! {
     rejects_sandboxcommand_timeout_zero => "sandboxcommand-timeout-zero.yaml",
     rejects_sandboxcommand_env_value_and_secret => "sandboxcommand-env-value-and-secret.yaml",
     rejects_sandboxsnapshot_bad_sandbox_ref => "sandboxsnapshot-bad-sandbox-ref.yaml",
+    rejects_webhook_name_too_long => "webhook-name-too-long.yaml",
     rejects_webhook_http_url => "webhook-http-url.yaml",
     rejects_webhook_not_a_url => "webhook-not-a-url.yaml",
     rejects_webhook_unknown_event => "webhook-unknown-event.yaml",

@@ -989,7 +989,7 @@ const fn row(
 // there to compare (a schema default of 0): the "Failed" cells below and the
 // "not yet seen" ones, and every WebhookDelivery cell but Succeeded (kstatus
 // reads an object without conditions as Current), need the operator to write
-// those (see the README, "Use it from Argo CD and Flux").
+// those (see docs/gitops.md).
 
 #[rustfmt::skip]
 const INSTANCE: &[Expected] = &[
@@ -1276,11 +1276,15 @@ fn health_key(kind: &str) -> String {
     format!("resource.customizations.health.ctrlplane.dev_{kind}")
 }
 
+/// Where the Argo CD health checks are documented.
+const GITOPS_PAGE: &str = "docs/gitops.md";
+
 /// deploy/argocd/argocd-cm.yaml carries each script exactly as it is in
 /// deploy/argocd/ctrlplane.dev/<Kind>/health.lua, under the key Argo CD
-/// reads, and the README shows the Instance one in full and names the others.
+/// reads, and [`GITOPS_PAGE`] shows the Instance one in full and names the
+/// others.
 #[test]
-fn gitops_argocd_cm_and_readme_carry_the_health_scripts() {
+fn gitops_argocd_cm_and_docs_carry_the_health_scripts() {
     let path = repo_root().join("deploy/argocd/argocd-cm.yaml");
     let cm: Value = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let data = cm["data"].as_object().expect("argocd-cm.yaml has data");
@@ -1290,7 +1294,8 @@ fn gitops_argocd_cm_and_readme_carry_the_health_scripts() {
         "one entry per kind: {:?}",
         data.keys()
     );
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let page = std::fs::read_to_string(repo_root().join(GITOPS_PAGE))
+        .unwrap_or_else(|e| panic!("reading {GITOPS_PAGE}: {e}"));
     for kind in KINDS {
         let script = std::fs::read_to_string(health_script(kind)).unwrap();
         assert_eq!(
@@ -1301,8 +1306,8 @@ fn gitops_argocd_cm_and_readme_carry_the_health_scripts() {
             health_key(kind)
         );
         assert!(
-            readme.contains(&health_key(kind)),
-            "the README does not name {}",
+            page.contains(&health_key(kind)),
+            "{GITOPS_PAGE} does not name {}",
             health_key(kind)
         );
     }
@@ -1318,13 +1323,26 @@ fn gitops_argocd_cm_and_readme_carry_the_health_scripts() {
         })
         .collect();
     assert!(
-        readme.contains(&format!("  {}: |\n{body}", health_key("Instance"))),
-        "the README's argocd-cm snippet must carry deploy/argocd/ctrlplane.dev/Instance/health.lua as it is"
+        page.contains(&format!("  {}: |\n{body}", health_key("Instance"))),
+        "the argocd-cm snippet in {GITOPS_PAGE} must carry deploy/argocd/ctrlplane.dev/Instance/health.lua as it is"
     );
+    // The command the next test runs is the one both pages tell people to run.
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    for (name, text) in [("README.md", &readme), (GITOPS_PAGE, &page)] {
+        assert!(
+            text.contains(ARGOCD_CM_PATCH),
+            "{name} must show `{ARGOCD_CM_PATCH}`"
+        );
+    }
 }
 
-/// The README's command merges the entries into an existing argocd-cm, on
-/// the real API server, and leaves what was there.
+/// How the docs tell people to install the health checks.
+const ARGOCD_CM_PATCH: &str =
+    "kubectl -n argocd patch configmap argocd-cm --patch-file deploy/argocd/argocd-cm.yaml";
+
+/// The documented command (README and docs/gitops.md) merges the entries
+/// into an existing argocd-cm, on the real API server, and leaves what was
+/// there.
 #[test]
 fn gitops_argocd_cm_patch_merges_into_an_existing_configmap() {
     let ns = TestNamespace::create("gitops-argocd-cm");

@@ -131,7 +131,7 @@ pub struct SandboxReference {
 }
 
 /// Where a command is in its life. The allowed moves between these are the
-/// SandboxCommand transition table (see the README).
+/// SandboxCommand transition table (see docs/api-reference.md).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum CommandPhase {
     /// Waiting for its Sandbox to run, or for the commands before it.
@@ -185,8 +185,8 @@ pub struct SandboxCommandStatus {
     /// The metadata.generation that this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Complete, Failed (as for a Job, so `kubectl wait
-    /// --for=condition=Complete` works), Stalled and Synced.
+    /// Complete and Failed (as for a Job, so `kubectl wait
+    /// --for=condition=Complete` works), and Synced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

@@ -269,7 +269,7 @@ pub enum RollbackPolicy {
 }
 
 /// Where an Instance is in its lifecycle. The allowed moves between these are
-/// the Instance transition table (see the README).
+/// the Instance transition table (see docs/api-reference.md).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum InstancePhase {
     Provisioning,

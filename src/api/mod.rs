@@ -32,9 +32,18 @@ pub const MANAGED_BY: &str = "ctrlplane-operator";
 /// Every CustomResourceDefinition the operator serves, in a fixed order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
-        observed_generation_defaults_to_zero(Instance::crd()),
-        observed_generation_defaults_to_zero(Sandbox::crd()),
-        observed_generation_defaults_to_zero(Webhook::crd()),
+        name_is_a_service_name(
+            observed_generation_defaults_to_zero(Instance::crd()),
+            "it names the Instance's Deployment and Service and is the value of its pods' label ctrlplane.dev/instance",
+        ),
+        name_is_a_service_name(
+            observed_generation_defaults_to_zero(Sandbox::crd()),
+            "it names the Sandbox's Pod and Service and is the value of their label ctrlplane.dev/sandbox",
+        ),
+        name_is_a_label_value(
+            observed_generation_defaults_to_zero(Webhook::crd()),
+            "it is the value of the label ctrlplane.dev/webhook on the Webhook's WebhookDeliveries",
+        ),
         WebhookDelivery::crd(),
         observed_generation_defaults_to_zero(SandboxCommand::crd()),
         observed_generation_defaults_to_zero(SandboxSnapshot::crd()),
@@ -69,6 +78,75 @@ fn observed_generation_defaults_to_zero(
                 observed.default = Some(JSON(serde_json::json!(0)));
             }
         }
+    }
+    crd
+}
+
+/// A name longer than a label value (63 characters) is refused at
+/// admission, naming `metadata.name` and why, for a kind whose name becomes
+/// a label value: accepted, the object would fail on every reconcile.
+fn name_is_a_label_value(crd: CustomResourceDefinition, why: &str) -> CustomResourceDefinition {
+    with_name_rule(
+        crd,
+        "self.size() <= 63",
+        format!("must be at most 63 characters: {why}"),
+    )
+}
+
+/// As [`name_is_a_label_value`], and a DNS-1035 label too (a letter first,
+/// no dots), for a kind whose name becomes a Service's name.
+fn name_is_a_service_name(crd: CustomResourceDefinition, why: &str) -> CustomResourceDefinition {
+    let crd = name_is_a_label_value(crd, why);
+    with_name_rule(
+        crd,
+        "self.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+        format!(
+            "must start with a letter and hold only lowercase letters, digits and '-' (a DNS-1035 label): {why}"
+        ),
+    )
+}
+
+/// Adds a CEL rule on `metadata.name`, the one metadata field (with
+/// generateName) a CRD schema may restrict.
+fn with_name_rule(
+    mut crd: CustomResourceDefinition,
+    rule: &str,
+    message: String,
+) -> CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        JSONSchemaProps, ValidationRule,
+    };
+    for version in &mut crd.spec.versions {
+        let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        let metadata = root
+            .properties
+            .get_or_insert_with(Default::default)
+            .entry("metadata".to_string())
+            .or_insert_with(|| JSONSchemaProps {
+                type_: Some("object".into()),
+                ..Default::default()
+            });
+        let name = metadata
+            .properties
+            .get_or_insert_with(Default::default)
+            .entry("name".to_string())
+            .or_insert_with(|| JSONSchemaProps {
+                type_: Some("string".into()),
+                ..Default::default()
+            });
+        name.x_kubernetes_validations
+            .get_or_insert_with(Vec::new)
+            .push(ValidationRule {
+                rule: rule.into(),
+                message: Some(message.clone()),
+                ..Default::default()
+            });
     }
     crd
 }

@@ -189,12 +189,25 @@ pub struct CommandMark {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CommandCursor {
-    /// The last command recorded as started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started: Option<CommandMark>,
-    /// The last command recorded as finished.
+    /// Every command up to this one, in creation order, has had its start
+    /// and its end recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<CommandMark>,
+    /// Commands after `finished` with something recorded: recent ones, and
+    /// the one that runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recorded: Vec<RecordedCommand>,
+}
+
+/// What a Sandbox's history has recorded of one command.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedCommand {
+    pub name: String,
+    pub uid: String,
+    /// Whether its end is recorded too (its start always is).
+    #[serde(default)]
+    pub finished: bool,
 }
 
 /// CPU, memory and storage for a sandbox.
@@ -244,7 +257,7 @@ pub struct Placement {
 }
 
 /// Where a Sandbox is in its lifecycle. The allowed moves between these are
-/// the Sandbox transition table (see the README).
+/// the Sandbox transition table (see docs/api-reference.md).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum SandboxPhase {
     Created,

@@ -62,7 +62,7 @@ pub struct SandboxSnapshotSpec {
 }
 
 /// Where a snapshot is in its life. The allowed moves between these are the
-/// SandboxSnapshot transition table (see the README).
+/// SandboxSnapshot transition table (see docs/api-reference.md).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum SnapshotPhase {
     /// Being taken.

@@ -29,6 +29,10 @@ const SERIES_WINDOW: Duration = Duration::from_secs(600);
 const NORMAL_BURST: f64 = 25.0;
 /// One more Normal Event an object may publish every this long.
 const NORMAL_REFILL: Duration = Duration::from_secs(300);
+/// How often the maps of recent Events and allowances are swept of what
+/// has aged out. Sweeping on every Event would cost time in proportion to
+/// every object that published lately, for each Event.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Longest note the API server accepts.
 const NOTE_LIMIT: usize = 1024;
 
@@ -56,6 +60,8 @@ pub struct EventPublisher {
     /// Normal Events each object may still publish, by UID, and when that
     /// was counted.
     allowance: std::sync::Mutex<HashMap<String, (f64, Instant)>>,
+    /// When the maps were last swept.
+    swept: std::sync::Mutex<Instant>,
 }
 
 /// Whether an object may publish one more Normal Event, taking it from its
@@ -81,16 +87,29 @@ impl EventPublisher {
             instance: instance.into(),
             seen: Mutex::new(HashMap::new()),
             allowance: std::sync::Mutex::new(HashMap::new()),
+            swept: std::sync::Mutex::new(Instant::now()),
         }
     }
 
+    /// Whether it is time to sweep the maps; if so, the clock restarts.
+    fn sweep_due(&self, now: Instant) -> bool {
+        let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+        if now.duration_since(*swept) < SWEEP_EVERY {
+            return false;
+        }
+        *swept = now;
+        true
+    }
+
     /// Whether a Normal Event about `uid` may go out now.
-    fn allowed(&self, uid: &str, now: Instant) -> bool {
+    fn allowed(&self, uid: &str, now: Instant, sweep: bool) -> bool {
         let mut allowance = self.allowance.lock().unwrap_or_else(|p| p.into_inner());
-        // Objects quiet for a full refill are back to a full burst: forget
-        // them, so the map holds only busy objects.
-        let full = NORMAL_REFILL.mul_f64(NORMAL_BURST);
-        allowance.retain(|_, (_, counted)| now.duration_since(*counted) < full);
+        if sweep {
+            // Objects quiet for a full refill are back to a full burst:
+            // forget them, so the map holds only busy objects.
+            let full = NORMAL_REFILL.mul_f64(NORMAL_BURST);
+            allowance.retain(|_, (_, counted)| now.duration_since(*counted) < full);
+        }
         let entry = allowance
             .entry(uid.to_string())
             .or_insert((NORMAL_BURST, now));
@@ -118,7 +137,8 @@ impl EventPublisher {
             note: note.clone(),
         };
         let now = Instant::now();
-        if !warning && !self.allowed(&key.uid, now) {
+        let sweep = self.sweep_due(now);
+        if !warning && !self.allowed(&key.uid, now, sweep) {
             tracing::debug!(
                 reason,
                 "Normal Event held back: the object published many lately"
@@ -128,16 +148,20 @@ impl EventPublisher {
         // The lock is held only around the map, never across an API call.
         let repeat = {
             let mut seen = self.seen.lock().await;
-            seen.retain(|_, s| now.duration_since(s.at) < SERIES_WINDOW);
-            seen.get_mut(&key).map(|previous| {
-                previous.count += 1;
-                previous.at = now;
-                (
-                    previous.name.clone(),
-                    previous.namespace.clone(),
-                    previous.count,
-                )
-            })
+            if sweep {
+                seen.retain(|_, s| now.duration_since(s.at) < SERIES_WINDOW);
+            }
+            seen.get_mut(&key)
+                .filter(|previous| now.duration_since(previous.at) < SERIES_WINDOW)
+                .map(|previous| {
+                    previous.count += 1;
+                    previous.at = now;
+                    (
+                        previous.name.clone(),
+                        previous.namespace.clone(),
+                        previous.count,
+                    )
+                })
         };
         if let Some((name, namespace, count)) = repeat {
             let patch = serde_json::json!({

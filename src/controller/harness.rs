@@ -44,7 +44,7 @@ pub struct Context {
     pub backoff: ErrorBackoff,
     /// The objects this operator wrote last, for reconciles that start
     /// before the watch has brought the write back.
-    pub written: WrittenObjects,
+    pub written: Arc<WrittenObjects>,
     /// Changes of progress alone waiting to be written.
     pub deferrals: Deferrals,
     /// Resolves once every cache of the scope has synced.

@@ -30,7 +30,7 @@ pub mod webhook;
 
 use std::sync::Arc;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
 use kube::runtime::watcher;
@@ -115,6 +115,9 @@ pub async fn run_scope(
     let everything = watcher::Config::default();
     // Every watch handed out below counts; all must sync before reconciling.
     let tracker = SyncTracker::new();
+    // Our own writes the caches have not caught up with: each kind's watch
+    // lets go of a write as soon as it brings a newer version.
+    let written = Arc::new(WrittenObjects::default());
     let (instances, instance_stream) = reflect(
         scope.api::<Instance>(&client),
         everything.clone(),
@@ -137,7 +140,7 @@ pub async fn run_scope(
         &tracker,
         "sandboxcommands",
         forget_managed_fields,
-        2,
+        3,
     );
     let mut snapshots = reflect_shared(
         scope.api::<SandboxSnapshot>(&client),
@@ -199,7 +202,12 @@ pub async fn run_scope(
         everything.clone(),
         &tracker,
         "deployments",
-        keep_metadata_unless_managed,
+        |deployment| {
+            keep_metadata_unless_managed(deployment);
+            if shape::is_managed(deployment) {
+                kubernetes::keep_what_the_provider_reads(deployment);
+            }
+        },
         1,
     );
     let mut services = reflect_shared(
@@ -215,7 +223,7 @@ pub async fn run_scope(
         managed.clone(),
         &tracker,
         "pods",
-        forget_managed_fields,
+        pod::keep_what_providers_read,
         2,
     );
     let mut claims = reflect_shared(
@@ -339,13 +347,16 @@ pub async fn run_scope(
         courier,
         ledger,
         backoff: ErrorBackoff::default(),
-        written: WrittenObjects::default(),
+        written: written.clone(),
         deferrals: Default::default(),
         caches_synced: caches_synced.clone(),
     });
 
     let instance_controller = instance::controller(
-        instance_stream,
+        instance_stream.inspect_ok({
+            let written = written.clone();
+            move |instance| written.seen(instance)
+        }),
         instances,
         instances_dispatched,
         config.concurrency,
@@ -389,48 +400,74 @@ pub async fn run_scope(
             .boxed(),
     ]);
     let sandbox_controller = sandbox::controller(
-        sandboxes
-            .subscriber()
-            .map(|s| Ok::<_, watcher::Error>(s.as_ref().clone())),
+        sandboxes.subscriber().map({
+            let written = written.clone();
+            move |s| {
+                written.seen(s.as_ref());
+                Ok::<_, watcher::Error>(s.as_ref().clone())
+            }
+        }),
         sandboxes.store.clone(),
         sandbox_wakes,
         config.concurrency,
         context.clone(),
         shutdown.clone(),
     );
-    // A command is woken when its run ends, and when its Sandbox changes
-    // (it starts running, stops, goes).
-    let command_wakes = futures::stream::select(
+    // A command is woken when its run ends, when its Sandbox changes (it
+    // starts running, stops, goes), and when a command of its Sandbox ends
+    // (the next one may start).
+    let unfinished_of = {
+        let command_store = command_store.clone();
+        move |namespace: Option<String>, sandbox: String| {
+            let theirs: Vec<ObjectRef<SandboxCommand>> = command_store
+                .state()
+                .iter()
+                .filter(|c| {
+                    c.namespace() == namespace
+                        && c.spec.sandbox_ref.name == sandbox
+                        && !c
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.phase)
+                            .is_some_and(|p| p.is_finished())
+                })
+                .map(|c| ObjectRef::from_obj(c.as_ref()))
+                .collect();
+            futures::stream::iter(theirs)
+        }
+    };
+    let command_wakes = futures::stream::select_all([
         commands_ended
             .map(|(namespace, name)| ObjectRef::<SandboxCommand>::new(&name).within(&namespace))
             .boxed(),
         sandboxes
             .subscriber()
-            .flat_map(move |sandbox| {
-                let namespace = sandbox.namespace();
-                let name = sandbox.name_any();
-                let theirs: Vec<ObjectRef<SandboxCommand>> = command_store
-                    .state()
-                    .iter()
-                    .filter(|c| {
-                        c.namespace() == namespace
-                            && c.spec.sandbox_ref.name == name
-                            && !c
-                                .status
-                                .as_ref()
-                                .and_then(|s| s.phase)
-                                .is_some_and(|p| p.is_finished())
-                    })
-                    .map(|c| ObjectRef::from_obj(c.as_ref()))
-                    .collect();
-                futures::stream::iter(theirs)
+            .flat_map({
+                let unfinished_of = unfinished_of.clone();
+                move |sandbox| unfinished_of(sandbox.namespace(), sandbox.name_any())
             })
             .boxed(),
-    );
-    let command_controller = command::controller(
         commands
             .subscriber()
-            .map(|c| Ok::<_, watcher::Error>(c.as_ref().clone())),
+            .filter(|c| {
+                let finished = c
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .is_some_and(|p| p.is_finished());
+                futures::future::ready(finished)
+            })
+            .flat_map(move |c| unfinished_of(c.namespace(), c.spec.sandbox_ref.name.clone()))
+            .boxed(),
+    ]);
+    let command_controller = command::controller(
+        commands.subscriber().map({
+            let written = written.clone();
+            move |c| {
+                written.seen(c.as_ref());
+                Ok::<_, watcher::Error>(c.as_ref().clone())
+            }
+        }),
         commands.store.clone(),
         command_wakes,
         config.concurrency,
@@ -471,9 +508,13 @@ pub async fn run_scope(
         );
     }
     let snapshot_controller = snapshot::controller(
-        snapshots
-            .subscriber()
-            .map(|s| Ok::<_, watcher::Error>(s.as_ref().clone())),
+        snapshots.subscriber().map({
+            let written = written.clone();
+            move |s| {
+                written.seen(s.as_ref());
+                Ok::<_, watcher::Error>(s.as_ref().clone())
+            }
+        }),
         snapshots.store.clone(),
         futures::stream::select_all(snapshot_wakes),
         config.concurrency,

@@ -4,7 +4,7 @@
 //! reconcile does not plan from a copy older than its own write.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Patch, PatchParams};
@@ -189,28 +189,41 @@ impl RecordError {
 /// copy is the newer one and is used instead; any other version in the
 /// cache (the watch caught up, or someone else wrote) is taken as it is.
 /// No resourceVersion is ever compared for order, only for equality.
+///
+/// Entries go as soon as the watch brings any newer version of the object
+/// ([`WrittenObjects::seen`]), so only writes the cache has not caught up
+/// with are held: a settled object costs nothing here.
 #[derive(Default)]
 pub struct WrittenObjects {
-    by_uid: Mutex<HashMap<String, (String, serde_json::Value)>>,
+    by_uid: Mutex<HashMap<String, Written>>,
+}
+
+/// One write: the version it replaced, and the object as written.
+struct Written {
+    replaced: String,
+    object: Arc<dyn std::any::Any + Send + Sync>,
 }
 
 impl WrittenObjects {
     /// Remembers `written`, which replaced the version `replaced`.
-    pub fn remember<K: Resource + Serialize>(&self, replaced: &K, written: &K) {
+    pub fn remember<K: Resource + Clone + Send + Sync + 'static>(&self, replaced: &K, written: &K) {
         let (Some(uid), Some(previous)) = (written.uid(), replaced.resource_version()) else {
             return;
         };
-        let Ok(value) = serde_json::to_value(written) else {
-            return;
-        };
         if let Ok(mut by_uid) = self.by_uid.lock() {
-            by_uid.insert(uid, (previous, value));
+            by_uid.insert(
+                uid,
+                Written {
+                    replaced: previous,
+                    object: Arc::new(written.clone()),
+                },
+            );
         }
     }
 
     /// The freshest copy of `cached`: our own last write, when the cache
     /// has not caught up with it yet.
-    pub fn freshest<K: Resource + DeserializeOwned>(&self, cached: K) -> K {
+    pub fn freshest<K: Resource + Clone + 'static>(&self, cached: K) -> K {
         let Some(uid) = cached.uid() else {
             return cached;
         };
@@ -218,8 +231,12 @@ impl WrittenObjects {
             return cached;
         };
         match by_uid.get(&uid) {
-            Some((replaced, written)) if cached.resource_version().as_ref() == Some(replaced) => {
-                serde_json::from_value(written.clone()).unwrap_or(cached)
+            Some(written) if cached.resource_version().as_ref() == Some(&written.replaced) => {
+                written
+                    .object
+                    .downcast_ref::<K>()
+                    .cloned()
+                    .unwrap_or(cached)
             }
             Some(_) => {
                 // The cache has moved past our write: forget it.
@@ -228,6 +245,31 @@ impl WrittenObjects {
             }
             None => cached,
         }
+    }
+
+    /// The watch brought `object`: a write it replaced is no longer needed.
+    pub fn seen<K: Resource>(&self, object: &K) {
+        let Some(uid) = object.meta().uid.as_deref() else {
+            return;
+        };
+        let Ok(mut by_uid) = self.by_uid.lock() else {
+            return;
+        };
+        if by_uid.get(uid).is_some_and(|written| {
+            object.meta().resource_version.as_ref() != Some(&written.replaced)
+        }) {
+            by_uid.remove(uid);
+        }
+    }
+
+    /// How many writes the cache has not caught up with.
+    pub fn len(&self) -> usize {
+        self.by_uid.lock().map(|m| m.len()).unwrap_or_default()
+    }
+
+    /// Whether the cache has caught up with every write.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Forgets an object that is gone.
@@ -385,5 +427,44 @@ pub async fn patch_metadata<K: LifecycleObject>(
         Ok(patched) => Ok(Some(patched)),
         Err(source) if is_not_found(&source) => Ok(None),
         Err(source) => Err(RecordError::Metadata { name, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Sandbox, SandboxStatus};
+
+    fn sandbox(version: &str, phase: Option<crate::api::SandboxPhase>) -> Sandbox {
+        let spec = serde_json::from_value(serde_json::json!({
+            "image": "ghcr.io/acme/devbox:1",
+            "resources": {"cpu": "1", "memory": "1Gi", "storage": "1Gi"},
+        }))
+        .unwrap();
+        let mut sandbox = Sandbox::new("box", spec);
+        sandbox.metadata.uid = Some("uid-1".into());
+        sandbox.metadata.resource_version = Some(version.into());
+        sandbox.status = phase.map(|phase| SandboxStatus {
+            phase: Some(phase),
+            ..Default::default()
+        });
+        sandbox
+    }
+
+    #[test]
+    fn a_write_is_used_until_the_watch_brings_a_newer_version_then_forgotten() {
+        use crate::api::SandboxPhase::{Running, Starting};
+        let written = WrittenObjects::default();
+        let before = sandbox("1", Some(Starting));
+        let after = sandbox("2", Some(Running));
+        written.remember(&before, &after);
+        // The cache still has the version the write replaced: ours is newer.
+        assert_eq!(written.freshest(before.clone()), after);
+        written.seen(&before);
+        assert_eq!(written.len(), 1, "the replaced version says nothing new");
+        // The watch brings our write back: nothing is held any more.
+        written.seen(&after);
+        assert!(written.is_empty());
+        assert_eq!(written.freshest(before.clone()), before);
     }
 }

@@ -103,6 +103,14 @@ pub struct CommandPlan {
     pub action: Option<CommandAction>,
 }
 
+/// How long after its creation second a command waits before it starts.
+/// Commands of one Sandbox run in creation order, and creation times are
+/// whole seconds: commands created in the same second go by name. So a
+/// command starts only once every command created in its second has had
+/// time to reach the operator's cache; otherwise a later one could start
+/// before an earlier one arrived.
+pub const SAME_SECOND_SETTLE: Duration = Duration::from_millis(1500);
+
 /// Decides what should happen to a command. Pure.
 pub fn plan(
     command: &SandboxCommand,
@@ -150,7 +158,9 @@ pub fn plan(
                 ))
             }
             Some(sandbox) if sandbox.running && !observation.earlier_unfinished => {
-                if move_to(&mut status, CommandPhase::Running) {
+                if let Some(left) = super::wait_left(&command.metadata, SAME_SECOND_SETTLE, now) {
+                    requeue_after = requeue_after.min(left);
+                } else if move_to(&mut status, CommandPhase::Running) {
                     status.started_at = Some(now);
                     status.pod = sandbox.pod.clone();
                     action = Some(CommandAction::Start);

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::api::{
     CommandCursor, CommandMark, CommandPhase, DesiredState, EventType, ExpiryPolicy, ProviderRef,
-    Sandbox, SandboxPhase, SandboxStatus, SnapshotPhase,
+    RecordedCommand, Sandbox, SandboxPhase, SandboxStatus, SnapshotPhase,
 };
 use crate::lifecycle::{Lifecycle, TransitionError, validate_transition};
 use crate::provider::{
@@ -120,6 +120,40 @@ pub fn plan(
     now: DateTime<Utc>,
 ) -> SandboxPlan {
     Planner::new(sandbox, observation, now).run()
+}
+
+/// How long after its creation a command may still reach the cache late,
+/// behind commands created after it (see `plan_commands`).
+pub const LATE_COMMAND_WINDOW: Duration = Duration::from_secs(60);
+
+/// The history entry of a command's end.
+fn command_ended(command: &CommandView) -> NewEvent {
+    let name = &command.mark.name;
+    let phase = command.phase.unwrap_or(CommandPhase::Failed);
+    let (type_, reason, message) = match (phase, command.exit_code) {
+        (CommandPhase::Succeeded, _) => (
+            EventType::SandboxCommandSucceeded,
+            "Succeeded".to_string(),
+            format!("command {name} exited with code 0"),
+        ),
+        (_, Some(code)) => (
+            EventType::SandboxCommandFailed,
+            command.reason.clone(),
+            format!("command {name} exited with code {code}"),
+        ),
+        _ => (
+            EventType::SandboxCommandFailed,
+            command.reason.clone(),
+            format!("command {name} {}", command.message),
+        ),
+    };
+    let mut event = NewEvent::new(type_, reason, message)
+        .detail("command", name)
+        .detail("phase", phase);
+    if let Some(code) = command.exit_code {
+        event = event.detail("exitCode", code);
+    }
+    event
 }
 
 /// When a sandbox expires: spec.expiresAt, or creation plus ttlSeconds.
@@ -444,80 +478,99 @@ impl<'a> Planner<'a> {
     /// Records in the history how its commands started and ended, in the
     /// order they run, each once: `status.commands` remembers how far the
     /// history has got.
+    /// Records each command's start and end in the history, once.
+    ///
+    /// Commands run in creation order, but one created in the same second
+    /// as another can reach the cache late, after a later one ran. So the
+    /// cursor remembers each recent command it recorded, by uid, and moves
+    /// its mark past a command only once it is fully recorded and older
+    /// than [`LATE_COMMAND_WINDOW`]: a command arriving late is still after
+    /// the mark, and recorded like any other.
     fn plan_commands(&mut self) {
         let mut cursor = self.status.commands.clone().unwrap_or_default();
         let order = |m: &CommandMark| (m.created, m.name.clone());
-        let after = |m: &CommandMark, mark: &Option<CommandMark>| {
+        let after_mark = |m: &CommandMark, mark: &Option<CommandMark>| {
             mark.as_ref().is_none_or(|mark| order(m) > order(mark))
         };
-        // Recorded as started, and gone before it was recorded as ended.
-        if let Some(started) = cursor.started.clone()
-            && after(&started, &cursor.finished)
-            && !self
-                .observation
-                .commands
-                .iter()
-                .any(|c| c.mark.uid == started.uid)
-        {
+        // Recorded as started, and gone before its end was recorded.
+        let present: std::collections::HashSet<&str> = self
+            .observation
+            .commands
+            .iter()
+            .map(|c| c.mark.uid.as_str())
+            .collect();
+        let mut gone = Vec::new();
+        cursor.recorded.retain(|r| {
+            let kept = present.contains(r.uid.as_str());
+            if !kept && !r.finished {
+                gone.push(r.name.clone());
+            }
+            kept
+        });
+        for name in gone {
             self.record(
                 NewEvent::new(
                     EventType::SandboxCommandFailed,
                     "Deleted",
-                    format!("command {} was deleted before it ended", started.name),
+                    format!("command {name} was deleted before it ended"),
                 )
-                .detail("command", &started.name),
+                .detail("command", &name),
             );
-            cursor.finished = Some(started);
         }
         let commands = self.observation.commands.clone();
-        for command in commands {
-            if !after(&command.mark, &cursor.finished) {
-                continue;
-            }
+        for command in commands
+            .iter()
+            .filter(|c| after_mark(&c.mark, &cursor.finished))
+        {
             let name = command.mark.name.clone();
-            let newly_started = command.started && after(&command.mark, &cursor.started);
-            match command.phase {
-                Some(phase) if phase.is_finished() => {
-                    if newly_started {
-                        self.record_command_started(&name);
-                        cursor.started = Some(command.mark.clone());
-                    }
-                    let (type_, reason, message) = match (phase, command.exit_code) {
-                        (CommandPhase::Succeeded, _) => (
-                            EventType::SandboxCommandSucceeded,
-                            "Succeeded".to_string(),
-                            format!("command {name} exited with code 0"),
-                        ),
-                        (_, Some(code)) => (
-                            EventType::SandboxCommandFailed,
-                            command.reason.clone(),
-                            format!("command {name} exited with code {code}"),
-                        ),
-                        _ => (
-                            EventType::SandboxCommandFailed,
-                            command.reason.clone(),
-                            format!("command {name} {}", command.message),
-                        ),
-                    };
-                    let mut event = NewEvent::new(type_, reason, message)
-                        .detail("command", &name)
-                        .detail("phase", phase);
-                    if let Some(code) = command.exit_code {
-                        event = event.detail("exitCode", code);
-                    }
-                    self.record(event);
-                    cursor.finished = Some(command.mark.clone());
+            let finished = command.phase.is_some_and(CommandPhase::is_finished);
+            let started = command.started || command.phase == Some(CommandPhase::Running);
+            let index = cursor
+                .recorded
+                .iter()
+                .position(|r| r.uid == command.mark.uid);
+            if index.is_none() && (started || finished) {
+                if started {
+                    self.record_command_started(&name);
                 }
-                Some(CommandPhase::Running) => {
-                    if newly_started {
-                        self.record_command_started(&name);
-                        cursor.started = Some(command.mark.clone());
-                    }
-                    // Later commands cannot have run yet.
-                    break;
-                }
-                _ => break,
+                cursor.recorded.push(RecordedCommand {
+                    name: name.clone(),
+                    uid: command.mark.uid.clone(),
+                    finished: false,
+                });
             }
+            let Some(record) = cursor
+                .recorded
+                .iter_mut()
+                .find(|r| r.uid == command.mark.uid)
+            else {
+                continue;
+            };
+            if finished && !record.finished {
+                record.finished = true;
+                self.record(command_ended(command));
+            }
+        }
+        // The mark moves over the fully recorded commands that are too old
+        // to be overtaken by a late one.
+        let settled_before = self
+            .now
+            .checked_sub_signed(chrono::Duration::from_std(LATE_COMMAND_WINDOW).unwrap_or_default())
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let unmarked: Vec<&CommandView> = commands
+            .iter()
+            .filter(|c| after_mark(&c.mark, &cursor.finished))
+            .collect();
+        for command in unmarked {
+            let fully_recorded = cursor
+                .recorded
+                .iter()
+                .any(|r| r.uid == command.mark.uid && r.finished);
+            if !fully_recorded || command.mark.created >= settled_before {
+                break;
+            }
+            cursor.recorded.retain(|r| r.uid != command.mark.uid);
+            cursor.finished = Some(command.mark.clone());
         }
         let empty = cursor == CommandCursor::default();
         self.status.commands = (!empty).then_some(cursor);

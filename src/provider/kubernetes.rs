@@ -518,6 +518,64 @@ impl KubernetesProvider {
     }
 }
 
+/// Shrinks a Deployment of ours to what the provider reads: its metadata
+/// with only our annotation, the replicas, the restart annotation and each
+/// container's name, image and ports of the template, and the counts and
+/// Progressing condition of its status. The cache holds one per Instance
+/// for as long as the operator runs; the pod template is most of its size.
+pub fn keep_what_the_provider_reads(deployment: &mut Deployment) {
+    let metadata = &mut deployment.metadata;
+    metadata.managed_fields = None;
+    if let Some(annotations) = &mut metadata.annotations {
+        annotations.retain(|key, _| key == APPLIED_HASH_ANNOTATION);
+    }
+    if let Some(spec) = deployment.spec.take() {
+        let template = spec.template;
+        deployment.spec = Some(DeploymentSpec {
+            replicas: spec.replicas,
+            template: PodTemplateSpec {
+                metadata: template.metadata.map(|m| ObjectMeta {
+                    annotations: m.annotations.map(|mut a| {
+                        a.retain(|key, _| key == RESTART_ANNOTATION);
+                        a
+                    }),
+                    ..ObjectMeta::default()
+                }),
+                spec: template.spec.map(|s| PodSpec {
+                    containers: s
+                        .containers
+                        .into_iter()
+                        .map(|c| Container {
+                            name: c.name,
+                            image: c.image,
+                            ports: c.ports,
+                            ..Container::default()
+                        })
+                        .collect(),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        });
+    }
+    if let Some(status) = deployment.status.take() {
+        deployment.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+            observed_generation: status.observed_generation,
+            replicas: status.replicas,
+            ready_replicas: status.ready_replicas,
+            updated_replicas: status.updated_replicas,
+            available_replicas: status.available_replicas,
+            conditions: status.conditions.map(|conditions| {
+                conditions
+                    .into_iter()
+                    .filter(|c| c.type_ == "Progressing")
+                    .collect()
+            }),
+            ..Default::default()
+        });
+    }
+}
+
 /// What an earlier run of the operator applied, read off a cached
 /// Deployment of ours: its hash annotation says what was applied, and what
 /// the plan cares most about (the image, the replicas, the restart token)

@@ -411,6 +411,57 @@ pub fn keep_what_capacity_needs(pod: &mut Pod) {
     }
 }
 
+/// Shrinks one of our Pods (Sandboxes', and Instances' through their
+/// ReplicaSets) to what the providers read: its metadata with only our
+/// annotations, the node it is bound to, and its status without images,
+/// IDs and resources. The cache holds one per replica and Sandbox for as
+/// long as the operator runs, and a Pod's spec is most of its size.
+pub fn keep_what_providers_read(pod: &mut Pod) {
+    let metadata = &mut pod.metadata;
+    metadata.managed_fields = None;
+    if let Some(annotations) = &mut metadata.annotations {
+        annotations.retain(|key, _| key == REVISION_ANNOTATION || key == HOST_ANNOTATION);
+    }
+    if let Some(spec) = pod.spec.take() {
+        pod.spec = Some(PodSpec {
+            node_name: spec.node_name,
+            ..PodSpec::default()
+        });
+    }
+    if let Some(status) = pod.status.take() {
+        pod.status = Some(PodStatus {
+            phase: status.phase,
+            message: status.message,
+            pod_ip: status.pod_ip,
+            conditions: status.conditions.map(|conditions| {
+                conditions
+                    .into_iter()
+                    .map(|c| k8s_openapi::api::core::v1::PodCondition {
+                        last_probe_time: None,
+                        last_transition_time: None,
+                        observed_generation: None,
+                        ..c
+                    })
+                    .collect()
+            }),
+            container_statuses: status.container_statuses.map(|statuses| {
+                statuses
+                    .into_iter()
+                    .map(|c| k8s_openapi::api::core::v1::ContainerStatus {
+                        name: c.name,
+                        ready: c.ready,
+                        restart_count: c.restart_count,
+                        state: c.state,
+                        last_state: c.last_state,
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            ..PodStatus::default()
+        });
+    }
+}
+
 /// The hosts, with what every Pod bound or headed to them asks for. Pure.
 pub fn hosts_from(
     nodes: &[Arc<Node>],

@@ -1,6 +1,7 @@
 //! What the operator needs around its controllers: configuration, logging,
 //! the Kubernetes client, metrics, and the health and metrics endpoints.
 
+pub mod fence;
 pub mod kubeapi;
 pub mod metrics;
 
@@ -171,10 +172,12 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<(), RuntimeError> 
     Ok(())
 }
 
-/// A Kubernetes client whose every request is counted in the metrics.
+/// A Kubernetes client whose every request is counted in the metrics, and
+/// whose writes go only while `fence` lets them (see [`fence`]).
 pub async fn client(
     kubeconfig: Option<&PathBuf>,
     metrics: Arc<Metrics>,
+    fence: Arc<fence::Fence>,
 ) -> Result<Client, RuntimeError> {
     let config = match kubeconfig {
         Some(path) => {
@@ -192,7 +195,11 @@ pub async fn client(
         None => Config::infer().await?,
     };
     let builder = kube::client::ClientBuilder::try_from(config)?;
-    Ok(builder.with_layer(&CountRequestsLayer { metrics }).build())
+    // The fence outside the count: a write it refuses never reaches the API.
+    Ok(builder
+        .with_layer(&CountRequestsLayer { metrics })
+        .with_layer(&fence::FenceLayer { fence })
+        .build())
 }
 
 /// What /readyz reports.

@@ -1,12 +1,13 @@
 //! Shared harness for the end-to-end tests: they run against the real local
-//! control plane that `hack/test.sh` starts (see the README), through the same
-//! kubectl and API a user would use.
+//! control plane that `hack/test.sh` starts (see docs/local-control-plane.md),
+//! through the same kubectl and API a user would use.
 //!
 //! Every test gets its own namespace ([`TestNamespace`]) and removes it when it
 //! ends, pass or fail. Waiting is always on a condition with a deadline.
 
 #![allow(dead_code)]
 
+pub mod controlplane;
 pub mod receiver;
 pub mod storage;
 pub mod tenant_manager;
@@ -376,6 +377,8 @@ pub struct Operator {
     pub metrics_address: std::net::SocketAddr,
     pub log_path: PathBuf,
     extra_args: Vec<String>,
+    /// Environment variables set for it, beside the harness's own.
+    env: Vec<(String, String)>,
 }
 
 impl Operator {
@@ -390,6 +393,17 @@ impl Operator {
 
     /// Starts it with another kubeconfig (another identity).
     pub fn start_as(namespace: &str, kubeconfig: &Path, extra_args: &[&str]) -> Self {
+        Self::start_as_with_env(namespace, kubeconfig, extra_args, &[])
+    }
+
+    /// Starts it with another kubeconfig and these environment variables
+    /// (`POD_NAME` names a replica for leader election).
+    pub fn start_as_with_env(
+        namespace: &str,
+        kubeconfig: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log_dir = std::env::temp_dir().join("ctrlplane-operator-tests");
         std::fs::create_dir_all(&log_dir).unwrap();
         let mut operator = Self {
@@ -399,6 +413,10 @@ impl Operator {
             metrics_address: free_local_address(),
             log_path: log_dir.join(format!("{namespace}-{}.log", free_local_address().port())),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         operator.spawn();
         operator
@@ -427,6 +445,7 @@ impl Operator {
                 std::env::var("CTRLPLANE_TEST_LOG_LEVEL")
                     .unwrap_or_else(|_| "info,ctrlplane_operator=debug".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -467,6 +486,23 @@ impl Operator {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The process id, while it runs (the same one for as long as it has not
+    /// been restarted).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) to the process, as `kill -SIG` would.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the operator runs");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
     }
 
     /// How the process ended, if it has.

@@ -119,6 +119,30 @@ fn a_command_waits_for_its_sandbox_and_for_the_commands_before_it() {
 }
 
 #[test]
+fn a_command_waits_until_every_command_of_its_creation_second_can_have_arrived() {
+    let mut command = command(None);
+    command.metadata.creation_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(t0().timestamp()).unwrap(),
+        ));
+    let ready = observation(running_sandbox(), Run::Unknown);
+    let early = plan(&command, &ready, t0() + chrono::Duration::milliseconds(400));
+    assert_eq!(early.decision.status.phase, Some(CommandPhase::Pending));
+    assert_eq!(early.action, None);
+    assert_eq!(
+        early.decision.requeue_after,
+        std::time::Duration::from_millis(1100)
+    );
+    let settled = plan(
+        &command,
+        &ready,
+        t0() + chrono::Duration::milliseconds(1500),
+    );
+    assert_eq!(settled.decision.status.phase, Some(CommandPhase::Running));
+    assert_eq!(settled.action, Some(CommandAction::Start));
+}
+
+#[test]
 fn a_missing_sandbox_is_waited_for_briefly_then_fails_the_command() {
     // Applied together, a command can reach the operator before its Sandbox.
     let mut young = command(None);

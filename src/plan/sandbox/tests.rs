@@ -751,6 +751,53 @@ fn commands_are_recorded_in_the_sandbox_history_in_order_and_once() {
 }
 
 #[test]
+fn a_command_that_reaches_the_cache_late_is_still_recorded_once() {
+    use EventType::*;
+    let mut sandbox = sandbox(spec());
+    let mut world = SandboxObserved::default();
+    run_to_running(&mut sandbox, &mut world);
+    let last_seq = |sandbox: &Sandbox| {
+        sandbox
+            .status
+            .as_ref()
+            .unwrap()
+            .history
+            .last()
+            .unwrap()
+            .sequence
+    };
+    // "b" ran first: "a", created in the same second, was not there yet.
+    let b_done = command("b", 1, Some(CommandPhase::Succeeded), true);
+    let first = plan_with_commands(&sandbox, &world, vec![b_done.clone()]);
+    sandbox.status = Some(first.status);
+    let seq = last_seq(&sandbox);
+    let a_done = command("a", 1, Some(CommandPhase::Succeeded), true);
+    let late = plan_with_commands(&sandbox, &world, vec![a_done.clone(), b_done.clone()]);
+    assert_eq!(
+        command_events(&late, seq),
+        [
+            (SandboxCommandStarted, "a".to_string()),
+            (SandboxCommandSucceeded, "a".to_string()),
+        ]
+    );
+    sandbox.status = Some(late.status.clone());
+    let again = plan_with_commands(&sandbox, &world, vec![a_done.clone(), b_done.clone()]);
+    assert_eq!(again.status, late.status, "nothing is recorded twice");
+    // Once they are old enough, the mark moves over both and forgets them.
+    let mut observation = observation(world.clone());
+    observation.commands = vec![a_done, b_done];
+    let settled = plan(
+        &sandbox,
+        &observation,
+        t0() + ChronoDuration::seconds(2) + ChronoDuration::from_std(LATE_COMMAND_WINDOW).unwrap(),
+    );
+    let cursor = settled.status.commands.clone().unwrap();
+    assert_eq!(cursor.finished.map(|m| m.name).as_deref(), Some("b"));
+    assert!(cursor.recorded.is_empty());
+    assert_eq!(command_events(&settled, last_seq(&sandbox)), []);
+}
+
+#[test]
 fn a_command_deleted_while_it_ran_is_recorded_as_failed() {
     let mut sandbox = sandbox(spec());
     let mut world = SandboxObserved::default();

@@ -376,3 +376,88 @@ fn the_workload_status_reads_rollout_progress_and_the_deadline() {
     let status = workload_status(&stuck, None, &[], false, true);
     assert!(status.progress_deadline_exceeded.is_some() && !status.rollout_complete);
 }
+
+#[test]
+fn the_trimmed_deployment_in_the_cache_reads_as_the_full_one() {
+    let mut full = deployment_with(
+        DeploymentStatus {
+            observed_generation: Some(2),
+            replicas: Some(3),
+            ready_replicas: Some(1),
+            updated_replicas: Some(3),
+            available_replicas: Some(1),
+            conditions: Some(vec![
+                DeploymentCondition {
+                    type_: "Available".into(),
+                    status: "False".into(),
+                    ..DeploymentCondition::default()
+                },
+                DeploymentCondition {
+                    type_: "Progressing".into(),
+                    status: "False".into(),
+                    reason: Some("ProgressDeadlineExceeded".into()),
+                    ..DeploymentCondition::default()
+                },
+            ]),
+            ..DeploymentStatus::default()
+        },
+        2,
+    );
+    full.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(APPLIED_HASH_ANNOTATION.into(), "00000000000000ff".into());
+    let mut trimmed = full.clone();
+    keep_what_the_provider_reads(&mut trimmed);
+    let crashing = pod(
+        "web-1",
+        ContainerStatus {
+            name: "app".into(),
+            restart_count: 4,
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("CrashLoopBackOff".into()),
+                    message: None,
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        },
+    );
+    for wants_service in [false, true] {
+        assert_eq!(
+            workload_status(
+                &trimmed,
+                None,
+                std::slice::from_ref(&crashing),
+                wants_service,
+                true
+            ),
+            workload_status(
+                &full,
+                None,
+                std::slice::from_ref(&crashing),
+                wants_service,
+                true
+            )
+        );
+    }
+    let hash = 0xff;
+    assert_eq!(
+        applied_before_a_restart(Some(&trimmed), &workload(), hash).map(|a| a.generation),
+        applied_before_a_restart(Some(&full), &workload(), hash).map(|a| a.generation)
+    );
+    // What made it big is gone.
+    let template = trimmed
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert!(
+        template.containers[0].env.is_none() && template.containers[0].readiness_probe.is_none()
+    );
+    assert!(serde_json::to_vec(&trimmed).unwrap().len() < serde_json::to_vec(&full).unwrap().len());
+}

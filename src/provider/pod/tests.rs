@@ -326,3 +326,55 @@ fn a_command_s_environment_travels_on_stdin_escaped_for_printf() {
         "nor in its Debug"
     );
 }
+
+#[test]
+fn the_trimmed_pod_in_the_cache_reads_as_the_full_one() {
+    for status in [
+        PodStatus {
+            phase: Some("Pending".into()),
+            container_statuses: Some(vec![ContainerStatus {
+                name: "sandbox".into(),
+                image: "ghcr.io/acme/devbox:1".into(),
+                image_id: "sha256:abc".into(),
+                restart_count: 3,
+                state: Some(ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some("CrashLoopBackOff".into()),
+                        message: Some("back-off".into()),
+                    }),
+                    ..ContainerState::default()
+                }),
+                ..ContainerStatus::default()
+            }]),
+            conditions: Some(vec![PodCondition {
+                type_: "PodScheduled".into(),
+                status: "False".into(),
+                reason: Some("Unschedulable".into()),
+                message: Some("0/2 nodes are available".into()),
+                ..PodCondition::default()
+            }]),
+            ..PodStatus::default()
+        },
+        PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some("10.244.0.3".into()),
+            host_ip: Some("127.0.0.1".into()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..PodCondition::default()
+            }]),
+            ..PodStatus::default()
+        },
+    ] {
+        let full = pod(status);
+        let mut trimmed = full.clone();
+        keep_what_providers_read(&mut trimmed);
+        assert_eq!(pod_observed(&trimmed), pod_observed(&full));
+        assert!(trimmed.spec.as_ref().unwrap().containers.is_empty());
+        assert!(
+            serde_json::to_vec(&trimmed).unwrap().len() * 2
+                < serde_json::to_vec(&full).unwrap().len()
+        );
+    }
+}
