@@ -983,7 +983,7 @@ fn apply(root: &mut Value, at: Index, edit: Edit) {
                 Value::String(_) if !any_type => &extremes().strings,
                 _ => &extremes().all,
             };
-            *target = pick.get(&choices).clone();
+            *target = pick.get(choices).clone();
         }
         Edit::SameType {
             string,
@@ -1719,7 +1719,6 @@ mod tests {
                     parses(*kind, value).is_ok()
                 })
                 .count();
-            eprintln!("{kind:?}: {ok} of 200 deserialize");
             assert!(ok >= 50, "{kind:?}: only {ok} of 200 deserialize");
         }
     }

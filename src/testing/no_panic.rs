@@ -131,10 +131,8 @@ proptest! {
         bytes in any_bytes(),
     ) {
         every_kind(&value)?;
-        for value in [serde_json::from_slice::<serde_json::Value>(&bytes)] {
-            if let Ok(value) = value {
-                every_kind(&value)?;
-            }
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+            every_kind(&value)?;
         }
         let _ = serde_json::from_slice::<Instance>(&bytes);
         let _ = serde_json::from_slice::<WebhookDelivery>(&bytes);
@@ -480,24 +478,20 @@ proptest! {
     }
 }
 
+/// The Instance generator is wide enough to matter: planning its objects
+/// and observations reaches every phase change and event a user sees, so
+/// the no-panic property above is not passing on a corner of the space.
 #[test]
-fn probe_instance_coverage() {
+fn instance_inputs_reach_every_lifecycle_event() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
     let strategy = (
         object::<Instance>(Kind::Instance),
-        prop::collection::vec(
-            (
-                instance_observation(),
-                align(),
-                any_datetime(),
-            ),
-            1..=3,
-        ),
+        prop::collection::vec((instance_observation(), align(), any_datetime()), 1..=3),
     );
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
-    for _ in 0..3000 {
+    for _ in 0..1500 {
         let (mut instance, steps) = strategy.new_tree(&mut runner).unwrap().current();
         for (mut observation, align, now) in steps {
             if let Some(workload) = observation.workload.as_mut() {
@@ -516,13 +510,33 @@ fn probe_instance_coverage() {
                     .entry(format!("{} {:?}->{:?}", e.type_, e.from, e.to))
                     .or_default() += 1;
             }
-            if planned.requeue_after < std::time::Duration::from_secs(30) {
-                *counts.entry("short requeue".into()).or_default() += 1;
-            }
             instance.status = Some(planned.status);
         }
     }
-    for (k, v) in counts {
-        eprintln!("{v:6} {k}");
+    let reached: std::collections::BTreeSet<&str> =
+        counts.keys().filter_map(|k| k.split(' ').next()).collect();
+    for event in [
+        "instance.created",
+        "instance.starting",
+        "instance.started",
+        "instance.stopping",
+        "instance.stopped",
+        "instance.failed",
+        "instance.deleting",
+        "instance.deleted",
+        "instance.restarted",
+        "instance.scaled",
+        "instance.suspended",
+        "instance.unsuspended",
+        "deploy.started",
+        "deploy.succeeded",
+        "deploy.failed",
+        "health.passed",
+        "health.failed",
+    ] {
+        assert!(
+            reached.contains(event),
+            "{event} never planned; reached: {counts:?}"
+        );
     }
 }
