@@ -18,3 +18,6 @@ pub mod plan;
 pub mod provider;
 pub mod runtime;
 pub mod tenancy;
+
+#[cfg(test)]
+mod testing;

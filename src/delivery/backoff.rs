@@ -30,9 +30,15 @@ pub fn exponential(policy: &Policy, failed_attempts: u32) -> Duration {
 /// random share of the other half. `jitter` is uniform in [0, 1). Spreading
 /// retries keeps a receiver that comes back from being hit by every delivery
 /// at once, while never retrying sooner than half the schedule.
+/// A jitter outside [0, 1] counts as its nearest end, and NaN as 0.
 pub fn with_jitter(delay: Duration, jitter: f64) -> Duration {
+    let jitter = if jitter.is_nan() {
+        0.0
+    } else {
+        jitter.clamp(0.0, 1.0)
+    };
     let half = delay / 2;
-    half + half.mul_f64(jitter.clamp(0.0, 1.0))
+    half.saturating_add(half.mul_f64(jitter))
 }
 
 /// How long to wait before the next attempt, or `None` when the policy's
@@ -118,6 +124,22 @@ mod tests {
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(90));
         assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn a_nan_jitter_counts_as_none() {
+        // A jitter of NaN panicked: cannot convert float seconds to
+        // Duration: value is either too big or NaN (clamp keeps NaN).
+        let ten = Duration::from_secs(10);
+        assert_eq!(with_jitter(ten, f64::NAN), Duration::from_secs(5));
+        assert_eq!(with_jitter(ten, -f64::NAN), Duration::from_secs(5));
+        assert_eq!(with_jitter(ten, f64::INFINITY), ten);
+        assert_eq!(with_jitter(ten, -1.0), Duration::from_secs(5));
+        assert_eq!(with_jitter(Duration::MAX, 1.0), Duration::MAX);
+        assert_eq!(
+            next_delay(&policy(), 1, None, f64::NAN),
+            Some(Duration::from_millis(500))
+        );
     }
 
     proptest! {

@@ -11,9 +11,8 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-use super::AttemptResult;
-use super::backoff::parse_retry_after;
 use super::guard::forbidden_reason;
+use super::{AttemptResult, answer};
 
 /// Everything one attempt needs besides the body.
 pub struct Request<'a> {
@@ -113,14 +112,11 @@ impl Sender {
             builder = builder.header(name.as_str(), value.as_str());
         }
         match builder.body(body).send().await {
-            Ok(response) => AttemptResult::Answered {
-                status: response.status().as_u16(),
-                retry_after: response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, SystemTime::now())),
-            },
+            Ok(response) => answer(
+                response.status().as_u16(),
+                response.headers(),
+                SystemTime::now(),
+            ),
             Err(error) => AttemptResult::Failed {
                 error: describe(&error),
             },

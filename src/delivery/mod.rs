@@ -8,7 +8,7 @@ pub mod guard;
 pub mod signing;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -78,6 +78,21 @@ pub enum AttemptResult {
     Failed { error: String },
 }
 
+/// What an endpoint's answer is, from its status code and headers: the
+/// status, and when it asks to be tried again (the first Retry-After
+/// header, as delay-seconds or an HTTP date, relative to `now`). A
+/// Retry-After that is not UTF-8 or cannot be read is ignored. The body is
+/// never read. Pure: the client calls it with what came over the wire.
+pub fn answer(status: u16, headers: &http::HeaderMap, now: SystemTime) -> AttemptResult {
+    AttemptResult::Answered {
+        status,
+        retry_after: headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| backoff::parse_retry_after(v, now)),
+    }
+}
+
 /// What the result means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -124,8 +139,9 @@ pub fn record_attempt(
     jitter: f64,
 ) -> (WebhookDeliveryStatus, Option<Completion>) {
     let mut next = status.clone();
-    let finished = started + chrono::Duration::from_std(duration).unwrap_or_default();
-    next.attempts += 1;
+    // Times and counts may hold anything a status can: stop at the ends.
+    let finished = crate::plan::saturating_add_std(started, duration);
+    next.attempts = next.attempts.saturating_add(1);
     let (code, error) = match result {
         AttemptResult::Answered { status, .. } => (
             Some(i32::from(*status)),
@@ -153,8 +169,7 @@ pub fn record_attempt(
             match backoff::next_delay(policy, failed, retry_after, jitter) {
                 Some(delay) => {
                     next.phase = Some(DeliveryPhase::Pending);
-                    next.next_attempt_at =
-                        Some(finished + chrono::Duration::from_std(delay).unwrap_or_default());
+                    next.next_attempt_at = Some(crate::plan::saturating_add_std(finished, delay));
                     None
                 }
                 None => Some(Completion::GaveUp),
@@ -285,6 +300,28 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_takes_the_first_readable_retry_after_and_ignores_junk() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(answer(503, &headers, now), answered(503));
+        headers.append("retry-after", http::HeaderValue::from_static("7"));
+        headers.append("retry-after", http::HeaderValue::from_static("99"));
+        assert_eq!(
+            answer(429, &headers, now),
+            AttemptResult::Answered {
+                status: 429,
+                retry_after: Some(Duration::from_secs(7))
+            }
+        );
+        let mut junk = http::HeaderMap::new();
+        junk.append(
+            "retry-after",
+            http::HeaderValue::from_bytes(b"\xff\xfe30").unwrap(),
+        );
+        assert_eq!(answer(503, &junk, now), answered(503));
+    }
+
+    #[test]
     fn failures_are_retried_then_given_up_and_every_attempt_is_recorded() {
         let mut status = WebhookDeliveryStatus::default();
         let mut completions = Vec::new();
@@ -353,6 +390,55 @@ mod tests {
             (completion, gone.phase),
             (Some(Completion::Gone), Some(DeliveryPhase::Failed))
         );
+    }
+
+    #[test]
+    fn an_attempt_at_the_end_of_time_is_recorded_there() {
+        // An attempt started at DateTime::MAX_UTC (or lasting Duration::MAX,
+        // or retried after one) panicked: `DateTime + TimeDelta` overflowed.
+        let end = DateTime::<Utc>::MAX_UTC;
+        let (status, completion) = record_attempt(
+            &WebhookDeliveryStatus::default(),
+            &policy(),
+            &answered(500),
+            end,
+            Duration::from_secs(1),
+            0.5,
+        );
+        assert_eq!(completion, None);
+        assert_eq!(status.next_attempt_at, Some(end));
+        let (status, _) = record_attempt(
+            &WebhookDeliveryStatus::default(),
+            &policy(),
+            &answered(200),
+            at(0),
+            Duration::MAX,
+            0.5,
+        );
+        assert_eq!(status.completed_at, Some(end));
+        let huge = backoff::Policy {
+            max_attempts: 3,
+            base: Duration::MAX,
+            cap: Duration::MAX,
+        };
+        let (status, _) = record_attempt(
+            &WebhookDeliveryStatus::default(),
+            &huge,
+            &answered(500),
+            at(0),
+            Duration::ZERO,
+            0.5,
+        );
+        assert_eq!(status.next_attempt_at, Some(end));
+        // A status that counted i32::MAX attempts stays there.
+        let many = WebhookDeliveryStatus {
+            attempts: i32::MAX,
+            ..WebhookDeliveryStatus::default()
+        };
+        let (status, completion) =
+            record_attempt(&many, &policy(), &answered(500), at(0), Duration::ZERO, 0.5);
+        assert_eq!(status.attempts, i32::MAX);
+        assert_eq!(completion, Some(Completion::GaveUp));
     }
 
     #[test]

@@ -149,6 +149,26 @@ mod tests {
     }
 
     #[test]
+    fn hosts_with_counts_at_the_integer_limits_do_not_overflow() {
+        // allocatable CPU i64::MIN with 1 requested (or i64::MAX with -1)
+        // panicked: attempt to subtract with overflow.
+        let hosts = [
+            host("low", i64::MIN, i64::MIN, 1, 1),
+            host("high", i64::MAX, i64::MAX, -1, -1),
+        ];
+        assert_eq!(hosts[0].free_cpu(), i64::MIN);
+        assert_eq!(hosts[1].free_memory(), i64::MAX);
+        let request = Request { cpu: 1, memory: 1 };
+        assert_eq!(choose_host(&hosts, request, None), Ok("high".into()));
+        let too_much = Request {
+            cpu: i64::MAX,
+            memory: i64::MAX,
+        };
+        assert_eq!(choose_host(&hosts, too_much, None), Ok("high".into()));
+        assert!(choose_host(&hosts[..1], request, None).is_err());
+    }
+
+    #[test]
     fn the_roomiest_host_that_fits_is_chosen() {
         let hosts = [
             host("a", 4000, 8 * GI, 3000, 0),

@@ -284,7 +284,7 @@ pub fn plan(
         status.finished_at,
     ) && phase.is_finished()
     {
-        let expires = finished + chrono::Duration::seconds(ttl.into());
+        let expires = super::saturating_add(finished, chrono::Duration::seconds(ttl.into()));
         if expires <= now {
             delete_object = true;
         } else {

@@ -104,7 +104,7 @@ pub fn next_step(
             return DeliveryStep::Redeliver;
         }
         let completed = status.completed_at.unwrap_or(now);
-        let expires = completed + chrono::Duration::from_std(keep_completed).unwrap_or_default();
+        let expires = super::saturating_add_std(completed, keep_completed);
         return if expires <= now {
             DeliveryStep::Expire
         } else {
@@ -117,7 +117,7 @@ pub fn next_step(
     if delivery.status.is_none()
         && let Some(at) = annotation(FIRST_ATTEMPT_ANNOTATION)
     {
-        let grace_ends = at + chrono::Duration::from_std(FIRST_ATTEMPT_GRACE).unwrap_or_default();
+        let grace_ends = super::saturating_add_std(at, FIRST_ATTEMPT_GRACE);
         if grace_ends > now {
             return DeliveryStep::Wait((grace_ends - now).to_std().unwrap_or_default());
         }
@@ -288,6 +288,37 @@ mod tests {
             next_step(&failed, Some(&webhook(true)), false, DAY, later),
             DeliveryStep::Attempt
         );
+    }
+
+    #[test]
+    fn a_record_completed_at_the_end_of_time_is_kept_without_overflow() {
+        // completedAt at DateTime::MAX_UTC, kept a day, panicked:
+        // `DateTime + TimeDelta` overflowed.
+        let end = DateTime::<Utc>::MAX_UTC;
+        let done = delivery(Some(WebhookDeliveryStatus {
+            phase: Some(DeliveryPhase::Succeeded),
+            attempts: 1,
+            completed_at: Some(end),
+            ..Default::default()
+        }));
+        assert!(matches!(
+            next_step(&done, Some(&webhook(true)), false, DAY, t0()),
+            DeliveryStep::Wait(_)
+        ));
+        assert_eq!(
+            next_step(&done, Some(&webhook(true)), false, DAY, end),
+            DeliveryStep::Expire
+        );
+        // Kept for longer than chrono can count: kept, not expired at once.
+        let done_now = delivery(Some(WebhookDeliveryStatus {
+            phase: Some(DeliveryPhase::Failed),
+            completed_at: Some(t0()),
+            ..Default::default()
+        }));
+        assert!(matches!(
+            next_step(&done_now, None, false, Duration::MAX, t0()),
+            DeliveryStep::Wait(_)
+        ));
     }
 
     #[test]

@@ -61,9 +61,15 @@ pub fn delivery_name(webhook: &str, uid: &str, sequence: i64) -> String {
     } else {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         webhook.hash(&mut hasher);
+        // A valid name is ASCII, but a stored one need not be: cut at a
+        // character boundary.
+        let mut keep = KEEP;
+        while !webhook.is_char_boundary(keep) {
+            keep -= 1;
+        }
         format!(
             "{}-{:08x}",
-            webhook[..KEEP].trim_end_matches(['-', '.']),
+            webhook[..keep].trim_end_matches(['-', '.']),
             hasher.finish() as u32
         )
     };
@@ -291,6 +297,17 @@ mod tests {
                 proptest::prop_assert!(delivered, "moved past {}", e.sequence);
             }
         }
+    }
+
+    #[test]
+    fn a_long_webhook_name_with_multibyte_characters_is_cut_at_a_character() {
+        // "a" then 'é' over and over panicked: byte 60 is inside an 'é'.
+        let name = format!("a{}", "é".repeat(40));
+        let cut = delivery_name(&name, "uid", 1);
+        assert!(cut.starts_with(&format!("a{}-", "é".repeat(29))), "{cut}");
+        assert!(cut.ends_with("-uid-1"), "{cut}");
+        let emoji = format!("aa{}", "😀".repeat(20));
+        assert!(delivery_name(&emoji, "uid", 1).starts_with("aa"));
     }
 
     #[test]

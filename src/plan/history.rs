@@ -16,13 +16,15 @@ pub const HISTORY_LIMIT: usize = 50;
 /// Trimming keeps the newest entries, so the last entry always carries the
 /// highest sequence ever given out; `dispatched` covers the case where every
 /// entry was trimmed (it never is, but a sequence must never be reused).
+/// A status that already holds i64::MAX (written by hand: no object lives
+/// that long) stays there rather than overflowing.
 pub fn next_sequence(history: &[HistoryEntry], dispatched: i64) -> i64 {
     history
         .last()
         .map(|e| e.sequence)
         .unwrap_or(0)
         .max(dispatched)
-        + 1
+        .saturating_add(1)
 }
 
 /// One event to append.
@@ -105,6 +107,17 @@ mod tests {
         let now = Utc::now();
         assert_eq!(append(&mut history, 0, event(), now).sequence, 1);
         assert_eq!(append(&mut history, 0, event(), now).sequence, 2);
+    }
+
+    #[test]
+    fn a_sequence_at_i64_max_stays_there() {
+        // dispatchedSeq (or the last entry's sequence) at i64::MAX panicked:
+        // attempt to add with overflow.
+        let mut history = Vec::new();
+        assert_eq!(next_sequence(&history, i64::MAX), i64::MAX);
+        let entry = append(&mut history, i64::MAX, event(), Utc::now());
+        assert_eq!(entry.sequence, i64::MAX);
+        assert_eq!(next_sequence(&history, 0), i64::MAX);
     }
 
     proptest! {

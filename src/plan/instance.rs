@@ -427,7 +427,8 @@ impl<'a> Planner<'a> {
             .current_release
             .as_ref()
             .map_or(0, |r| r.version)
-            + 1;
+            // A version at i64::MAX was written by hand: stay there.
+            .saturating_add(1);
         let release = Release {
             version,
             image,

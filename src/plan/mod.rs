@@ -71,11 +71,32 @@ pub fn created_at(meta: &ObjectMeta) -> Option<DateTime<Utc>> {
     )
 }
 
+/// `at` moved by `by`, stopping at the ends of time: a deadline past what
+/// a time can hold is as good as never (and one before it, as long ago).
+/// Times and durations come from objects and observations, so adding them
+/// must not overflow.
+pub fn saturating_add(at: DateTime<Utc>, by: chrono::TimeDelta) -> DateTime<Utc> {
+    at.checked_add_signed(by)
+        .unwrap_or(if by < chrono::TimeDelta::zero() {
+            DateTime::<Utc>::MIN_UTC
+        } else {
+            DateTime::<Utc>::MAX_UTC
+        })
+}
+
+/// `at` plus a std Duration, stopping at the end of time.
+pub fn saturating_add_std(at: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
+    saturating_add(
+        at,
+        chrono::TimeDelta::from_std(by).unwrap_or(chrono::TimeDelta::MAX),
+    )
+}
+
 /// How much longer an object created at `meta`'s time may wait for what
 /// it names to appear, `grace` in all; `None` once the wait is over (or
 /// when the creation time is unknown).
 pub fn wait_left(meta: &ObjectMeta, grace: Duration, now: DateTime<Utc>) -> Option<Duration> {
-    let deadline = created_at(meta)? + chrono::Duration::from_std(grace).ok()?;
+    let deadline = saturating_add_std(created_at(meta)?, grace);
     (deadline - now)
         .to_std()
         .ok()
@@ -295,6 +316,29 @@ mod tests {
             Utc::now(),
         );
         status
+    }
+
+    #[test]
+    fn a_grace_past_the_end_of_time_still_waits() {
+        // An object created in late 9999 with a grace of 200 million years
+        // panicked: `DateTime + TimeDelta` overflowed.
+        let meta: ObjectMeta = serde_json::from_value(
+            serde_json::json!({"creationTimestamp": "9999-12-30T00:00:00Z"}),
+        )
+        .unwrap();
+        let now = created_at(&meta).unwrap();
+        let eons = Duration::from_secs(200_000_000 * 365 * 86400);
+        assert!(wait_left(&meta, eons, now).is_some());
+        assert!(wait_left(&meta, Duration::MAX, now).is_some());
+        assert_eq!(wait_left(&meta, Duration::ZERO, now), None);
+        assert_eq!(
+            saturating_add(DateTime::<Utc>::MAX_UTC, chrono::TimeDelta::seconds(1)),
+            DateTime::<Utc>::MAX_UTC
+        );
+        assert_eq!(
+            saturating_add(DateTime::<Utc>::MIN_UTC, chrono::TimeDelta::seconds(-1)),
+            DateTime::<Utc>::MIN_UTC
+        );
     }
 
     #[test]

@@ -161,10 +161,18 @@ pub fn expiry(sandbox: &Sandbox) -> Option<DateTime<Utc>> {
     if let Some(at) = sandbox.spec.expires_at {
         return Some(at);
     }
-    Some(
-        super::created_at(&sandbox.metadata)?
-            + chrono::Duration::seconds(sandbox.spec.ttl_seconds?),
-    )
+    let ttl = sandbox.spec.ttl_seconds?;
+    // A TTL longer than a chrono duration holds never ends; one as far
+    // below zero ended long ago.
+    let ttl = chrono::Duration::try_seconds(ttl).unwrap_or(if ttl < 0 {
+        chrono::Duration::MIN
+    } else {
+        chrono::Duration::MAX
+    });
+    Some(super::saturating_add(
+        super::created_at(&sandbox.metadata)?,
+        ttl,
+    ))
 }
 
 struct Planner<'a> {

@@ -57,15 +57,18 @@ impl DeliveryTally {
 
     /// Counts one attempt.
     pub fn add(&mut self, attempt: LastDelivery, end: AttemptEnd) {
+        // Counts resume from the status, which may hold anything.
         match end {
             AttemptEnd::Delivered => {
-                self.succeeded += 1;
+                self.succeeded = self.succeeded.saturating_add(1);
                 self.consecutive_failures = 0;
             }
-            AttemptEnd::Retrying => self.consecutive_failures += 1,
+            AttemptEnd::Retrying => {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1)
+            }
             AttemptEnd::Failed => {
-                self.failed += 1;
-                self.consecutive_failures += 1;
+                self.failed = self.failed.saturating_add(1);
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
             }
         }
         let newer = self
@@ -218,6 +221,29 @@ mod tests {
             ("b", None, false)
         );
         assert!(conditions::is_true(&status.conditions, types::READY));
+    }
+
+    #[test]
+    fn counts_resumed_at_i64_max_stay_there() {
+        // A Webhook whose status.succeeded (or failed, consecutiveFailures)
+        // was i64::MAX panicked on its next attempt: attempt to add with
+        // overflow.
+        let mut hook = webhook("https://h.example.com/");
+        hook.status = Some(WebhookStatus {
+            succeeded: i64::MAX,
+            failed: i64::MAX,
+            consecutive_failures: i64::MAX,
+            ..WebhookStatus::default()
+        });
+        let mut tally = DeliveryTally::from_status(hook.status.as_ref());
+        tally.add(attempt("x", 5, Some(500)), AttemptEnd::Failed);
+        tally.add(attempt("y", 6, Some(500)), AttemptEnd::Retrying);
+        assert_eq!(
+            (tally.failed, tally.consecutive_failures),
+            (i64::MAX, i64::MAX)
+        );
+        tally.add(attempt("z", 7, Some(204)), AttemptEnd::Delivered);
+        assert_eq!((tally.succeeded, tally.consecutive_failures), (i64::MAX, 0));
     }
 
     #[test]

@@ -271,12 +271,15 @@ pub struct Host {
 }
 
 impl Host {
+    /// Saturating: counts come from the cluster's objects, and need not be
+    /// sensible.
     pub fn free_cpu(&self) -> i64 {
-        self.allocatable_cpu - self.requested_cpu
+        self.allocatable_cpu.saturating_sub(self.requested_cpu)
     }
 
     pub fn free_memory(&self) -> i64 {
-        self.allocatable_memory - self.requested_memory
+        self.allocatable_memory
+            .saturating_sub(self.requested_memory)
     }
 }
 

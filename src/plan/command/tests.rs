@@ -377,3 +377,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_ttl_that_ends_past_the_end_of_time_keeps_the_command() {
+    // Finished at DateTime::MAX_UTC with ttlSecondsAfterFinished 3600, the
+    // plan panicked: `DateTime + TimeDelta` overflowed.
+    let mut finished = command(Some(CommandPhase::Succeeded));
+    finished.spec.ttl_seconds_after_finished = Some(3600);
+    finished.status.as_mut().unwrap().finished_at = Some(DateTime::<Utc>::MAX_UTC);
+    let planned = plan(
+        &finished,
+        &observation(running_sandbox(), Run::Unknown),
+        t0(),
+    );
+    assert!(!planned.decision.delete_object);
+    // A command that ended at the very end of time, as its run reports it.
+    let mut running = command(Some(CommandPhase::Running));
+    running.spec.ttl_seconds_after_finished = Some(i32::MAX);
+    let ended = Run::Ended(RunEnd::TimedOut, DateTime::<Utc>::MAX_UTC);
+    let planned = plan(&running, &observation(running_sandbox(), ended), t0());
+    assert_eq!(planned.decision.status.phase, Some(CommandPhase::TimedOut));
+    assert!(!planned.decision.delete_object);
+}

@@ -356,6 +356,23 @@ fn an_image_change_is_a_new_release_that_succeeds() {
     assert_eq!(done.status.releases.len(), 2);
 }
 
+#[test]
+fn a_release_version_at_i64_max_stays_there() {
+    // status.currentRelease.version i64::MAX and a new spec.image panicked:
+    // attempt to add with overflow.
+    let mut instance = running(spec("nginx:1.27"));
+    let status = instance.status.as_mut().unwrap();
+    status.current_release.as_mut().unwrap().version = i64::MAX;
+    instance.spec.image = "nginx:1.28".into();
+    let plan = plan(&instance, &observed(None), t0());
+    let current = plan.status.current_release.unwrap();
+    assert_eq!(
+        (current.version, current.image.as_str()),
+        (i64::MAX, "nginx:1.28")
+    );
+    assert!(plan.actions.contains(&ProviderAction::Deploy));
+}
+
 fn stuck(image: &str, replicas: i32) -> WorkloadStatus {
     let mut workload = ready_workload(image, replicas);
     workload.ready_replicas = 0;

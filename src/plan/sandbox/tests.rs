@@ -296,6 +296,29 @@ fn extending_the_ttl_before_the_deadline_postpones_it() {
 }
 
 #[test]
+fn a_ttl_past_what_a_time_can_hold_never_expires_and_one_far_below_zero_has() {
+    // spec.ttlSeconds i64::MAX panicked: TimeDelta::seconds out of bounds;
+    // a TTL that fits a TimeDelta but ends past the end of time would have
+    // overflowed the addition.
+    for ttl in [i64::MAX, i64::MAX / 1000, 1 << 50] {
+        let mut s = spec();
+        s.ttl_seconds = Some(ttl);
+        let sandbox = sandbox(s);
+        assert_eq!(expiry(&sandbox), Some(DateTime::<Utc>::MAX_UTC), "{ttl}");
+        let plan = plan(&sandbox, &observation(SandboxObserved::default()), t0());
+        assert!(!plan.delete_sandbox, "{ttl}");
+    }
+    for ttl in [i64::MIN, -(1 << 50)] {
+        let mut s = spec();
+        s.ttl_seconds = Some(ttl);
+        let sandbox = sandbox(s);
+        assert_eq!(expiry(&sandbox), Some(DateTime::<Utc>::MIN_UTC), "{ttl}");
+        let plan = plan(&sandbox, &observation(SandboxObserved::default()), t0());
+        assert!(plan.delete_sandbox, "{ttl}");
+    }
+}
+
+#[test]
 fn a_deleted_sandbox_whose_children_go_with_it_is_destroyed_at_once() {
     let mut sandbox = sandbox(spec());
     let mut world = SandboxObserved::default();
