@@ -31,8 +31,7 @@ pub mod webhook;
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Service};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -43,6 +42,7 @@ use crate::api::{
     Instance, MANAGED_BY, MANAGED_BY_LABEL, Sandbox, SandboxCommand, SandboxSnapshot, Webhook,
     WebhookDelivery,
 };
+use crate::provider::cached::{CachedDeployment, CachedPod};
 use crate::provider::kubernetes::{self, KubernetesProvider};
 use crate::provider::pod::volume_snapshot::VolumeSnapshot;
 use crate::provider::pod::{self, PodProvider};
@@ -182,7 +182,7 @@ pub async fn run_scope(
         forget_managed_fields,
     );
     let (all_pods, all_pod_stream) = reflect(
-        Api::<Pod>::all(client.clone()),
+        Api::<CachedPod>::all(client.clone()),
         watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
         &tracker,
         "all-pods",
@@ -198,7 +198,7 @@ pub async fn run_scope(
     // whatever their labels, so one of the same name that is not ours is
     // seen in the cache, and never taken over.
     let mut deployments = reflect_shared(
-        scope.api::<Deployment>(&client),
+        scope.api::<CachedDeployment>(&client),
         everything.clone(),
         &tracker,
         "deployments",
@@ -219,7 +219,7 @@ pub async fn run_scope(
         2,
     );
     let mut pods = reflect_shared(
-        scope.api::<Pod>(&client),
+        scope.api::<CachedPod>(&client),
         managed.clone(),
         &tracker,
         "pods",

@@ -221,7 +221,7 @@ macro_rules! has_spec_and_status {
 }
 
 has_spec_and_status!(
-    k8s_openapi::api::apps::v1::Deployment,
+    crate::provider::cached::CachedDeployment,
     k8s_openapi::api::core::v1::Service
 );
 

@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ExecAction, HTTPGetAction, Pod, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, Service, TCPSocketAction,
+    Container, ExecAction, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    Service, TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -34,6 +34,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
+use super::cached::{CachedDeployment, CachedPod, keep_our_metadata};
 use super::shape::{self, Ownership};
 use super::{
     ActionNote, ApplyReason, Cleanup, Deprovision, INSTANCE_LABEL, InstanceProvider,
@@ -175,7 +176,7 @@ pub fn service_for(workload: &InstanceWorkload) -> Option<Service> {
 
 /// What an Instance's pods say about why they are not ready, in words a user
 /// can act on; at most a few, one per distinct reason. Pure.
-pub fn pod_problems(pods: &[Arc<Pod>]) -> Vec<String> {
+pub fn pod_problems(pods: &[Arc<CachedPod>]) -> Vec<String> {
     let mut problems: Vec<(String, String)> = Vec::new();
     for pod in pods {
         let name = pod.name_any();
@@ -274,10 +275,12 @@ pub fn pod_problems(pods: &[Arc<Pod>]) -> Vec<String> {
 }
 
 /// Reads a workload's status from its Deployment, Service and pods. Pure.
+/// `pods` finds the workload's pods; it is called only when their problems
+/// matter (the rollout is not done), so a healthy workload costs no scan.
 pub fn workload_status(
-    deployment: &Deployment,
+    deployment: &CachedDeployment,
     service: Option<&Service>,
-    pods: &[Arc<Pod>],
+    pods: impl FnOnce() -> Vec<Arc<CachedPod>>,
     wants_service: bool,
     caught_up: bool,
 ) -> WorkloadStatus {
@@ -326,7 +329,7 @@ pub fn workload_status(
     // Old replicas can keep `ready` up during a rollout, so the new pods'
     // problems matter whenever the rollout is not complete.
     let problems = if ready < desired || !rollout_complete {
-        pod_problems(pods)
+        pod_problems(&pods())
     } else {
         Vec::new()
     };
@@ -362,11 +365,11 @@ struct Applied {
 #[derive(Clone)]
 pub struct Caches {
     /// Every Deployment in scope; those not ours keep only their metadata.
-    pub deployments: Store<Deployment>,
+    pub deployments: Store<CachedDeployment>,
     /// Every Service in scope; those not ours keep only their metadata.
     pub services: Store<Service>,
     /// Our pods.
-    pub pods: Store<Pod>,
+    pub pods: Store<CachedPod>,
 }
 
 /// Runs Instances as Deployments and Services.
@@ -383,9 +386,9 @@ impl KubernetesProvider {
     pub fn new(
         client: Client,
         caches: Caches,
-        deployments: impl futures::Stream<Item = Arc<Deployment>> + Send + 'static,
+        deployments: impl futures::Stream<Item = Arc<CachedDeployment>> + Send + 'static,
         services: impl futures::Stream<Item = Arc<Service>> + Send + 'static,
-        pods: impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
+        pods: impl futures::Stream<Item = Arc<CachedPod>> + Send + 'static,
     ) -> Self {
         use futures::StreamExt;
         let owner = |id: Option<WorkloadId>| futures::future::ready(id);
@@ -428,7 +431,7 @@ impl KubernetesProvider {
             .annotations
             .get_or_insert_with(BTreeMap::new)
             .insert(APPLIED_HASH_ANNOTATION.to_string(), format!("{hash:016x}"));
-        let object = ObjectRef::<Deployment>::new(&workload.name).within(&workload.namespace);
+        let object = ObjectRef::<CachedDeployment>::new(&workload.name).within(&workload.namespace);
         let cached = self.caches.deployments.get(&object);
         if let Some(existing) = cached.as_deref()
             && ownership(existing, &id) == Ownership::Foreign
@@ -518,61 +521,33 @@ impl KubernetesProvider {
     }
 }
 
-/// Shrinks a Deployment of ours to what the provider reads: its metadata
-/// with only our annotation, the replicas, the restart annotation and each
-/// container's name, image and ports of the template, and the counts and
-/// Progressing condition of its status. The cache holds one per Instance
-/// for as long as the operator runs; the pod template is most of its size.
-pub fn keep_what_the_provider_reads(deployment: &mut Deployment) {
-    let metadata = &mut deployment.metadata;
-    metadata.managed_fields = None;
-    if let Some(annotations) = &mut metadata.annotations {
-        annotations.retain(|key, _| key == APPLIED_HASH_ANNOTATION);
+/// Shrinks a cached Deployment of ours further: of its annotations and its
+/// template's only ours, and of its status conditions only Progressing. The
+/// cached type already leaves out every other field; these maps and lists
+/// are what is left that other controllers fill.
+pub fn keep_what_the_provider_reads(deployment: &mut CachedDeployment) {
+    keep_our_metadata(
+        &mut deployment.metadata,
+        |owner| owner.controller == Some(true),
+        &[APPLIED_HASH_ANNOTATION],
+    );
+    if let Some(annotations) = deployment
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.metadata.as_mut())
+        .and_then(|m| m.annotations.as_mut())
+    {
+        annotations.retain(|key, _| key == RESTART_ANNOTATION);
     }
-    if let Some(spec) = deployment.spec.take() {
-        let template = spec.template;
-        deployment.spec = Some(DeploymentSpec {
-            replicas: spec.replicas,
-            template: PodTemplateSpec {
-                metadata: template.metadata.map(|m| ObjectMeta {
-                    annotations: m.annotations.map(|mut a| {
-                        a.retain(|key, _| key == RESTART_ANNOTATION);
-                        a
-                    }),
-                    ..ObjectMeta::default()
-                }),
-                spec: template.spec.map(|s| PodSpec {
-                    containers: s
-                        .containers
-                        .into_iter()
-                        .map(|c| Container {
-                            name: c.name,
-                            image: c.image,
-                            ports: c.ports,
-                            ..Container::default()
-                        })
-                        .collect(),
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        });
-    }
-    if let Some(status) = deployment.status.take() {
-        deployment.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
-            observed_generation: status.observed_generation,
-            replicas: status.replicas,
-            ready_replicas: status.ready_replicas,
-            updated_replicas: status.updated_replicas,
-            available_replicas: status.available_replicas,
-            conditions: status.conditions.map(|conditions| {
-                conditions
-                    .into_iter()
-                    .filter(|c| c.type_ == "Progressing")
-                    .collect()
-            }),
-            ..Default::default()
-        });
+    if let Some(conditions) = deployment
+        .status
+        .as_mut()
+        .and_then(|s| s.conditions.as_mut())
+    {
+        conditions.retain(|c| c.type_ == "Progressing");
+        for condition in conditions.iter_mut() {
+            condition.last_transition_time = None;
+        }
     }
 }
 
@@ -582,7 +557,7 @@ pub fn keep_what_the_provider_reads(deployment: &mut Deployment) {
 /// must still be as asked. Then a restart applies nothing again; a hand
 /// edit of those made while no operator ran is still put back.
 fn applied_before_a_restart(
-    cached: Option<&Deployment>,
+    cached: Option<&CachedDeployment>,
     workload: &InstanceWorkload,
     hash: u64,
 ) -> Option<Applied> {
@@ -627,7 +602,7 @@ fn conflict(kind: &str, name: &str) -> ProviderError {
 
 /// A pod wakes its Instance only when it is not ready: its problems are
 /// news; a ready pod shows up in the Deployment's status anyway.
-fn unready_pod_owner(pod: &Pod) -> Option<WorkloadId> {
+fn unready_pod_owner(pod: &CachedPod) -> Option<WorkloadId> {
     let ready = pod
         .status
         .as_ref()
@@ -719,16 +694,17 @@ impl InstanceProvider for KubernetesProvider {
                 terminating: false,
             }));
         };
-        let pods: Vec<Arc<Pod>> = self
-            .caches
-            .pods
-            .state()
-            .into_iter()
-            .filter(|p| {
-                p.namespace().as_deref() == Some(id.namespace.as_str())
-                    && p.labels().get(INSTANCE_LABEL) == Some(&id.name)
-            })
-            .collect();
+        let pods = || {
+            self.caches
+                .pods
+                .state()
+                .into_iter()
+                .filter(|p| {
+                    p.namespace().as_deref() == Some(id.namespace.as_str())
+                        && p.labels().get(INSTANCE_LABEL) == Some(&id.name)
+                })
+                .collect()
+        };
         let record = self.applied_record(&(id.namespace.clone(), id.name.clone()));
         let caught_up = record.is_none_or(|r| {
             deployment.uid().as_deref() != Some(r.uid.as_str())
@@ -743,7 +719,7 @@ impl InstanceProvider for KubernetesProvider {
         Ok(Some(workload_status(
             &deployment,
             service.as_deref(),
-            &pods,
+            pods,
             wants_service,
             caught_up,
         )))

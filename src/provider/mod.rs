@@ -13,6 +13,7 @@
 //! in beside `kubernetes` or `pod` without any change to a reconciler: a
 //! test registers one of its own and drives an Instance through its life.
 
+pub mod cached;
 pub mod kubernetes;
 pub mod pod;
 pub mod shape;

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, Node, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, PodStatus,
-    ResourceRequirements, SeccompProfile, SecurityContext, Service, Toleration,
-    TypedLocalObjectReference, Volume, VolumeMount, VolumeResourceRequirements,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, ResourceRequirements,
+    SeccompProfile, SecurityContext, Service, Toleration, TypedLocalObjectReference, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -21,6 +21,7 @@ use kube::api::{AttachParams, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
+use super::cached::{CachedPod, PodReadiness, keep_our_metadata};
 use super::kubernetes::pod_problems;
 use super::shape::{self, Ownership};
 use super::{
@@ -299,7 +300,7 @@ const STUCK: &[&str] = &[
 ];
 
 /// What a sandbox's Pod says about itself. Pure.
-pub fn pod_observed(pod: &Pod) -> PodObserved {
+pub fn pod_observed(pod: &CachedPod) -> PodObserved {
     let status = pod.status.clone().unwrap_or_default();
     let ready = status
         .conditions
@@ -349,7 +350,7 @@ pub fn pod_observed(pod: &Pod) -> PodObserved {
 }
 
 /// CPU (millicores) and memory (bytes) a Pod asks for.
-fn pod_requests(pod: &Pod) -> (i64, i64) {
+fn pod_requests(pod: &CachedPod) -> (i64, i64) {
     let mut cpu = 0;
     let mut memory = 0;
     for container in pod.spec.iter().flat_map(|s| s.containers.iter()) {
@@ -374,98 +375,40 @@ fn pod_requests(pod: &Pod) -> (i64, i64) {
 }
 
 /// Shrinks a Pod of the cluster-wide capacity cache to what [`hosts_from`]
-/// reads: its name, the host annotation, the node it is bound to, what its
-/// containers request, and its phase. That cache holds every Pod in the
-/// cluster for as long as the operator runs, most of them not ours.
-pub fn keep_what_capacity_needs(pod: &mut Pod) {
+/// reads: its name, the host annotation, the node, what its containers
+/// request, and its phase. That cache holds every Pod in the cluster.
+pub fn keep_what_capacity_needs(pod: &mut CachedPod) {
     let metadata = &mut pod.metadata;
-    metadata.managed_fields = None;
+    keep_our_metadata(metadata, |_| false, &[HOST_ANNOTATION]);
     metadata.labels = None;
-    metadata.owner_references = None;
-    if let Some(annotations) = &mut metadata.annotations {
-        annotations.retain(|key, _| key == HOST_ANNOTATION);
-    }
-    if let Some(spec) = pod.spec.take() {
-        pod.spec = Some(PodSpec {
-            node_name: spec.node_name,
-            containers: spec
-                .containers
-                .into_iter()
-                .map(|container| Container {
-                    name: container.name,
-                    resources: container.resources.map(|r| ResourceRequirements {
-                        requests: r.requests,
-                        ..ResourceRequirements::default()
-                    }),
-                    ..Container::default()
-                })
-                .collect(),
-            ..PodSpec::default()
-        });
-    }
     if let Some(status) = pod.status.take() {
-        pod.status = Some(PodStatus {
+        pod.status = Some(PodReadiness {
             phase: status.phase,
-            ..PodStatus::default()
+            ..PodReadiness::default()
         });
     }
 }
 
 /// Shrinks one of our Pods (Sandboxes', and Instances' through their
 /// ReplicaSets) to what the providers read: its metadata with only our
-/// annotations, the node it is bound to, and its status without images,
-/// IDs and resources. The cache holds one per replica and Sandbox for as
-/// long as the operator runs, and a Pod's spec is most of its size.
-pub fn keep_what_providers_read(pod: &mut Pod) {
-    let metadata = &mut pod.metadata;
-    metadata.managed_fields = None;
-    if let Some(annotations) = &mut metadata.annotations {
-        annotations.retain(|key, _| key == REVISION_ANNOTATION || key == HOST_ANNOTATION);
-    }
-    if let Some(spec) = pod.spec.take() {
-        pod.spec = Some(PodSpec {
-            node_name: spec.node_name,
-            ..PodSpec::default()
-        });
-    }
-    if let Some(status) = pod.status.take() {
-        pod.status = Some(PodStatus {
-            phase: status.phase,
-            message: status.message,
-            pod_ip: status.pod_ip,
-            conditions: status.conditions.map(|conditions| {
-                conditions
-                    .into_iter()
-                    .map(|c| k8s_openapi::api::core::v1::PodCondition {
-                        last_probe_time: None,
-                        last_transition_time: None,
-                        observed_generation: None,
-                        ..c
-                    })
-                    .collect()
-            }),
-            container_statuses: status.container_statuses.map(|statuses| {
-                statuses
-                    .into_iter()
-                    .map(|c| k8s_openapi::api::core::v1::ContainerStatus {
-                        name: c.name,
-                        ready: c.ready,
-                        restart_count: c.restart_count,
-                        state: c.state,
-                        last_state: c.last_state,
-                        ..Default::default()
-                    })
-                    .collect()
-            }),
-            ..PodStatus::default()
-        });
+/// annotations, the node it is bound to, and its status. What its
+/// containers request is the capacity cache's to count.
+pub fn keep_what_providers_read(pod: &mut CachedPod) {
+    // Sandboxes own their Pods; Instances' are found by their label.
+    keep_our_metadata(
+        &mut pod.metadata,
+        |owner| owner.kind == "Sandbox",
+        &[REVISION_ANNOTATION, HOST_ANNOTATION],
+    );
+    if let Some(spec) = &mut pod.spec {
+        spec.containers = Vec::new();
     }
 }
 
 /// The hosts, with what every Pod bound or headed to them asks for. Pure.
 pub fn hosts_from(
     nodes: &[Arc<Node>],
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
     reserved: &[(String, i64, i64)],
 ) -> Vec<Host> {
     let mut used: HashMap<String, (i64, i64)> = HashMap::new();
@@ -536,13 +479,13 @@ pub fn hosts_from(
 #[derive(Clone)]
 pub struct Caches {
     /// Our Pods and claims in the scope.
-    pub pods: Store<Pod>,
+    pub pods: Store<CachedPod>,
     pub claims: Store<PersistentVolumeClaim>,
     /// Every Service in scope; those not ours keep only their metadata.
     pub services: Store<Service>,
     /// Every node, and every Pod in the cluster, for the capacity check.
     pub nodes: Store<Node>,
-    pub all_pods: Store<Pod>,
+    pub all_pods: Store<CachedPod>,
     /// Our VolumeSnapshots; `None` when the cluster has no snapshot API.
     pub volume_snapshots: Option<Store<VolumeSnapshot>>,
 }
@@ -569,7 +512,7 @@ impl PodProvider {
     pub fn new(
         client: Client,
         caches: Caches,
-        pods: impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
+        pods: impl futures::Stream<Item = Arc<CachedPod>> + Send + 'static,
         services: impl futures::Stream<Item = Arc<Service>> + Send + 'static,
         claims: impl futures::Stream<Item = Arc<PersistentVolumeClaim>> + Send + 'static,
     ) -> Self {
@@ -714,7 +657,7 @@ impl SandboxProvider for PodProvider {
                     .and_then(|n| n.labels().get("kubernetes.io/hostname").cloned())
                     .unwrap_or_else(|| host.clone());
                 let pod = pod_for(workload, host, &host_label);
-                let (cpu, memory) = pod_requests(&pod);
+                let (cpu, memory) = pod_requests(&CachedPod::of(&pod));
                 // Where it went is in the Sandbox's Scheduled condition and
                 // status.host; an Event for it would only repeat that.
                 if self.create_child(workload, "pod", &pod).await?

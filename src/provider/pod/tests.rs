@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use super::*;
 use crate::api::PortSpec;
 use crate::api::Protocol;
+use crate::provider::cached::CachedPod;
 
 fn workload() -> SandboxWorkload {
     SandboxWorkload {
@@ -150,7 +151,7 @@ fn pods_that_cannot_start_are_failed_with_the_reason() {
         }]),
         ..PodStatus::default()
     });
-    let observed = pod_observed(&pulling);
+    let observed = pod_observed(&CachedPod::of(&pulling));
     assert!(observed.failed && !observed.ready);
     assert!(observed.problems[0].contains("ImagePullBackOff"));
     assert_eq!(observed.revision.as_deref(), Some("rev-1"));
@@ -165,7 +166,7 @@ fn pods_that_cannot_start_are_failed_with_the_reason() {
         }]),
         ..PodStatus::default()
     });
-    let observed = pod_observed(&running);
+    let observed = pod_observed(&CachedPod::of(&running));
     assert!(observed.ready && !observed.failed && observed.problems.is_empty());
     assert_eq!(observed.ip.as_deref(), Some("10.244.0.3"));
 }
@@ -218,7 +219,7 @@ fn hosts_count_bound_pods_pods_on_their_way_and_reservations() {
         phase: Some("Succeeded".into()),
         ..PodStatus::default()
     });
-    let pods = [Arc::new(bound), Arc::new(on_its_way), Arc::new(finished)];
+    let pods = [bound, on_its_way, finished].map(|p| Arc::new(CachedPod::of(&p)));
     let hosts = hosts_from(&nodes, &pods, &[("node-a".into(), 1000, 1 << 30)]);
     let a = hosts.iter().find(|h| h.name == "node-a").unwrap();
     assert_eq!((a.allocatable_cpu, a.requested_cpu), (4000, 1500));
@@ -248,11 +249,11 @@ fn the_capacity_cache_keeps_what_counting_needs_and_drops_the_rest() {
         ..PodStatus::default()
     });
     let on_its_way = pod_for(&workload(), "node-b", "node-b");
-    let pods = [Arc::new(bound), Arc::new(on_its_way)];
-    let trimmed: Vec<Arc<Pod>> = pods
+    let pods = [bound, on_its_way].map(|p| Arc::new(CachedPod::of(&p)));
+    let trimmed: Vec<Arc<CachedPod>> = pods
         .iter()
         .map(|p| {
-            let mut p = Pod::clone(p);
+            let mut p = CachedPod::clone(p);
             keep_what_capacity_needs(&mut p);
             Arc::new(p)
         })
@@ -264,7 +265,6 @@ fn the_capacity_cache_keeps_what_counting_needs_and_drops_the_rest() {
     );
     let kept = &trimmed[0];
     assert!(kept.metadata.managed_fields.is_none() && kept.metadata.labels.is_none());
-    assert!(kept.spec.as_ref().unwrap().volumes.is_none());
     assert!(kept.status.as_ref().unwrap().conditions.is_none());
     assert!(
         serde_json::to_vec(kept.as_ref()).unwrap().len() * 2
@@ -368,9 +368,9 @@ fn the_trimmed_pod_in_the_cache_reads_as_the_full_one() {
         },
     ] {
         let full = pod(status);
-        let mut trimmed = full.clone();
+        let mut trimmed = CachedPod::of(&full);
         keep_what_providers_read(&mut trimmed);
-        assert_eq!(pod_observed(&trimmed), pod_observed(&full));
+        assert_eq!(pod_observed(&trimmed), pod_observed(&CachedPod::of(&full)));
         assert!(trimmed.spec.as_ref().unwrap().containers.is_empty());
         assert!(
             serde_json::to_vec(&trimmed).unwrap().len() * 2
