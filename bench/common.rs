@@ -33,6 +33,54 @@ pub async fn delete_namespace(client: &Client, name: &str) -> Result<(), kube::E
     Ok(())
 }
 
+/// Deletes every object of `api`'s collection. At 10,000 objects one
+/// DELETE of the collection can outlast the API server's request timeout and
+/// come back cut short (an incomplete message): what it deleted stays
+/// deleted, so it is asked again for the rest, a few times.
+pub async fn delete_every<K>(api: &Api<K>) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut attempts = 0;
+    loop {
+        match api
+            .delete_collection(&DeleteParams::default(), &kube::api::ListParams::default())
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(error) if attempts < 5 => {
+                attempts += 1;
+                eprintln!("deleting the collection was cut short ({error}); asking again");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// How many objects `api` still lists, read from a one-item page (the rest
+/// is the server's `remainingItemCount`), not a list of them all; a server
+/// that leaves the count out while more pages follow is asked for them all.
+pub async fn count_left<K>(api: &Api<K>) -> Result<usize, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let page = api.list(&kube::api::ListParams::default().limit(1)).await?;
+    let more_pages = page
+        .metadata
+        .continue_
+        .as_deref()
+        .is_some_and(|c| !c.is_empty());
+    match page.metadata.remaining_item_count {
+        Some(more) => Ok(page.items.len() + more.max(0) as usize),
+        None if more_pages => Ok(api
+            .list(&kube::api::ListParams::default())
+            .await?
+            .items
+            .len()),
+        None => Ok(page.items.len()),
+    }
+}
+
 pub async fn wait_until<F, Fut>(
     count: usize,
     timeout: Duration,

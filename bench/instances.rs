@@ -193,11 +193,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let scrape_settled = scrape(metrics_port).await?;
     let cpu_settled = cpu_seconds(operator.id());
     let deleting = Instant::now();
-    instances
-        .delete_collection(&kube::api::DeleteParams::default(), &ListParams::default())
-        .await?;
+    delete_every(&instances).await?;
     wait_until(count, Duration::from_secs(1800), || async {
-        Ok(count.saturating_sub(instances.list(&ListParams::default()).await?.items.len()))
+        Ok(count.saturating_sub(count_left(&instances).await?))
     })
     .await?;
     let instances_gone = deleting.elapsed();

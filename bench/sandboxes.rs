@@ -150,25 +150,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reconciles_up = metric(&scrape_up, "ctrlplane_reconciles_total{kind=\"Sandbox\"}");
     let to_running = object_requests(&scrape_before, &scrape_up);
     let started = Instant::now();
-    sandboxes
-        .delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await?;
+    delete_every(&sandboxes).await?;
     // Deleted means what the baseline's means: the pods and claims are gone
     // too (the garbage collector removes them once their Sandbox is).
     let operator_pods: Api<Pod> = Api::namespaced(client.clone(), operator_ns);
     let operator_claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), operator_ns);
     wait_until(count, Duration::from_secs(1800), || async {
-        let left = sandboxes.list(&ListParams::default()).await?.items.len()
-            + operator_pods
-                .list(&ListParams::default())
-                .await?
-                .items
-                .len()
-            + operator_claims
-                .list(&ListParams::default())
-                .await?
-                .items
-                .len();
+        let left = count_left(&sandboxes).await?
+            + count_left(&operator_pods).await?
+            + count_left(&operator_claims).await?;
         Ok(count.saturating_sub(left))
     })
     .await?;
