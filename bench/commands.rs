@@ -217,9 +217,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (latencies, failed)
     };
 
+    // The namespace goes while the operator still runs: the Sandboxes'
+    // finalizers are its to release.
+    delete_namespace(&client, NAMESPACE).await?;
     let _ = operator.kill();
     let _ = operator.wait();
-    delete_namespace(&client, NAMESPACE).await?;
     VOLUMES.remove(&client).await?;
 
     println!();
