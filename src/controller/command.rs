@@ -14,18 +14,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::Stream;
 use futures::channel::mpsc;
-use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::controller::{Config as ControllerRuntimeConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tracing::info;
 
 use super::Context;
-use super::harness::log_loop_result;
-use super::lifecycle::{LifecycleKind, error_policy, reconcile};
+use super::lifecycle::{LifecycleKind, run_controller};
 use super::sandbox::commands_of;
 use crate::api::{
     ConditionStatus, DesiredState, SandboxCommand, SandboxCommandStatus, SandboxPhase,
@@ -399,11 +397,5 @@ pub async fn controller(
     context: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    Controller::for_stream(commands, store)
-        .reconcile_on(woken)
-        .with_config(ControllerRuntimeConfig::default().concurrency(concurrency))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
-        .for_each(log_loop_result)
-        .await;
+    run_controller(commands, store, woken, concurrency, context, shutdown).await;
 }

@@ -8,14 +8,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use kube::ResourceExt;
-use kube::runtime::controller::{Config as ControllerRuntimeConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use tracing::info;
 
 use super::Context;
-use super::harness::log_loop_result;
-use super::lifecycle::{LifecycleKind, error_policy, reconcile};
+use super::lifecycle::{LifecycleKind, run_controller};
 use super::watches::settle;
 use crate::api::Instance;
 use crate::plan::Decision;
@@ -180,12 +178,6 @@ pub async fn controller(
     let providers = settle(providers, SETTLE, SETTLE_AT_MOST)
         .map(|(namespace, name)| ObjectRef::<Instance>::new(&name).within(&namespace));
     let dispatched = dispatched.map(|(namespace, name)| ObjectRef::new(&name).within(&namespace));
-    Controller::for_stream(instances, store)
-        .reconcile_on(providers)
-        .reconcile_on(dispatched)
-        .with_config(ControllerRuntimeConfig::default().concurrency(concurrency))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
-        .for_each(log_loop_result)
-        .await;
+    let woken = futures::stream::select(providers, dispatched);
+    run_controller(instances, store, woken, concurrency, context, shutdown).await;
 }

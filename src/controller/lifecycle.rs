@@ -31,14 +31,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
 use kube::api::DeleteParams;
+use kube::runtime::Controller;
 use kube::runtime::controller::Action;
+use kube::runtime::controller::Config as ControllerRuntimeConfig;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tracing::{debug, info};
 
 use super::Context;
 use super::dispatch::Dispatcher;
-use super::harness::{instrumented_reconcile, retry_after_failure};
+use super::harness::{instrumented_reconcile, log_loop_result, retry_after_failure};
 use super::record::{
     HasHistory, LifecycleObject, MetadataChange, RecordError, patch_metadata, publish, write_status,
 };
@@ -107,6 +112,26 @@ pub async fn reconcile<K: LifecycleKind>(
 ) -> Result<Action, EngineError> {
     let work = run(object.clone(), &context);
     instrumented_reconcile(K::KIND, object.as_ref(), &context, work).await
+}
+
+/// Runs the controller of one lifecycle kind in one scope until shutdown:
+/// each change its watch brings, and each object `woken` names (a child
+/// changed, a webhook send finished, another object's news), is reconciled.
+pub async fn run_controller<K: LifecycleKind>(
+    objects: impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    store: Store<K>,
+    woken: impl Stream<Item = ObjectRef<K>> + Send + 'static,
+    concurrency: u16,
+    context: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    Controller::for_stream(objects, store)
+        .reconcile_on(woken)
+        .with_config(ControllerRuntimeConfig::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::<K>, error_policy::<K>, context)
+        .for_each(log_loop_result)
+        .await;
 }
 
 /// What every lifecycle kind does when a reconcile fails.

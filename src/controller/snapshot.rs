@@ -7,15 +7,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures::{Stream, StreamExt};
-use kube::runtime::controller::{Config as ControllerRuntimeConfig, Controller};
+use futures::Stream;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use super::Context;
-use super::harness::log_loop_result;
-use super::lifecycle::{LifecycleKind, error_policy, reconcile};
+use super::lifecycle::{LifecycleKind, run_controller};
 use crate::api::{SandboxSnapshot, SandboxSnapshotStatus};
 use crate::plan::Decision;
 use crate::plan::snapshot::{SnapshotAction, SnapshotObservation, SnapshotSource, plan};
@@ -132,11 +130,5 @@ pub async fn controller(
     context: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    Controller::for_stream(snapshots, store)
-        .reconcile_on(woken)
-        .with_config(ControllerRuntimeConfig::default().concurrency(concurrency))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
-        .for_each(log_loop_result)
-        .await;
+    run_controller(snapshots, store, woken, concurrency, context, shutdown).await;
 }
