@@ -31,7 +31,7 @@ pub mod webhook;
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Service};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -42,12 +42,14 @@ use crate::api::{
     Instance, MANAGED_BY, MANAGED_BY_LABEL, Sandbox, SandboxCommand, SandboxSnapshot, Webhook,
     WebhookDelivery,
 };
-use crate::provider::cached::{CachedDeployment, CachedPod};
+use crate::provider::cached::{CachedDeployment, CachedPod, CachedService};
 use crate::provider::kubernetes::{self, KubernetesProvider};
 use crate::provider::pod::volume_snapshot::VolumeSnapshot;
 use crate::provider::pod::{self, PodProvider};
 use crate::provider::shape;
-use crate::provider::{InstanceProvider, InstanceProviders, SandboxProviders};
+use crate::provider::{
+    INSTANCE_LABEL, InstanceProvider, InstanceProviders, SANDBOX_LABEL, SandboxProviders,
+};
 use crate::runtime::metrics::Metrics;
 use command::CommandRunner;
 use delivery::Courier;
@@ -57,7 +59,8 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use record::WrittenObjects;
 use watches::{
-    SyncTracker, forget_managed_fields, keep_metadata_unless_managed, reflect, reflect_shared,
+    SyncTracker, forget_bookkeeping, keep_metadata_unless_managed, reflect, reflect_shared,
+    summarise,
 };
 use webhook::DeliveryLedger;
 
@@ -123,7 +126,7 @@ pub async fn run_scope(
         everything.clone(),
         &tracker,
         "instances",
-        forget_managed_fields,
+        forget_bookkeeping,
     );
     // Sandboxes, their commands and their snapshots wake one another.
     let mut sandboxes = reflect_shared(
@@ -131,7 +134,7 @@ pub async fn run_scope(
         everything.clone(),
         &tracker,
         "sandboxes",
-        forget_managed_fields,
+        forget_bookkeeping,
         3,
     );
     let mut commands = reflect_shared(
@@ -139,7 +142,7 @@ pub async fn run_scope(
         everything.clone(),
         &tracker,
         "sandboxcommands",
-        forget_managed_fields,
+        forget_bookkeeping,
         3,
     );
     let mut snapshots = reflect_shared(
@@ -147,7 +150,7 @@ pub async fn run_scope(
         everything.clone(),
         &tracker,
         "sandboxsnapshots",
-        forget_managed_fields,
+        forget_bookkeeping,
         2,
     );
     // VolumeSnapshots only where the cluster has the API; without it,
@@ -168,7 +171,7 @@ pub async fn run_scope(
             managed.clone(),
             &tracker,
             "volumesnapshots",
-            forget_managed_fields,
+            forget_bookkeeping,
             1,
         )
     });
@@ -179,18 +182,19 @@ pub async fn run_scope(
         everything.clone(),
         &tracker,
         "nodes",
-        forget_managed_fields,
+        forget_bookkeeping,
     );
-    let (all_pods, all_pod_stream) = reflect(
+    let (pod_usage, _, pod_usage_watch) = summarise(
         Api::<CachedPod>::all(client.clone()),
         watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
         &tracker,
         "all-pods",
-        pod::keep_what_capacity_needs,
+        pod::pod_usage,
+        |_| None::<()>,
     );
     let cluster_watches = futures::future::join(
         node_stream.for_each(|_| futures::future::ready(())),
-        all_pod_stream.for_each(|_| futures::future::ready(())),
+        pod_usage_watch,
     );
 
     // What providers and controllers read: one watch each, shared. Children
@@ -211,27 +215,41 @@ pub async fn run_scope(
         1,
     );
     let mut services = reflect_shared(
-        scope.api::<Service>(&client),
+        scope.api::<CachedService>(&client),
         everything.clone(),
         &tracker,
         "services",
-        keep_metadata_unless_managed,
+        |service| {
+            keep_metadata_unless_managed(service);
+            shape::keep_what_the_providers_compare(service);
+        },
         2,
     );
+    // Sandboxes' pods are read whole; of Instances' pods only those with a
+    // problem to explain are kept, as that explanation (one Pod per replica
+    // of every Instance would otherwise sit in a cache for nothing).
     let mut pods = reflect_shared(
         scope.api::<CachedPod>(&client),
-        managed.clone(),
+        watcher::Config::default().labels(&format!("{},{SANDBOX_LABEL}", managed_selector())),
         &tracker,
         "pods",
-        pod::keep_what_providers_read,
-        2,
+        pod::keep_what_the_provider_reads,
+        1,
+    );
+    let (instance_pods, unready_instance_pods, instance_pods_watch) = summarise(
+        scope.api::<CachedPod>(&client),
+        watcher::Config::default().labels(&format!("{},{INSTANCE_LABEL}", managed_selector())),
+        &tracker,
+        "instance-pods",
+        kubernetes::pod_health,
+        kubernetes::unready_pod_owner,
     );
     let mut claims = reflect_shared(
         scope.api::<PersistentVolumeClaim>(&client),
         managed.clone(),
         &tracker,
         "claims",
-        forget_managed_fields,
+        forget_bookkeeping,
         1,
     );
     let mut webhooks = reflect_shared(
@@ -239,7 +257,7 @@ pub async fn run_scope(
         everything.clone(),
         &tracker,
         "webhooks",
-        forget_managed_fields,
+        forget_bookkeeping,
         2,
     );
     let mut deliveries = reflect_shared(
@@ -247,7 +265,7 @@ pub async fn run_scope(
         everything.clone(),
         &tracker,
         "webhookdeliveries",
-        forget_managed_fields,
+        forget_bookkeeping,
         2,
     );
 
@@ -280,11 +298,11 @@ pub async fn run_scope(
         kubernetes::Caches {
             deployments: deployments.store.clone(),
             services: services.store.clone(),
-            pods: pods.store.clone(),
+            pods: instance_pods,
         },
         deployments.subscriber(),
         services.subscriber(),
-        pods.subscriber(),
+        unready_instance_pods,
     )));
     for provider in &config.extra_instance_providers {
         instance_providers.register(provider.clone());
@@ -297,7 +315,7 @@ pub async fn run_scope(
             claims: claims.store.clone(),
             services: services.store.clone(),
             nodes,
-            all_pods,
+            pod_usage,
             volume_snapshots: volume_snapshots.as_ref().map(|v| v.store.clone()),
         },
         pods.subscriber(),
@@ -544,6 +562,7 @@ pub async fn run_scope(
         deployments.watch,
         services.watch,
         pods.watch,
+        instance_pods_watch,
         claims.watch,
         webhooks.watch,
         deliveries.watch,

@@ -11,6 +11,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 
+use crate::provider::cached::{Summaries, SummaryWriter};
 use crate::provider::shape::is_managed;
 
 /// A reflector-backed store plus the stream that feeds it (and the
@@ -18,7 +19,7 @@ use crate::provider::shape::is_managed;
 ///
 /// `trim` shrinks each object before the store keeps it: every store holds
 /// one copy per object for as long as the operator runs, so what is never
-/// read is not kept (see [`forget_managed_fields`]).
+/// read is not kept (see [`forget_bookkeeping`]).
 pub fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -42,6 +43,55 @@ where
         )
         .touched_objects();
     (reader, stream)
+}
+
+/// A watch whose objects are kept only as summaries (see [`Summaries`]):
+/// for caches that never hand out the objects themselves. `wake` says, of
+/// each object the watch reports (deleted ones too), whom it wakes; they
+/// come out of the returned receiver. The returned future drives the
+/// watch; poll it.
+pub fn summarise<K, V, W>(
+    api: Api<K>,
+    config: watcher::Config,
+    tracker: &Arc<SyncTracker>,
+    name: &'static str,
+    summary: fn(&K) -> Option<V>,
+    wake: fn(&K) -> Option<W>,
+) -> (
+    Summaries<V>,
+    UnboundedReceiver<W>,
+    futures::future::BoxFuture<'static, ()>,
+)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    W: Send + 'static,
+{
+    let mut writer = SummaryWriter::new(summary);
+    let summaries = writer.summaries();
+    let (woken, wakeups) = futures::channel::mpsc::unbounded();
+    // Applied before it is tracked, so "synced" means the cache holds the list.
+    let events = watcher(api, config)
+        .default_backoff()
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                writer.apply(event);
+            }
+        });
+    let watch = tracker
+        .track(name, events)
+        .for_each(move |event| {
+            if let Err(error) = &event {
+                tracing::warn!(watch = name, %error, "watch failed; retrying");
+            }
+            if let Some(whom) = changed_object(event).as_ref().and_then(wake) {
+                // A closed channel means its reader has shut down.
+                let _ = woken.unbounded_send(whom);
+            }
+            futures::future::ready(())
+        })
+        .boxed();
+    (summaries, wakeups, watch)
 }
 
 /// Tells when every watch of a scope has delivered its first full list.
@@ -135,6 +185,7 @@ where
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..subscribers)
         .map(|_| futures::channel::mpsc::unbounded())
         .unzip();
+    let cached = store.clone();
     let watch = tracker
         .track(
             name,
@@ -146,7 +197,13 @@ where
                 tracing::warn!(watch = name, %error, "watch failed; retrying");
             }
             if let Some(object) = changed_object(event) {
-                let object = Arc::new(object);
+                // The store has just taken its own copy: hand that one on,
+                // so a change waiting for its subscribers holds no second
+                // copy of the object. A deleted object is no longer there.
+                let object = cached
+                    .get(&reflector::ObjectRef::from_obj(&object))
+                    .filter(|kept| kept.meta().resource_version == object.meta().resource_version)
+                    .unwrap_or_else(|| Arc::new(object));
                 for sender in &senders {
                     // A closed channel means its reader has shut down.
                     let _ = sender.unbounded_send(object.clone());
@@ -183,13 +240,26 @@ where
     }
 }
 
-/// Drops `metadata.managedFields` from a cached object. Nothing here reads
-/// them, and they are often the larger part of a Deployment's or Pod's
-/// metadata. A write of a cached copy is unaffected: an update without
-/// managedFields keeps the server's.
-pub fn forget_managed_fields<K: Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
+/// Drops from a cached object what its writers keep for themselves:
+/// `metadata.managedFields` (server-side apply) and kubectl's
+/// last-applied-configuration annotation (client-side apply, a copy of the
+/// whole manifest). Nothing here reads them, and they are often the larger
+/// part of an object's metadata. The operator never writes a cached copy
+/// back whole: status writes keep the server's metadata, and other writes
+/// are patches.
+pub fn forget_bookkeeping<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
 }
+
+/// Where `kubectl apply` (client-side) keeps what it last applied.
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Trims an object that is not ours to what tells whose it is: its name,
 /// labels and owners. Deployments and Services are watched whatever their
@@ -197,7 +267,7 @@ pub fn forget_managed_fields<K: Resource>(object: &mut K) {
 /// (and never taken over) without asking the API server; other people's
 /// cost only their metadata.
 pub fn keep_metadata_unless_managed<K: Resource + HasSpecAndStatus>(object: &mut K) {
-    forget_managed_fields(object);
+    forget_bookkeeping(object);
     if !is_managed(object) {
         object.meta_mut().annotations = None;
         object.clear_spec_and_status();
@@ -222,7 +292,7 @@ macro_rules! has_spec_and_status {
 
 has_spec_and_status!(
     crate::provider::cached::CachedDeployment,
-    k8s_openapi::api::core::v1::Service
+    crate::provider::cached::CachedService
 );
 
 /// The object a watch event is about, if it is a change to pass on. Objects
@@ -364,5 +434,35 @@ mod tests {
         );
         assert_eq!(name(Ok(watcher::Event::Init)), None);
         assert_eq!(name(Ok(watcher::Event::InitDone)), None);
+    }
+
+    #[test]
+    fn a_cached_object_keeps_its_annotations_but_not_its_writers_bookkeeping() {
+        let mut applied = named("web");
+        applied.metadata.managed_fields = Some(vec![Default::default()]);
+        applied.metadata.annotations = Some(
+            [
+                (
+                    LAST_APPLIED_ANNOTATION.to_string(),
+                    "{\"kind\":\"ConfigMap\"}".to_string(),
+                ),
+                ("team".to_string(), "web".to_string()),
+            ]
+            .into(),
+        );
+        let mut only_applied = applied.clone();
+        only_applied.metadata.annotations =
+            Some([(LAST_APPLIED_ANNOTATION.to_string(), "{}".to_string())].into());
+        forget_bookkeeping(&mut applied);
+        forget_bookkeeping(&mut only_applied);
+        assert!(applied.metadata.managed_fields.is_none());
+        assert_eq!(
+            applied.metadata.annotations,
+            Some([("team".to_string(), "web".to_string())].into())
+        );
+        assert_eq!(
+            only_applied.metadata.annotations, None,
+            "no empty map is kept"
+        );
     }
 }

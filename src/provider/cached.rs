@@ -5,20 +5,25 @@
 //! holds a single string, because its `PodSpec` and `PodStatus` reserve
 //! room for every field Kubernetes has, and a `Deployment` with one
 //! container is 4.6 KB. The caches hold one Deployment per Instance and one
-//! Pod per replica twice (ours, and the cluster-wide capacity cache) for as
+//! Pod per replica for as
 //! long as the operator runs: at 10,000 Instances the empty fields alone
 //! took ~100 MB. The watches deserialize straight into these types instead,
 //! so a field not named here is skipped as it is read and never allocated.
+//!
+//! A Service, kept whole, was 0.8 KB before its strings, for a selector and
+//! ports. The cluster-wide view of every Pod that the capacity check sums
+//! is kept as [`Summaries`], a few numbers per Pod.
 //!
 //! The field names are Kubernetes' own, so code that reads a cached object
 //! reads it as it would read the full one. What is created or applied is
 //! still the full type; only what is read back from the caches is slim.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
+use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
-use k8s_openapi::api::core::v1::{ContainerPort, ContainerState, Pod};
+use k8s_openapi::api::core::v1::{ContainerPort, ContainerState, Pod, Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde::de::DeserializeOwned;
@@ -159,6 +164,127 @@ fn keep_keys(map: &mut Option<BTreeMap<String, String>>, keep: impl Fn(&str) -> 
     }
 }
 
+/// A cache that keeps, of each object a watch reports, only a summary `V`
+/// (or nothing, when the summary is `None`), by namespace and name.
+///
+/// Why not a reflector store of a slim type: a store keeps per object an
+/// `Arc` of the whole type (its `ObjectMeta` alone is 360 bytes before it
+/// holds a string) and an `ObjectRef` key of four strings. For a cache that
+/// only ever sums what objects ask for, such as the capacity check's view
+/// of every Pod in the cluster, that is ten times the summary.
+pub struct Summaries<V> {
+    by_name: Arc<RwLock<HashMap<Box<str>, V>>>,
+}
+
+impl<V> Clone for Summaries<V> {
+    fn clone(&self) -> Self {
+        Self {
+            by_name: self.by_name.clone(),
+        }
+    }
+}
+
+impl<V> Default for Summaries<V> {
+    fn default() -> Self {
+        Self {
+            by_name: Arc::default(),
+        }
+    }
+}
+
+impl<V: Clone> Summaries<V> {
+    /// Whether an object of this namespace and name is summarised.
+    pub fn contains(&self, namespace: &str, name: &str) -> bool {
+        self.read()
+            .contains_key(summary_key(namespace, name).as_str())
+    }
+
+    /// Every summary, as of now.
+    pub fn values(&self) -> Vec<V> {
+        self.read().values().cloned().collect()
+    }
+
+    /// A reader never sees a half-made change, so a poisoned lock (a panic
+    /// elsewhere while holding it) still holds a whole map.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Box<str>, V>> {
+        self.by_name.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn summary_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// Feeds a [`Summaries`] from a watch's events. A relist is gathered apart
+/// and swapped in whole at its end, as kube's own stores do, so a reader
+/// never sees a cache emptied by a restarted watch.
+pub struct SummaryWriter<K, V> {
+    summaries: Summaries<V>,
+    summarise: fn(&K) -> Option<V>,
+    relisting: Option<HashMap<Box<str>, V>>,
+}
+
+impl<K: kube::Resource, V> SummaryWriter<K, V> {
+    pub fn new(summarise: fn(&K) -> Option<V>) -> Self {
+        Self {
+            summaries: Summaries::default(),
+            summarise,
+            relisting: None,
+        }
+    }
+
+    /// The cache this writer fills.
+    pub fn summaries(&self) -> Summaries<V> {
+        self.summaries.clone()
+    }
+
+    /// Takes in one watch event.
+    pub fn apply(&mut self, event: &kube::runtime::watcher::Event<K>) {
+        use kube::runtime::watcher::Event;
+        let key = |object: &K| {
+            let meta = object.meta();
+            summary_key(
+                meta.namespace.as_deref().unwrap_or_default(),
+                meta.name.as_deref().unwrap_or_default(),
+            )
+            .into_boxed_str()
+        };
+        match event {
+            Event::Init => self.relisting = Some(HashMap::new()),
+            Event::InitApply(object) => {
+                if let (Some(relisting), Some(summary)) =
+                    (&mut self.relisting, (self.summarise)(object))
+                {
+                    relisting.insert(key(object), summary);
+                }
+            }
+            Event::InitDone => {
+                if let Some(mut relisted) = self.relisting.take() {
+                    relisted.shrink_to_fit();
+                    *self.write() = relisted;
+                }
+            }
+            Event::Apply(object) => {
+                let key = key(object);
+                match (self.summarise)(object) {
+                    Some(summary) => self.write().insert(key, summary),
+                    None => self.write().remove(&key),
+                };
+            }
+            Event::Delete(object) => {
+                self.write().remove(&key(object));
+            }
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Box<str>, V>> {
+        self.summaries
+            .by_name
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// A Pod: where it runs, what its containers ask for, and how it is doing.
 pub type CachedPod = Cached<Pod, PodPlacement, PodReadiness>;
 
@@ -226,6 +352,11 @@ pub struct DeploymentShape {
     pub replicas: Option<i32>,
     #[serde(default)]
     pub template: TemplateShape,
+    /// Not a field of the spec: the value of the Deployment's applied-hash
+    /// annotation, moved here when the cache trims it, so that its
+    /// annotations map (~0.6 KB for one entry) need not be kept.
+    #[serde(skip)]
+    pub applied_hash: Option<String>,
 }
 
 /// Of a pod template: its annotations and its containers' images and ports.
@@ -254,6 +385,60 @@ pub struct ContainerShape {
     pub image: Option<String>,
     pub ports: Option<Vec<ContainerPort>>,
 }
+
+/// A Service: of its spec only what the providers compare with what they
+/// would apply (its selector, type and ports). Nothing reads its status.
+pub type CachedService = Cached<Service, ServiceShape, Unread>;
+
+/// Of a Service's spec: what decides where its traffic goes.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct ServiceShape {
+    /// Sorted by key. A list, not a map: a BTreeMap holds room for eleven
+    /// entries (~0.5 KB) for the one a selector of ours has.
+    #[serde(default, with = "sorted_pairs")]
+    pub selector: Vec<(String, String)>,
+    /// Not a field of the spec: the Service's labels, moved here (sorted by
+    /// key) when the cache trims a Service that has a controlling owner, for
+    /// the same reason as the selector. Ownership is then the owner's to
+    /// say; the labels are only compared with what would be applied.
+    #[serde(skip)]
+    pub labels: Vec<(String, String)>,
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    pub ports: Option<Vec<ServicePort>>,
+}
+
+/// A JSON object of strings, read into and written from a list of pairs
+/// sorted by key: what a map of one or two entries costs, without a map.
+mod sorted_pairs {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(
+        pairs: &[(String, String)],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let map: BTreeMap<&str, &str> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        map.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<(String, String)>, D::Error> {
+        let map: Option<BTreeMap<String, String>> = Option::deserialize(deserializer)?;
+        // A BTreeMap iterates in key order, so the list comes out sorted.
+        let mut pairs: Vec<(String, String)> = map.into_iter().flatten().collect();
+        pairs.shrink_to_fit();
+        Ok(pairs)
+    }
+}
+
+/// A part of an object that no cache reader looks at: read past, kept empty.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct Unread {}
 
 #[cfg(test)]
 mod tests {

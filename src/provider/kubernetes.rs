@@ -34,7 +34,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use super::cached::{CachedDeployment, CachedPod, keep_our_metadata};
+use super::cached::{CachedDeployment, CachedPod, CachedService, Summaries, keep_our_metadata};
 use super::shape::{self, Ownership};
 use super::{
     ActionNote, ApplyReason, Cleanup, Deprovision, INSTANCE_LABEL, InstanceProvider,
@@ -174,14 +174,34 @@ pub fn service_for(workload: &InstanceWorkload) -> Option<Service> {
     )
 }
 
-/// What an Instance's pods say about why they are not ready, in words a user
-/// can act on; at most a few, one per distinct reason. Pure.
+/// What pods say about why they are not ready, in words a user can act on;
+/// at most a few, one per distinct reason. Pure.
 pub fn pod_problems(pods: &[Arc<CachedPod>]) -> Vec<String> {
+    describe_problems(pods.iter().flat_map(|pod| problems_of(pod)))
+}
+
+/// At most a few of `found` (reason, message) problems, one per distinct
+/// reason, in words a user can act on. Pure.
+pub fn describe_problems(found: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
     let mut problems: Vec<(String, String)> = Vec::new();
-    for pod in pods {
+    for (reason, message) in found {
+        if !problems.iter().any(|(r, _)| *r == reason) {
+            problems.push((reason, message));
+        }
+    }
+    problems.sort();
+    problems.into_iter().take(3).map(|(_, m)| m).collect()
+}
+
+/// Why one pod is not ready, as (reason, message) pairs; none when nothing
+/// stands in its way. Pure.
+pub fn problems_of(pod: &CachedPod) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    {
         let name = pod.name_any();
-        let Some(status) = &pod.status else { continue };
-        let mut found = Vec::new();
+        let Some(status) = &pod.status else {
+            return found;
+        };
         if status.phase.as_deref() == Some("Failed") {
             found.push((
                 "PodFailed".to_string(),
@@ -264,23 +284,44 @@ pub fn pod_problems(pods: &[Arc<CachedPod>]) -> Vec<String> {
                 ));
             }
         }
-        for (reason, message) in found {
-            if !problems.iter().any(|(r, _)| *r == reason) {
-                problems.push((reason, message));
-            }
-        }
     }
-    problems.sort();
-    problems.into_iter().take(3).map(|(_, m)| m).collect()
+    found
+}
+
+/// What the cache of Instances' pods keeps of one: why it is not ready.
+/// Pods with nothing to explain (most of them, most of the time) are not
+/// kept at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodHealth {
+    pub namespace: String,
+    /// The Instance it runs, from its label.
+    pub instance: String,
+    /// (reason, message) pairs, as [`problems_of`] finds them.
+    pub problems: Vec<(String, String)>,
+}
+
+/// What the cache of Instances' pods keeps of `pod` (see [`PodHealth`]).
+/// Pure.
+pub fn pod_health(pod: &CachedPod) -> Option<PodHealth> {
+    let problems = problems_of(pod);
+    if problems.is_empty() {
+        return None;
+    }
+    Some(PodHealth {
+        namespace: pod.namespace()?,
+        instance: pod.labels().get(INSTANCE_LABEL)?.clone(),
+        problems,
+    })
 }
 
 /// Reads a workload's status from its Deployment, Service and pods. Pure.
-/// `pods` finds the workload's pods; it is called only when their problems
-/// matter (the rollout is not done), so a healthy workload costs no scan.
+/// `pod_problems` says what its pods' problems are; it is called only when
+/// they matter (the rollout is not done), so a healthy workload costs no
+/// scan.
 pub fn workload_status(
     deployment: &CachedDeployment,
-    service: Option<&Service>,
-    pods: impl FnOnce() -> Vec<Arc<CachedPod>>,
+    service: Option<&CachedService>,
+    pod_problems: impl FnOnce() -> Vec<String>,
     wants_service: bool,
     caught_up: bool,
 ) -> WorkloadStatus {
@@ -329,7 +370,7 @@ pub fn workload_status(
     // Old replicas can keep `ready` up during a rollout, so the new pods'
     // problems matter whenever the rollout is not complete.
     let problems = if ready < desired || !rollout_complete {
-        pod_problems(&pods())
+        pod_problems()
     } else {
         Vec::new()
     };
@@ -367,9 +408,9 @@ pub struct Caches {
     /// Every Deployment in scope; those not ours keep only their metadata.
     pub deployments: Store<CachedDeployment>,
     /// Every Service in scope; those not ours keep only their metadata.
-    pub services: Store<Service>,
-    /// Our pods.
-    pub pods: Store<CachedPod>,
+    pub services: Store<CachedService>,
+    /// Instances' pods that have a problem to explain.
+    pub pods: Summaries<PodHealth>,
 }
 
 /// Runs Instances as Deployments and Services.
@@ -381,14 +422,15 @@ pub struct KubernetesProvider {
 }
 
 impl KubernetesProvider {
-    /// `changes` are the watch events of the Deployments, Services and pods
-    /// it reads, which wake the Instance they belong to.
+    /// `deployments` and `services` are the watch events of what it reads,
+    /// and `unready_pods` the Instances whose pods are not ready: each wakes
+    /// the Instance it belongs to.
     pub fn new(
         client: Client,
         caches: Caches,
         deployments: impl futures::Stream<Item = Arc<CachedDeployment>> + Send + 'static,
-        services: impl futures::Stream<Item = Arc<Service>> + Send + 'static,
-        pods: impl futures::Stream<Item = Arc<CachedPod>> + Send + 'static,
+        services: impl futures::Stream<Item = Arc<CachedService>> + Send + 'static,
+        unready_pods: impl futures::Stream<Item = WorkloadId> + Send + 'static,
     ) -> Self {
         use futures::StreamExt;
         let owner = |id: Option<WorkloadId>| futures::future::ready(id);
@@ -399,8 +441,7 @@ impl KubernetesProvider {
             services
                 .filter_map(move |s| owner(shape::owner_of(s.as_ref(), "Instance")))
                 .boxed(),
-            pods.filter_map(move |p| owner(unready_pod_owner(&p)))
-                .boxed(),
+            unready_pods.boxed(),
         ])
         .boxed();
         Self {
@@ -531,6 +572,24 @@ pub fn keep_what_the_provider_reads(deployment: &mut CachedDeployment) {
         |owner| owner.controller == Some(true),
         &[APPLIED_HASH_ANNOTATION],
     );
+    // With a controlling owner, the owner says whose it is (see
+    // `shape::ownership`): our labels would only repeat it, at ~0.6 KB a map.
+    if deployment
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true))
+    {
+        deployment.metadata.labels = None;
+    }
+    // The one annotation kept moves into the spec, and the map goes.
+    let applied_hash = deployment
+        .metadata
+        .annotations
+        .take()
+        .and_then(|mut a| a.remove(APPLIED_HASH_ANNOTATION));
+    if let Some(spec) = &mut deployment.spec {
+        spec.applied_hash = applied_hash;
+    }
     if let Some(annotations) = deployment
         .spec
         .as_mut()
@@ -546,7 +605,9 @@ pub fn keep_what_the_provider_reads(deployment: &mut CachedDeployment) {
     {
         conditions.retain(|c| c.type_ == "Progressing");
         for condition in conditions.iter_mut() {
+            // Its reason and when it was last updated are what is read.
             condition.last_transition_time = None;
+            condition.message = None;
         }
     }
 }
@@ -562,7 +623,12 @@ fn applied_before_a_restart(
     hash: u64,
 ) -> Option<Applied> {
     let cached = cached?;
-    let noted = cached.annotations().get(APPLIED_HASH_ANNOTATION)?;
+    // Trimmed, the cache keeps the annotation's value in the spec.
+    let noted = cached
+        .spec
+        .as_ref()
+        .and_then(|s| s.applied_hash.as_ref())
+        .or_else(|| cached.annotations().get(APPLIED_HASH_ANNOTATION))?;
     if noted != &format!("{hash:016x}") || ownership(cached, &workload.id()) != Ownership::Ours {
         return None;
     }
@@ -600,9 +666,10 @@ fn conflict(kind: &str, name: &str) -> ProviderError {
     }
 }
 
-/// A pod wakes its Instance only when it is not ready: its problems are
-/// news; a ready pod shows up in the Deployment's status anyway.
-fn unready_pod_owner(pod: &CachedPod) -> Option<WorkloadId> {
+/// The Instance whose pod this is, when the pod is not ready. A pod wakes
+/// its Instance only then: its problems are news; a ready pod shows up in
+/// the Deployment's status anyway. Pure.
+pub fn unready_pod_owner(pod: &CachedPod) -> Option<WorkloadId> {
     let ready = pod
         .status
         .as_ref()
@@ -694,16 +761,15 @@ impl InstanceProvider for KubernetesProvider {
                 terminating: false,
             }));
         };
-        let pods = || {
-            self.caches
-                .pods
-                .state()
-                .into_iter()
-                .filter(|p| {
-                    p.namespace().as_deref() == Some(id.namespace.as_str())
-                        && p.labels().get(INSTANCE_LABEL) == Some(&id.name)
-                })
-                .collect()
+        let pod_problems = || {
+            describe_problems(
+                self.caches
+                    .pods
+                    .values()
+                    .into_iter()
+                    .filter(|p| p.namespace == id.namespace && p.instance == id.name)
+                    .flat_map(|p| p.problems),
+            )
         };
         let record = self.applied_record(&(id.namespace.clone(), id.name.clone()));
         let caught_up = record.is_none_or(|r| {
@@ -719,7 +785,7 @@ impl InstanceProvider for KubernetesProvider {
         Ok(Some(workload_status(
             &deployment,
             service.as_deref(),
-            pods,
+            pod_problems,
             wants_service,
             caught_up,
         )))

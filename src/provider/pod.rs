@@ -21,7 +21,7 @@ use kube::api::{AttachParams, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use super::cached::{CachedPod, PodReadiness, keep_our_metadata};
+use super::cached::{CachedPod, CachedService, Summaries, keep_our_metadata};
 use super::kubernetes::pod_problems;
 use super::shape::{self, Ownership};
 use super::{
@@ -374,27 +374,43 @@ fn pod_requests(pod: &CachedPod) -> (i64, i64) {
     (cpu, memory)
 }
 
-/// Shrinks a Pod of the cluster-wide capacity cache to what [`hosts_from`]
-/// reads: its name, the host annotation, the node, what its containers
-/// request, and its phase. That cache holds every Pod in the cluster.
-pub fn keep_what_capacity_needs(pod: &mut CachedPod) {
-    let metadata = &mut pod.metadata;
-    keep_our_metadata(metadata, |_| false, &[HOST_ANNOTATION]);
-    metadata.labels = None;
-    if let Some(status) = pod.status.take() {
-        pod.status = Some(PodReadiness {
-            phase: status.phase,
-            ..PodReadiness::default()
-        });
-    }
+/// What one Pod takes of a host's room, as the capacity cache keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodUsage {
+    /// The node it is bound to, or that we chose for it.
+    pub host: Box<str>,
+    /// CPU in millicores and memory in bytes that its containers request.
+    pub cpu: i64,
+    pub memory: i64,
 }
 
-/// Shrinks one of our Pods (Sandboxes', and Instances' through their
-/// ReplicaSets) to what the providers read: its metadata with only our
-/// annotations, the node it is bound to, and its status. What its
-/// containers request is the capacity cache's to count.
-pub fn keep_what_providers_read(pod: &mut CachedPod) {
-    // Sandboxes own their Pods; Instances' are found by their label.
+/// What `pod` takes of a host's room: nothing once it has finished, or
+/// while it has no host. The capacity cache keeps this of every Pod in the
+/// cluster instead of the Pod. Pure.
+pub fn pod_usage(pod: &CachedPod) -> Option<PodUsage> {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded") | Some("Failed")) {
+        return None;
+    }
+    // Bound, or one of ours on its way to the host we chose.
+    let host = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .or_else(|| pod.annotations().get(HOST_ANNOTATION).map(String::as_str))?;
+    let (cpu, memory) = pod_requests(pod);
+    Some(PodUsage {
+        host: host.into(),
+        cpu,
+        memory,
+    })
+}
+
+/// Shrinks a Sandbox's Pod to what the pod provider reads: its metadata
+/// with only our annotations and its Sandbox owner, the node it is bound
+/// to, and its status. What its containers request is the capacity cache's
+/// to count.
+pub fn keep_what_the_provider_reads(pod: &mut CachedPod) {
     keep_our_metadata(
         &mut pod.metadata,
         |owner| owner.kind == "Sandbox",
@@ -405,35 +421,22 @@ pub fn keep_what_providers_read(pod: &mut CachedPod) {
     }
 }
 
-/// The hosts, with what every Pod bound or headed to them asks for. Pure.
+/// The hosts, with what every Pod bound or headed to them asks for, and
+/// what `reserved` holds for Pods just created. Pure.
 pub fn hosts_from(
     nodes: &[Arc<Node>],
-    pods: &[Arc<CachedPod>],
+    pods: &[PodUsage],
     reserved: &[(String, i64, i64)],
 ) -> Vec<Host> {
-    let mut used: HashMap<String, (i64, i64)> = HashMap::new();
-    for pod in pods {
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        if matches!(phase, Some("Succeeded") | Some("Failed")) {
-            continue;
-        }
-        // Bound, or one of ours on its way to the host we chose.
-        let host = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .or_else(|| pod.annotations().get(HOST_ANNOTATION).cloned());
-        if let Some(host) = host {
-            let (cpu, memory) = pod_requests(pod);
-            let entry = used.entry(host).or_default();
-            entry.0 += cpu;
-            entry.1 += memory;
-        }
-    }
-    for (host, cpu, memory) in reserved {
-        let entry = used.entry(host.clone()).or_default();
-        entry.0 += cpu;
-        entry.1 += memory;
+    let mut used: HashMap<&str, (i64, i64)> = HashMap::new();
+    let claims = pods
+        .iter()
+        .map(|p| (&*p.host, p.cpu, p.memory))
+        .chain(reserved.iter().map(|(h, c, m)| (h.as_str(), *c, *m)));
+    for (host, cpu, memory) in claims {
+        let entry = used.entry(host).or_default();
+        entry.0 = entry.0.saturating_add(cpu);
+        entry.1 = entry.1.saturating_add(memory);
     }
     nodes
         .iter()
@@ -453,8 +456,10 @@ pub fn hosts_from(
                 .flatten()
                 .any(|c| c.type_ == "Ready" && c.status == "True");
             let spec = node.spec.clone().unwrap_or_default();
-            let (requested_cpu, requested_memory) =
-                used.get(&node.name_any()).copied().unwrap_or_default();
+            let (requested_cpu, requested_memory) = used
+                .get(node.name_any().as_str())
+                .copied()
+                .unwrap_or_default();
             Host {
                 name: node.name_any(),
                 labels: node.labels().clone(),
@@ -482,10 +487,11 @@ pub struct Caches {
     pub pods: Store<CachedPod>,
     pub claims: Store<PersistentVolumeClaim>,
     /// Every Service in scope; those not ours keep only their metadata.
-    pub services: Store<Service>,
-    /// Every node, and every Pod in the cluster, for the capacity check.
+    pub services: Store<CachedService>,
+    /// Every node, and what every Pod in the cluster takes of its host's
+    /// room, for the capacity check.
     pub nodes: Store<Node>,
-    pub all_pods: Store<CachedPod>,
+    pub pod_usage: Summaries<PodUsage>,
     /// Our VolumeSnapshots; `None` when the cluster has no snapshot API.
     pub volume_snapshots: Option<Store<VolumeSnapshot>>,
 }
@@ -513,7 +519,7 @@ impl PodProvider {
         client: Client,
         caches: Caches,
         pods: impl futures::Stream<Item = Arc<CachedPod>> + Send + 'static,
-        services: impl futures::Stream<Item = Arc<Service>> + Send + 'static,
+        services: impl futures::Stream<Item = Arc<CachedService>> + Send + 'static,
         claims: impl futures::Stream<Item = Arc<PersistentVolumeClaim>> + Send + 'static,
     ) -> Self {
         use futures::StreamExt;
@@ -881,26 +887,24 @@ impl SandboxProvider for PodProvider {
     }
 
     async fn hosts(&self) -> ProviderResult<Vec<Host>> {
-        let pods = self.caches.all_pods.state();
+        let usage = &self.caches.pod_usage;
         let reserved: Vec<(String, i64, i64)> = {
-            let Ok(mut reservations) = self.reservations.lock() else {
-                return Ok(hosts_from(&self.caches.nodes.state(), &pods, &[]));
-            };
+            let mut reservations = self.reservations.lock().unwrap_or_else(|p| p.into_inner());
             // A reservation ends when the cache has the Pod, or after a
             // minute in any case.
             reservations.retain(|(namespace, name), r| {
-                r.at.elapsed() < Duration::from_secs(60)
-                    && !pods.iter().any(|p| {
-                        p.namespace().as_deref() == Some(namespace.as_str())
-                            && &p.name_any() == name
-                    })
+                r.at.elapsed() < Duration::from_secs(60) && !usage.contains(namespace, name)
             });
             reservations
                 .values()
                 .map(|r| (r.host.clone(), r.cpu, r.memory))
                 .collect()
         };
-        Ok(hosts_from(&self.caches.nodes.state(), &pods, &reserved))
+        Ok(hosts_from(
+            &self.caches.nodes.state(),
+            &usage.values(),
+            &reserved,
+        ))
     }
 }
 

@@ -15,6 +15,7 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
+use super::cached::CachedService;
 use super::{ActionNote, ProviderError, ProviderResult, WorkloadId};
 use crate::api::{EnvVar, MANAGED_BY, MANAGED_BY_LABEL, PortSpec, Protocol};
 use crate::runtime::kubeapi::delete_if_present;
@@ -164,26 +165,65 @@ pub fn owner_of<K: Resource>(child: &K, owner_kind: &str) -> Option<WorkloadId> 
     })
 }
 
+/// What of a Service port is ours to set: its name, port, target and protocol.
+type PortIdentity<'a> = (
+    &'a Option<String>,
+    i32,
+    &'a Option<IntOrString>,
+    &'a Option<String>,
+);
+
 /// Whether a cached Service still says what we would apply: the ports,
 /// selector, type, our labels and our owner.
-pub fn service_matches(cached: &Service, desired: &Service) -> bool {
-    let ours = |s: &Service| {
-        let spec = s.spec.clone().unwrap_or_default();
-        let ports: Vec<_> = spec
-            .ports
-            .unwrap_or_default()
+pub fn service_matches(cached: &CachedService, desired: &Service) -> bool {
+    fn ports(ports: Option<&Vec<ServicePort>>) -> Vec<PortIdentity<'_>> {
+        ports
             .into_iter()
-            .map(|p| (p.name, p.port, p.target_port, p.protocol))
-            .collect();
-        (spec.selector, spec.type_, ports)
-    };
-    let labels_kept = desired
-        .labels()
-        .iter()
-        .all(|(k, v)| cached.labels().get(k) == Some(v));
+            .flatten()
+            .map(|p| (&p.name, p.port, &p.target_port, &p.protocol))
+            .collect()
+    }
+    let spec = cached.spec.as_ref();
+    let wanted = desired.spec.as_ref();
+    let moved = spec.map(|s| &s.labels[..]).unwrap_or_default();
+    let labels_kept = desired.labels().iter().all(|(k, v)| {
+        cached.labels().get(k) == Some(v) || moved.iter().any(|(mk, mv)| mk == k && mv == v)
+    });
     labels_kept
-        && ours(cached) == ours(desired)
+        && spec
+            .map(|s| &s.selector[..])
+            .unwrap_or_default()
+            .iter()
+            .map(|(k, v)| (k, v))
+            .eq(wanted
+                .and_then(|s| s.selector.as_ref())
+                .into_iter()
+                .flatten())
+        && spec.and_then(|s| s.type_.as_ref()) == wanted.and_then(|s| s.type_.as_ref())
+        && ports(spec.and_then(|s| s.ports.as_ref()))
+            == ports(wanted.and_then(|s| s.ports.as_ref()))
         && cached.owner_references() == desired.owner_references()
+}
+
+/// Trims a cached Service to what the providers compare and decide
+/// ownership by: its labels (all of them: an owner's own labels are
+/// applied to its Service too), every owner, and of the spec the selector,
+/// type and ports. With a controlling owner, the labels move into the spec
+/// as a short list (see [`crate::provider::cached::ServiceShape::labels`]).
+pub fn keep_what_the_providers_compare(service: &mut CachedService) {
+    let metadata = &mut service.metadata;
+    metadata.managed_fields = None;
+    metadata.annotations = None;
+    metadata.generate_name = None;
+    metadata.creation_timestamp = None;
+    let owned = metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true));
+    if let (true, Some(spec)) = (owned, &mut service.spec) {
+        spec.labels = metadata.labels.take().into_iter().flatten().collect();
+    }
 }
 
 /// Makes an owner's Service match `desired` (or go, when `None`: it declares
@@ -193,7 +233,7 @@ pub fn service_matches(cached: &Service, desired: &Service) -> bool {
 /// Services go through here.
 pub async fn ensure_service(
     client: &Client,
-    cache: &Store<Service>,
+    cache: &Store<CachedService>,
     owner: &WorkloadId,
     owner_kind: &str,
     owner_label: &str,

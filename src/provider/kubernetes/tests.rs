@@ -233,10 +233,46 @@ fn the_service_has_one_port_per_declared_port_and_none_without_ports() {
 #[test]
 fn a_service_matches_itself_and_not_a_changed_one() {
     let desired = service_for(&workload()).unwrap();
-    assert!(service_matches(&desired, &desired));
-    let mut edited = desired.clone();
+    // As the cache keeps it.
+    let cached = |service: &Service| {
+        let mut cached = CachedService::of(service);
+        crate::provider::shape::keep_what_the_providers_compare(&mut cached);
+        cached
+    };
+    // After the API server has filled in the rest.
+    let mut served = desired.clone();
+    let spec = served.spec.as_mut().unwrap();
+    spec.cluster_ip = Some("127.0.0.200".into());
+    spec.session_affinity = Some("None".into());
+    served
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("team".into(), "web".into());
+    assert!(service_matches(&cached(&served), &desired));
+    let mut edited = served.clone();
     edited.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 80;
-    assert!(!service_matches(&edited, &desired));
+    assert!(!service_matches(&cached(&edited), &desired));
+    let mut retargeted = served.clone();
+    retargeted.spec.as_mut().unwrap().selector =
+        Some([("app".to_string(), "other".to_string())].into());
+    assert!(!service_matches(&cached(&retargeted), &desired));
+    let mut orphaned = served.clone();
+    orphaned.metadata.owner_references = None;
+    assert!(!service_matches(&cached(&orphaned), &desired));
+    let kept = cached(&served);
+    assert!(
+        kept.metadata.labels.is_none() && !kept.spec.as_ref().unwrap().labels.is_empty(),
+        "with a controlling owner, the labels move into the slim spec"
+    );
+    let mut relabelled = served.clone();
+    relabelled
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .remove(INSTANCE_LABEL);
+    assert!(!service_matches(&cached(&relabelled), &desired));
 }
 
 fn pod(name: &str, container: ContainerStatus) -> Arc<CachedPod> {
@@ -310,6 +346,56 @@ fn pod_problems_say_what_a_user_can_act_on() {
     }));
     let problems = pod_problems(&[unschedulable]);
     assert!(problems[0].contains("cannot be scheduled") && problems[0].contains("node affinity"));
+}
+
+#[test]
+fn the_cache_of_instance_pods_keeps_only_what_explains_a_pod_that_is_not_ready() {
+    let of_web = |pod: Arc<CachedPod>| {
+        let mut pod = CachedPod::clone(&pod);
+        pod.metadata.namespace = Some("team".into());
+        pod.metadata.labels = Some([(INSTANCE_LABEL.to_string(), "web".to_string())].into());
+        pod
+    };
+    let container = |ready: bool, waiting: Option<&str>| ContainerStatus {
+        name: "app".into(),
+        ready,
+        state: Some(ContainerState {
+            waiting: waiting.map(|reason| ContainerStateWaiting {
+                reason: Some(reason.into()),
+                message: None,
+            }),
+            running: (waiting.is_none()).then(Default::default),
+            ..ContainerState::default()
+        }),
+        ..ContainerStatus::default()
+    };
+    let mut ready = of_web(pod("web-1", container(true, None)));
+    ready.status.as_mut().unwrap().conditions = Some(vec![crate::provider::cached::Condition {
+        type_: "Ready".into(),
+        status: "True".into(),
+        ..Default::default()
+    }]);
+    let creating = of_web(pod("web-2", container(false, Some("ContainerCreating"))));
+    assert_eq!(pod_health(&ready), None, "a ready pod is not kept");
+    assert_eq!(pod_health(&creating), None, "nor one that is on its way");
+
+    let pulling = of_web(pod("web-3", container(false, Some("ImagePullBackOff"))));
+    let health = pod_health(&pulling).expect("a pod with a problem is kept");
+    assert_eq!(
+        (health.namespace.as_str(), health.instance.as_str()),
+        ("team", "web")
+    );
+    assert_eq!(
+        describe_problems(health.problems),
+        pod_problems(&[Arc::new(pulling.clone())]),
+        "and says what the whole pod would"
+    );
+    assert_eq!(
+        unready_pod_owner(&pulling).map(|id| (id.namespace, id.name)),
+        Some(("team".to_string(), "web".to_string())),
+        "an unready pod wakes its Instance"
+    );
+    assert_eq!(unready_pod_owner(&ready), None);
 }
 
 /// Our Deployment with `status`, as the cache holds it.
@@ -432,17 +518,31 @@ fn the_trimmed_deployment_in_the_cache_reads_as_the_full_one() {
             workload_status(
                 &trimmed,
                 None,
-                || vec![crashing.clone()],
+                || pod_problems(std::slice::from_ref(&crashing)),
                 wants_service,
                 true
             ),
-            workload_status(&full, None, || vec![crashing.clone()], wants_service, true)
+            workload_status(
+                &full,
+                None,
+                || pod_problems(std::slice::from_ref(&crashing)),
+                wants_service,
+                true
+            )
         );
     }
     let hash = 0xff;
     assert_eq!(
         applied_before_a_restart(Some(&trimmed), &workload(), hash).map(|a| a.generation),
         applied_before_a_restart(Some(&full), &workload(), hash).map(|a| a.generation)
+    );
+    assert!(
+        trimmed.metadata.labels.is_none() && full.metadata.labels.is_some(),
+        "with a controlling owner, the labels go"
+    );
+    assert_eq!(
+        ownership(&trimmed, &workload().id()),
+        ownership(&full, &workload().id())
     );
     assert!(serde_json::to_vec(&trimmed).unwrap().len() < serde_json::to_vec(&full).unwrap().len());
 }

@@ -219,7 +219,11 @@ fn hosts_count_bound_pods_pods_on_their_way_and_reservations() {
         phase: Some("Succeeded".into()),
         ..PodStatus::default()
     });
-    let pods = [bound, on_its_way, finished].map(|p| Arc::new(CachedPod::of(&p)));
+    let pods: Vec<PodUsage> = [bound, on_its_way, finished]
+        .iter()
+        .filter_map(|p| pod_usage(&CachedPod::of(p)))
+        .collect();
+    assert_eq!(pods.len(), 2, "a finished Pod takes no room");
     let hosts = hosts_from(&nodes, &pods, &[("node-a".into(), 1000, 1 << 30)]);
     let a = hosts.iter().find(|h| h.name == "node-a").unwrap();
     assert_eq!((a.allocatable_cpu, a.requested_cpu), (4000, 1500));
@@ -231,46 +235,52 @@ fn hosts_count_bound_pods_pods_on_their_way_and_reservations() {
 }
 
 #[test]
-fn the_capacity_cache_keeps_what_counting_needs_and_drops_the_rest() {
-    let nodes = [
-        node("node-a", "4", "8Gi", None),
-        node("node-b", "2", "4Gi", None),
-    ];
+fn the_capacity_cache_keeps_a_summary_of_each_pod_and_follows_the_watch() {
+    use crate::provider::cached::SummaryWriter;
+    use kube::runtime::watcher::Event;
+
     let mut bound = pod_for(&workload(), "node-a", "node-a");
     bound.spec.as_mut().unwrap().node_name = Some("node-a".into());
-    bound.metadata.managed_fields = Some(vec![Default::default()]);
-    bound.status = Some(PodStatus {
-        phase: Some("Running".into()),
-        conditions: Some(vec![PodCondition {
-            type_: "Ready".into(),
-            status: "True".into(),
-            ..PodCondition::default()
-        }]),
-        ..PodStatus::default()
-    });
     let on_its_way = pod_for(&workload(), "node-b", "node-b");
-    let pods = [bound, on_its_way].map(|p| Arc::new(CachedPod::of(&p)));
-    let trimmed: Vec<Arc<CachedPod>> = pods
-        .iter()
-        .map(|p| {
-            let mut p = CachedPod::clone(p);
-            keep_what_capacity_needs(&mut p);
-            Arc::new(p)
-        })
-        .collect();
+    let mut unbound_stranger = on_its_way.clone();
+    unbound_stranger.metadata.name = Some("stranger".into());
+    unbound_stranger.metadata.annotations = None;
+    let [bound, on_its_way, unbound_stranger] =
+        [bound, on_its_way, unbound_stranger].map(|p| CachedPod::of(&p));
 
-    assert_eq!(
-        hosts_from(&nodes, &trimmed, &[]),
-        hosts_from(&nodes, &pods, &[])
-    );
-    let kept = &trimmed[0];
-    assert!(kept.metadata.managed_fields.is_none() && kept.metadata.labels.is_none());
-    assert!(kept.status.as_ref().unwrap().conditions.is_none());
+    let mut writer = SummaryWriter::new(pod_usage);
+    let usage = writer.summaries();
+    for event in [
+        Event::Init,
+        Event::InitApply(bound.clone()),
+        Event::InitApply(unbound_stranger.clone()),
+    ] {
+        writer.apply(&event);
+    }
     assert!(
-        serde_json::to_vec(kept.as_ref()).unwrap().len() * 2
-            < serde_json::to_vec(pods[0].as_ref()).unwrap().len(),
-        "less than half the size"
+        usage.values().is_empty(),
+        "a relist shows only once it is whole"
     );
+    writer.apply(&Event::InitDone);
+    assert_eq!(
+        usage.values(),
+        vec![PodUsage {
+            host: "node-a".into(),
+            cpu: 500,
+            memory: 1 << 30,
+        }],
+        "a Pod with no host takes no room yet"
+    );
+    assert!(usage.contains("agents", &bound.name_any()));
+    assert!(!usage.contains("agents", "stranger"));
+
+    writer.apply(&Event::Apply(on_its_way.clone()));
+    assert!(usage.contains("agents", &on_its_way.name_any()));
+    let mut finished = bound.clone();
+    finished.status.get_or_insert_default().phase = Some("Succeeded".into());
+    writer.apply(&Event::Apply(finished));
+    writer.apply(&Event::Delete(on_its_way.clone()));
+    assert!(usage.values().is_empty(), "finished and deleted Pods go");
 }
 
 #[test]
@@ -369,7 +379,7 @@ fn the_trimmed_pod_in_the_cache_reads_as_the_full_one() {
     ] {
         let full = pod(status);
         let mut trimmed = CachedPod::of(&full);
-        keep_what_providers_read(&mut trimmed);
+        keep_what_the_provider_reads(&mut trimmed);
         assert_eq!(pod_observed(&trimmed), pod_observed(&CachedPod::of(&full)));
         assert!(trimmed.spec.as_ref().unwrap().containers.is_empty());
         assert!(
