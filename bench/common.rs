@@ -104,9 +104,14 @@ where
     }
 }
 
+/// Starts the operator under test. Its log level is `warn` unless
+/// `CTRLPLANE_BENCH_LOG_LEVEL` says otherwise (for instance
+/// `warn,ctrlplane_operator::controller::lifecycle=debug` to see what each
+/// status write changes); the log goes to the benchmark's stderr.
 pub fn start_operator(binary: &PathBuf, namespace: &str, port: u16) -> std::io::Result<Child> {
+    let level = std::env::var("CTRLPLANE_BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into());
     Command::new(binary)
-        .args(["run", "--namespace", namespace, "--log-level", "warn"])
+        .args(["run", "--namespace", namespace, "--log-level", &level])
         .arg("--metrics-address")
         .arg(format!("127.0.0.1:{port}"))
         .stdout(Stdio::null())

@@ -48,7 +48,7 @@ use super::record::{
     HasHistory, LifecycleObject, MetadataChange, RecordError, patch_metadata, publish, write_status,
 };
 use crate::plan::conditions::{DesiredCondition, set_condition, types};
-use crate::plan::{Decision, FinalizerAction, PlannedEvent, only_progress};
+use crate::plan::{Decision, FinalizerAction, PlannedEvent, changed_fields, only_progress};
 use crate::provider::{ActionNote, ProviderError};
 use crate::runtime::kubeapi::delete_if_present;
 
@@ -280,6 +280,12 @@ async fn record<K: LifecycleKind>(
     } else {
         true
     };
+    if write && tracing::enabled!(tracing::Level::DEBUG) {
+        debug!(
+            changed = ?changed_fields(&old, &decision.status),
+            "writing status"
+        );
+    }
     let written = if write {
         match write_status(api, object, &decision.status, context).await? {
             Some(written) => {

@@ -290,6 +290,26 @@ pub fn only_progress<S: serde::Serialize>(old: &S, new: &S, progress_fields: &[&
     old != new && essence(&old, progress_fields) == essence(&new, progress_fields)
 }
 
+/// The top-level status fields that differ between `old` and `new`, by
+/// their serialized names: what a status write changes, for the debug log.
+/// Pure.
+pub fn changed_fields<S: serde::Serialize>(old: &S, new: &S) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return Vec::new();
+    };
+    let mut fields: Vec<String> = old
+        .keys()
+        .chain(new.keys())
+        .filter(|field| old.get(*field) != new.get(*field))
+        .cloned()
+        .collect();
+    fields.sort();
+    fields.dedup();
+    fields
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +336,16 @@ mod tests {
             Utc::now(),
         );
         status
+    }
+
+    #[test]
+    fn changed_fields_name_what_a_write_changes() {
+        let old = starting();
+        let mut new = old.clone();
+        assert!(changed_fields(&old, &new).is_empty());
+        new.ready_replicas = 1;
+        new.phase = Some(InstancePhase::Running);
+        assert_eq!(changed_fields(&old, &new), ["phase", "readyReplicas"]);
     }
 
     #[test]
