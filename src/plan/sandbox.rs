@@ -36,6 +36,14 @@ use crate::provider::{
 /// While waiting for room, look again this often.
 pub const REQUEUE_WAITING_FOR_ROOM: Duration = Duration::from_secs(5);
 
+/// How long a new claim may take to bind before Ready says the Sandbox waits
+/// for it (`WaitingForClaim`). Most bind well within it (a busy provisioner
+/// or a cloud disk can take tens of seconds): saying so for each would cost
+/// every Sandbox a status write for a wait nobody needs to hear about. A
+/// Sandbox still starting is looked at again after [`REQUEUE_PROGRESSING`]
+/// anyway, which is when a claim that has not bound by then is reported.
+pub const CLAIM_BINDING_GRACE: Duration = REQUEUE_PROGRESSING;
+
 /// What the reconciler observed before planning.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxObservation {
@@ -188,6 +196,9 @@ struct Planner<'a> {
     retry: bool,
     no_room: Option<String>,
     waiting_for_claim: bool,
+    /// The claim is new and not bound yet: its wait, and its pod's, is no
+    /// news yet (see [`CLAIM_BINDING_GRACE`]).
+    claim_in_grace: bool,
     /// Where a new Pod goes, when one is to be made.
     chosen_host: Option<String>,
     /// Its data is to start from a snapshot that is not ready: why.
@@ -210,6 +221,7 @@ impl<'a> Planner<'a> {
             retry: false,
             no_room: None,
             waiting_for_claim: false,
+            claim_in_grace: false,
             chosen_host: None,
             waiting_for_snapshot: None,
             requeue_after: REQUEUE_SETTLED,
@@ -265,13 +277,16 @@ impl<'a> Planner<'a> {
         // would never bind otherwise, and a pod waiting for its claim is
         // not taken for a failure.
         let needs_pod = self.intent() == Intent::Running && (self.pod().is_none() || stale_pod);
-        self.waiting_for_claim = self
-            .observation
-            .observed
-            .claim
-            .as_ref()
-            .is_some_and(|c| !c.bound)
-            || self.pod().is_some_and(|p| p.waiting_for_data);
+        let claim = self.observation.observed.claim.as_ref();
+        // Within its grace, a new claim's wait is not reported.
+        let in_grace = claim.and_then(|c| c.created_at).is_some_and(|created| {
+            (self.now - created)
+                .to_std()
+                .map_or(true, |waited| waited < CLAIM_BINDING_GRACE)
+        });
+        self.claim_in_grace = in_grace && claim.is_some_and(|c| !c.bound);
+        self.waiting_for_claim = !in_grace
+            && (claim.is_some_and(|c| !c.bound) || self.pod().is_some_and(|p| p.waiting_for_data));
         if needs_pod && workload.is_some() && self.waiting_for_snapshot.is_none() {
             let request = self.request();
             match choose_host(
@@ -858,10 +873,20 @@ impl<'a> Planner<'a> {
         self.status.pod_ip = pod
             .and_then(|p| p.ip.clone())
             .filter(|_| self.status.phase == Some(Running));
-        // Where it runs now; a stopped sandbox runs nowhere.
-        self.status.host = pod.and_then(|p| p.host.clone());
-        if let Some(claim) = &observed.claim {
-            self.status.claim_name = Some(claim.name.clone());
+        // Where it runs now; a stopped sandbox runs nowhere. While it starts,
+        // the host it was placed on is in the Scheduled condition, and its
+        // pod being bound there is no news to write by itself (it comes
+        // with Running).
+        let starting = matches!(self.status.phase, Some(Created | Starting));
+        let bound_host = pod.and_then(|p| p.host.clone()).filter(|_| !starting);
+        self.status.host = bound_host.clone();
+        // What is being made is named in the write that asks for it, not in
+        // one more write once it shows up.
+        let starting_pod = self.actions.contains(&SandboxAction::Start);
+        let provisioning = self.actions.contains(&SandboxAction::Provision);
+        let claim = observed.claim.as_ref().map(|c| &c.name);
+        if let Some(claim) = claim.or(observed.claim_name.as_ref().filter(|_| provisioning)) {
+            self.status.claim_name = Some(claim.clone());
         }
         self.status.provider_ref = match (pod, self.status.phase) {
             (_, Some(Destroyed)) => None,
@@ -870,11 +895,18 @@ impl<'a> Planner<'a> {
                 kind: "Pod".into(),
                 name: p.name.clone(),
             }),
-            (None, _) => self
-                .status
-                .provider_ref
-                .clone()
-                .filter(|r| r.provider == provider),
+            (None, _) => match workload.filter(|_| starting_pod) {
+                Some(workload) => Some(ProviderRef {
+                    provider: provider.to_string(),
+                    kind: "Pod".into(),
+                    name: workload.name.clone(),
+                }),
+                None => self
+                    .status
+                    .provider_ref
+                    .clone()
+                    .filter(|r| r.provider == provider),
+            },
         };
         let phase = self.status.phase;
         let last_failure = self
@@ -928,7 +960,10 @@ impl<'a> Planner<'a> {
                 types::READY,
                 false,
                 "Starting",
-                pod.map(|p| p.problems.join("; "))
+                // A pod waiting for a claim that is still in its grace is
+                // just starting.
+                pod.filter(|p| !(p.waiting_for_data && self.claim_in_grace))
+                    .map(|p| p.problems.join("; "))
                     .filter(|m| !m.is_empty())
                     .unwrap_or_else(|| "its pod is starting".into()),
             ),
@@ -969,7 +1004,7 @@ impl<'a> Planner<'a> {
 
         let scheduled = match (
             &self.no_room,
-            pod.and_then(|p| p.host.clone()),
+            bound_host,
             workload
                 .and(self.chosen_host.clone())
                 .or_else(|| pod.and_then(|p| p.placed_on.clone())),
@@ -986,11 +1021,13 @@ impl<'a> Planner<'a> {
                 "Scheduled",
                 format!("runs on {host}"),
             ),
+            // The same reason as once bound there: that the kube-scheduler
+            // has bound it is progress, written with the next decision.
             (None, None, Some(host)) => DesiredCondition::new(
                 types::SCHEDULED,
                 true,
-                "HostChosen",
-                format!("placed on {host}"),
+                "Scheduled",
+                format!("placed on {host}; starting there"),
             ),
             (None, None, None) => {
                 DesiredCondition::new(types::SCHEDULED, false, "NotRunning", "no pod runs now")

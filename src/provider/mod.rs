@@ -223,6 +223,10 @@ pub struct RestoreSource {
 /// What the provider reports about a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SandboxObserved {
+    /// The name of the claim the provider keeps the sandbox's data in,
+    /// whether or not it exists yet, so the status can name it from the
+    /// write that asks for it; `None` for a provider without one.
+    pub claim_name: Option<String>,
     pub claim: Option<ClaimObserved>,
     pub pod: Option<PodObserved>,
     pub service: bool,
@@ -233,6 +237,8 @@ pub struct SandboxObserved {
 pub struct ClaimObserved {
     pub name: String,
     pub bound: bool,
+    /// When the claim was made, if known: how long an unbound one has waited.
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The sandbox's running part (a Pod for the `pod` provider).

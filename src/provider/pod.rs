@@ -406,6 +406,31 @@ pub fn pod_usage(pod: &CachedPod) -> Option<PodUsage> {
     })
 }
 
+/// Whether a change to a Sandbox's pod is news for its Sandbox: it runs,
+/// ended, failed, is going away, or has a problem to explain. A pod on its
+/// way (created, scheduled, its containers being made, waiting for its claim
+/// to bind) changes nothing the Sandbox shows, and would only wake it for a
+/// reconcile that finds nothing to do; a Sandbox still starting is looked at
+/// again after a while anyway. Pure.
+pub fn pod_is_news(pod: &CachedPod) -> bool {
+    let pending = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");
+    let observed = pod_observed(pod);
+    !pending
+        || observed.terminating
+        || observed.ready
+        || observed.failed
+        || (!observed.problems.is_empty() && !observed.waiting_for_data)
+}
+
+/// Whether a change to a Sandbox's claim is news for its Sandbox: it bound,
+/// or is going away. An unbound claim changes nothing the Sandbox shows
+/// until it has waited long enough to say so, which a requeue looks at.
+/// Pure.
+pub fn claim_is_news(claim: &PersistentVolumeClaim) -> bool {
+    claim.metadata.deletion_timestamp.is_some()
+        || claim.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Pending")
+}
+
 /// Shrinks a Sandbox's Pod to what the pod provider reads: its metadata
 /// with only our annotations and its Sandbox owner, the node it is bound
 /// to, and its status. What its containers request is the capacity cache's
@@ -525,12 +550,14 @@ impl PodProvider {
         use futures::StreamExt;
         let owner = |id: Option<WorkloadId>| futures::future::ready(id);
         let wakeups = futures::stream::select_all([
-            pods.filter_map(move |p| owner(shape::owner_of(p.as_ref(), "Sandbox")))
+            pods.filter(|p| futures::future::ready(pod_is_news(p)))
+                .filter_map(move |p| owner(shape::owner_of(p.as_ref(), "Sandbox")))
                 .boxed(),
             services
                 .filter_map(move |s| owner(shape::owner_of(s.as_ref(), "Sandbox")))
                 .boxed(),
             claims
+                .filter(|c| futures::future::ready(claim_is_news(c)))
                 .filter_map(move |c| owner(shape::owner_of(c.as_ref(), "Sandbox")))
                 .boxed(),
         ])
@@ -721,6 +748,12 @@ impl SandboxProvider for PodProvider {
             .map(|c| ClaimObserved {
                 name: c.name_any(),
                 bound: c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"),
+                created_at: c.metadata.creation_timestamp.as_ref().and_then(|t| {
+                    chrono::DateTime::from_timestamp(
+                        t.0.as_second(),
+                        t.0.subsec_nanosecond().max(0) as u32,
+                    )
+                }),
             });
         let service = self
             .caches
@@ -728,6 +761,7 @@ impl SandboxProvider for PodProvider {
             .get(&shape::named(&id.namespace, &id.name))
             .is_some_and(|s| self.ours(&s, id));
         Ok(SandboxObserved {
+            claim_name: Some(claim_name(&id.name)),
             claim,
             pod: pod.map(|p| pod_observed(&p)),
             service,

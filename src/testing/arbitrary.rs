@@ -1167,8 +1167,16 @@ pub fn placement() -> BoxedStrategy<Option<Placement>> {
 }
 
 pub fn claim_observed() -> BoxedStrategy<ClaimObserved> {
-    (any_string(), any::<bool>())
-        .prop_map(|(name, bound)| ClaimObserved { name, bound })
+    (
+        any_string(),
+        any::<bool>(),
+        proptest::option::of(any::<i64>()),
+    )
+        .prop_map(|(name, bound, seconds)| ClaimObserved {
+            name,
+            bound,
+            created_at: seconds.and_then(|s| chrono::DateTime::from_timestamp(s, 0)),
+        })
         .boxed()
 }
 
@@ -1210,11 +1218,13 @@ pub fn pod_observed() -> BoxedStrategy<PodObserved> {
 
 pub fn sandbox_observed() -> BoxedStrategy<SandboxObserved> {
     (
+        prop::option::of(any_string()),
         prop::option::of(claim_observed()),
         prop::option::of(pod_observed()),
         any::<bool>(),
     )
-        .prop_map(|(claim, pod, service)| SandboxObserved {
+        .prop_map(|(claim_name, claim, pod, service)| SandboxObserved {
+            claim_name,
             claim,
             pod,
             service,

@@ -84,6 +84,7 @@ fn world_after(plan: &SandboxPlan, before: &SandboxObserved) -> SandboxObserved 
                     world.claim = Some(ClaimObserved {
                         name: format!("{}-data", w.name),
                         bound: true,
+                        created_at: None,
                     });
                     world.service = !w.ports.is_empty();
                 }
@@ -363,6 +364,69 @@ fn a_pod_waiting_for_its_claim_is_not_a_failure() {
 }
 
 #[test]
+fn the_write_that_asks_for_the_claim_and_the_pod_names_them() {
+    let mut sandbox = sandbox(spec());
+    let mut world = SandboxObserved {
+        claim_name: Some("box-data".into()),
+        ..SandboxObserved::default()
+    };
+    let first = step(&mut sandbox, &mut world, t0());
+    assert!(first.actions.contains(&SandboxAction::Start));
+    assert_eq!(first.status.claim_name.as_deref(), Some("box-data"));
+    assert_eq!(
+        first
+            .status
+            .provider_ref
+            .as_ref()
+            .map(|r| (r.kind.as_str(), r.name.as_str())),
+        Some(("Pod", "box"))
+    );
+    // Once the pod and claim show up, the names stay as they were written.
+    let second = step(&mut sandbox, &mut world, t0());
+    assert_eq!(second.status.claim_name, first.status.claim_name);
+    assert_eq!(second.status.provider_ref, first.status.provider_ref);
+}
+
+#[test]
+fn a_new_claim_that_has_not_bound_yet_is_not_reported_until_its_grace_is_over() {
+    let mut sandbox = sandbox(spec());
+    let mut world = SandboxObserved::default();
+    let first = step(&mut sandbox, &mut world, t0());
+    let claim = world.claim.as_mut().unwrap();
+    claim.bound = false;
+    claim.created_at = Some(t0());
+    let pod = world.pod.as_mut().unwrap();
+    pod.ready = false;
+    pod.waiting_for_data = true;
+    pod.problems = vec![
+        "pod box cannot be scheduled: pod has unbound immediate PersistentVolumeClaims".into(),
+    ];
+
+    let soon = t0() + chrono::Duration::seconds(2);
+    let early = plan(&sandbox, &observation(world.clone()), soon);
+    let ready = conditions::find(&early.status.conditions, types::READY).unwrap();
+    assert_eq!(
+        ready.reason, "Starting",
+        "a claim binding in its first seconds is no news"
+    );
+    let before = conditions::find(&first.status.conditions, types::READY).unwrap();
+    assert_eq!(
+        (&before.reason, &before.message),
+        (&ready.reason, &ready.message),
+        "so nothing changes, and no status write is due"
+    );
+    assert!(
+        early.requeue_after <= REQUEUE_PROGRESSING,
+        "a starting Sandbox is looked at again by the end of the grace"
+    );
+
+    let late = t0() + chrono::Duration::from_std(CLAIM_BINDING_GRACE).unwrap();
+    let waiting = plan(&sandbox, &observation(world), late);
+    let ready = conditions::find(&waiting.status.conditions, types::READY).unwrap();
+    assert_eq!(ready.reason, "WaitingForClaim");
+}
+
+#[test]
 fn a_sandbox_that_fits_nowhere_waits_and_says_why() {
     let mut s = spec();
     s.resources.cpu = Quantity("16".into());
@@ -461,9 +525,11 @@ fn world_strategy() -> impl Strategy<Value = SandboxObserved> {
         any::<bool>(),
     )
         .prop_map(|(claim, bound, pod, service)| SandboxObserved {
+            claim_name: Some("box-data".into()),
             claim: claim.then(|| ClaimObserved {
                 name: "box-data".into(),
                 bound,
+                created_at: None,
             }),
             pod: pod.map(|(ready, failed, terminating, current)| PodObserved {
                 name: "box".into(),

@@ -388,3 +388,90 @@ fn the_trimmed_pod_in_the_cache_reads_as_the_full_one() {
         );
     }
 }
+
+#[test]
+fn only_a_change_that_matters_to_its_sandbox_wakes_it() {
+    let news = |status: PodStatus| pod_is_news(&CachedPod::of(&pod(status)));
+    let condition =
+        |type_: &str, status: &str, reason: Option<&str>, message: Option<&str>| PodCondition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.map(Into::into),
+            message: message.map(Into::into),
+            ..PodCondition::default()
+        };
+    let pending = |conditions: Vec<PodCondition>, waiting: Option<&str>| PodStatus {
+        phase: Some("Pending".into()),
+        conditions: Some(conditions),
+        container_statuses: waiting.map(|reason| {
+            vec![ContainerStatus {
+                name: "sandbox".into(),
+                state: Some(ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some(reason.into()),
+                        message: None,
+                    }),
+                    ..ContainerState::default()
+                }),
+                ..ContainerStatus::default()
+            }]
+        }),
+        ..PodStatus::default()
+    };
+    // On its way: created, waiting for its claim, scheduled, being made.
+    assert!(!news(pending(Vec::new(), None)));
+    assert!(!news(pending(
+        vec![condition(
+            "PodScheduled",
+            "False",
+            Some("Unschedulable"),
+            Some("pod has unbound immediate PersistentVolumeClaims")
+        )],
+        None
+    )));
+    assert!(!news(pending(
+        vec![condition("PodScheduled", "True", None, None)],
+        Some("ContainerCreating")
+    )));
+    // News: a problem, a start, an end.
+    assert!(news(pending(
+        vec![condition("PodScheduled", "True", None, None)],
+        Some("ImagePullBackOff")
+    )));
+    assert!(news(pending(
+        vec![condition(
+            "PodScheduled",
+            "False",
+            Some("Unschedulable"),
+            Some("0/2 nodes are available")
+        )],
+        None
+    )));
+    assert!(news(PodStatus {
+        phase: Some("Running".into()),
+        conditions: Some(vec![condition("Ready", "True", None, None)]),
+        ..PodStatus::default()
+    }));
+    assert!(news(PodStatus {
+        phase: Some("Failed".into()),
+        ..PodStatus::default()
+    }));
+    let mut going = pod(pending(Vec::new(), None));
+    going.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    ));
+    assert!(
+        pod_is_news(&CachedPod::of(&going)),
+        "a pod going away is news"
+    );
+
+    let claim = |phase: &str| PersistentVolumeClaim {
+        status: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimStatus {
+            phase: Some(phase.into()),
+            ..Default::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    };
+    assert!(!claim_is_news(&claim("Pending")));
+    assert!(claim_is_news(&claim("Bound")));
+}
