@@ -14,16 +14,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures::Stream;
 use futures::channel::mpsc;
 use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use tracing::info;
 
 use super::Context;
-use super::lifecycle::{LifecycleKind, run_controller};
+use super::lifecycle::LifecycleKind;
 use super::sandbox::commands_of;
 use crate::api::{
     ConditionStatus, DesiredState, SandboxCommand, SandboxCommandStatus, SandboxPhase,
@@ -386,16 +384,4 @@ async fn exec_request(
         keep_bytes: keep_bytes(&secrets),
     };
     (Ok(request), SecretValues(secrets))
-}
-
-/// Runs the SandboxCommand controller of one scope until shutdown.
-pub async fn controller(
-    commands: impl Stream<Item = Result<SandboxCommand, watcher::Error>> + Send + 'static,
-    store: Store<SandboxCommand>,
-    woken: impl Stream<Item = ObjectRef<SandboxCommand>> + Send + 'static,
-    concurrency: u16,
-    context: Arc<Context>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    run_controller(commands, store, woken, concurrency, context, shutdown).await;
 }

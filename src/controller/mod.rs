@@ -478,7 +478,8 @@ pub async fn run_scope(
             .flat_map(move |c| unfinished_of(c.namespace(), c.spec.sandbox_ref.name.clone()))
             .boxed(),
     ]);
-    let command_controller = command::controller(
+    // Commands and snapshots need nothing beyond the engine's own wiring.
+    let command_controller = lifecycle::run_controller(
         commands.subscriber().map({
             let written = written.clone();
             move |c| {
@@ -525,7 +526,7 @@ pub async fn run_scope(
                 .boxed(),
         );
     }
-    let snapshot_controller = snapshot::controller(
+    let snapshot_controller = lifecycle::run_controller(
         snapshots.subscriber().map({
             let written = written.clone();
             move |s| {

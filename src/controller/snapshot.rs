@@ -7,13 +7,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures::Stream;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::Context;
-use super::lifecycle::{LifecycleKind, run_controller};
+use super::lifecycle::LifecycleKind;
 use crate::api::{SandboxSnapshot, SandboxSnapshotStatus};
 use crate::plan::Decision;
 use crate::plan::snapshot::{SnapshotAction, SnapshotObservation, SnapshotSource, plan};
@@ -119,16 +117,4 @@ impl LifecycleKind for SandboxSnapshot {
             None => Ok(Vec::new()),
         }
     }
-}
-
-/// Runs the SandboxSnapshot controller of one scope until shutdown.
-pub async fn controller(
-    snapshots: impl Stream<Item = Result<SandboxSnapshot, watcher::Error>> + Send + 'static,
-    store: Store<SandboxSnapshot>,
-    woken: impl Stream<Item = ObjectRef<SandboxSnapshot>> + Send + 'static,
-    concurrency: u16,
-    context: Arc<Context>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    run_controller(snapshots, store, woken, concurrency, context, shutdown).await;
 }
