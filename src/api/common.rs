@@ -450,3 +450,11 @@ pub struct ProviderRef {
     /// Name of the object, in the same namespace.
     pub name: String,
 }
+
+/// A Kubernetes time (jiff) in our own clock type (chrono); `None` when
+/// chrono cannot hold it.
+pub fn utc_of(
+    time: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> Option<DateTime<Utc>> {
+    DateTime::<Utc>::from_timestamp(time.0.as_second(), time.0.subsec_nanosecond().max(0) as u32)
+}

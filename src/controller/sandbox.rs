@@ -178,9 +178,7 @@ pub fn command_mark(command: &SandboxCommand) -> CommandMark {
         .metadata
         .creation_timestamp
         .as_ref()
-        .and_then(|t| {
-            DateTime::<Utc>::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
-        })
+        .and_then(crate::api::utc_of)
         .unwrap_or(DateTime::<Utc>::MIN_UTC);
     CommandMark {
         name: command.name_any(),

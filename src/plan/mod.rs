@@ -64,11 +64,7 @@ pub const MISSING_SANDBOX_GRACE: Duration = Duration::from_secs(30);
 
 /// When a Kubernetes object was created, in our own clock type.
 pub fn created_at(meta: &ObjectMeta) -> Option<DateTime<Utc>> {
-    let created = meta.creation_timestamp.as_ref()?;
-    DateTime::<Utc>::from_timestamp(
-        created.0.as_second(),
-        created.0.subsec_nanosecond().max(0) as u32,
-    )
+    crate::api::utc_of(meta.creation_timestamp.as_ref()?)
 }
 
 /// `at` moved by `by`, stopping at the ends of time: a deadline past what

@@ -357,12 +357,7 @@ pub fn workload_status(
         .map(|c| {
             c.last_update_time
                 .as_ref()
-                .and_then(|t| {
-                    chrono::DateTime::<chrono::Utc>::from_timestamp(
-                        t.0.as_second(),
-                        t.0.subsec_nanosecond().max(0) as u32,
-                    )
-                })
+                .and_then(crate::api::utc_of)
                 .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
         });
     let rollout_complete =

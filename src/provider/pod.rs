@@ -748,12 +748,11 @@ impl SandboxProvider for PodProvider {
             .map(|c| ClaimObserved {
                 name: c.name_any(),
                 bound: c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"),
-                created_at: c.metadata.creation_timestamp.as_ref().and_then(|t| {
-                    chrono::DateTime::from_timestamp(
-                        t.0.as_second(),
-                        t.0.subsec_nanosecond().max(0) as u32,
-                    )
-                }),
+                created_at: c
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .and_then(crate::api::utc_of),
             });
         let service = self
             .caches
@@ -892,12 +891,7 @@ impl SandboxProvider for PodProvider {
             name: name.to_string(),
             ready_to_use: status.ready_to_use.unwrap_or(false),
             restore_size: status.restore_size.map(|q| q.0),
-            creation_time: status.creation_time.and_then(|t| {
-                chrono::DateTime::<chrono::Utc>::from_timestamp(
-                    t.0.as_second(),
-                    t.0.subsec_nanosecond().max(0) as u32,
-                )
-            }),
+            creation_time: status.creation_time.as_ref().and_then(crate::api::utc_of),
             error: status.error.and_then(|e| e.message),
             source_claim: snapshot.spec.source.persistent_volume_claim_name.clone(),
             terminating: snapshot.metadata.deletion_timestamp.is_some(),

@@ -220,8 +220,7 @@ fn stamp(at: DateTime<Utc>) -> String {
 fn meta_time(
     time: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 ) -> Option<DateTime<Utc>> {
-    let t = time?;
-    DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
+    ctrlplane_operator::api::utc_of(time?)
 }
 
 fn condition_status(status: ConditionStatus) -> &'static str {
