@@ -104,7 +104,7 @@ fn failed_reason(command: &SandboxCommand) -> String {
         .status
         .as_ref()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Failed"))
-        .map(|c| c.reason.clone())
+        .map(|c| c.reason.to_string())
         .unwrap_or_default()
 }
 

@@ -117,7 +117,7 @@ fn condition_reason(instance: &Instance, type_: &str) -> String {
         .status
         .as_ref()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
-        .map(|c| c.reason.clone())
+        .map(|c| c.reason.to_string())
         .unwrap_or_default()
 }
 

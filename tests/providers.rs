@@ -220,7 +220,9 @@ async fn a_provider_of_a_test_s_own_runs_an_instance_through_its_whole_life() {
     let status = running.status.unwrap();
     assert_eq!(status.ready_replicas, 2);
     assert_eq!(
-        status.provider_ref.map(|r| (r.provider, r.kind)),
+        status
+            .provider_ref
+            .map(|r| (r.provider.to_string(), r.kind.to_string())),
         Some(("memory".to_string(), "MemoryWorkload".to_string()))
     );
 

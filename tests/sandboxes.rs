@@ -198,8 +198,8 @@ fn condition(sandbox: &Sandbox, type_: &str) -> (String, String, String) {
                     .as_str()
                     .unwrap_or_default()
                     .to_string(),
-                c.reason.clone(),
-                c.message.clone(),
+                c.reason.to_string(),
+                c.message.to_string(),
             )
         })
         .unwrap_or_default()
@@ -591,7 +591,7 @@ async fn an_image_that_cannot_start_is_an_error_until_it_is_fixed() {
         .unwrap()
         .history
         .iter()
-        .filter_map(|e| e.to.clone())
+        .filter_map(|e| e.to.as_ref().map(String::from))
         .collect();
     assert!(
         path.ends_with(&["Error".into(), "Starting".into(), "Running".into()]),

@@ -9,6 +9,8 @@ use kube::KubeSchema;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
+use super::Text;
+
 /// The shape of a container image reference: an optional registry host (with
 /// an optional port), one or more lowercase path components, then a tag, a
 /// digest, or both. Shared by the CEL rules of Instance and Sandbox.
@@ -30,14 +32,14 @@ pub enum ConditionStatus {
 pub struct Condition {
     /// The aspect this condition describes, e.g. Ready, Synced, Suspended, Progressing.
     #[serde(rename = "type")]
-    pub type_: String,
+    pub type_: Text,
     /// True, False or Unknown.
     pub status: ConditionStatus,
     /// A CamelCase word that says why the condition has this status.
-    pub reason: String,
+    pub reason: Text,
     /// A sentence for people, saying what happened and what to do about it.
     #[serde(default)]
-    pub message: String,
+    pub message: Text,
     /// When the status last changed.
     pub last_transition_time: DateTime<Utc>,
     /// The metadata.generation this condition was computed from.
@@ -402,15 +404,15 @@ pub struct HistoryEntry {
     pub type_: EventType,
     /// The phase before the event, when the event is a state change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
+    pub from: Option<Text>,
     /// The phase after the event, when the event is a state change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to: Option<String>,
+    pub to: Option<Text>,
     /// A CamelCase word that says why it happened.
-    pub reason: String,
+    pub reason: Text,
     /// A sentence for people.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub message: String,
+    #[serde(default, skip_serializing_if = "Text::is_empty")]
+    pub message: Text,
     /// Event-specific values, e.g. the old and new replica counts of instance.scaled.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub details: BTreeMap<String, String>,
@@ -444,9 +446,9 @@ pub enum DesiredState {
 #[serde(rename_all = "camelCase")]
 pub struct ProviderRef {
     /// Name of the provider that manages it, e.g. kubernetes or pod.
-    pub provider: String,
+    pub provider: Text,
     /// Kind of the object, e.g. Deployment or Pod.
-    pub kind: String,
+    pub kind: Text,
     /// Name of the object, in the same namespace.
     pub name: String,
 }

@@ -5,6 +5,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::Text;
+
 use super::common::{
     Condition, DesiredState, EnvVar, HistoryEntry, PortSpec, PositiveQuantity, ProviderRef,
     conditions_schema, env_schema, history_schema, ports_schema, positive_quantity_schema,
@@ -370,7 +372,7 @@ pub struct AppliedScale {
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     /// The port's name.
-    pub name: String,
+    pub name: Text,
     /// The URL, e.g. http://web.team-a.svc.cluster.local:8080.
     pub url: String,
 }
@@ -382,7 +384,7 @@ pub struct Release {
     /// Increases by one with every image change, starting at 1.
     pub version: i64,
     /// The image of this release.
-    pub image: String,
+    pub image: Text,
     /// When the release began.
     pub created_at: DateTime<Utc>,
     /// Pending, Succeeded, Failed or RolledBack.

@@ -10,6 +10,7 @@ pub mod common;
 pub mod instance;
 pub mod sandbox;
 pub mod snapshot;
+pub mod text;
 pub mod webhook;
 
 pub use command::*;
@@ -17,6 +18,7 @@ pub use common::*;
 pub use instance::*;
 pub use sandbox::*;
 pub use snapshot::*;
+pub use text::Text;
 pub use webhook::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

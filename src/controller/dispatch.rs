@@ -194,18 +194,14 @@ impl Dispatcher {
         let mut started = Vec::new();
         {
             let mut state = self.state();
-            let progress = state
+            let from = state
                 .objects
-                .entry(subject.uid.clone())
-                .or_insert_with(|| Progress {
-                    kind: subject.kind.clone(),
-                    namespace: namespace.to_string(),
-                    name: subject.name.clone(),
-                    handed_over: 0,
-                    under_way: BTreeMap::new(),
-                });
-            let from = progress.handed_over.max(status.dispatched_seq());
+                .get(&subject.uid)
+                .map_or(0, |p| p.handed_over)
+                .max(status.dispatched_seq());
             let mut jobs = Vec::new();
+            let mut under_way = Vec::new();
+            let mut last_handed_over = None;
             for entry in status.history().iter().filter(|e| e.sequence > from) {
                 let takers: Vec<String> = takers(&webhooks, entry)
                     .into_iter()
@@ -213,9 +209,9 @@ impl Dispatcher {
                     .map(|w| w.name_any())
                     .collect();
                 if !takers.is_empty() {
-                    progress.under_way.insert(entry.sequence, takers.len());
+                    under_way.push((entry.sequence, takers.len()));
                 }
-                progress.handed_over = entry.sequence;
+                last_handed_over = Some(entry.sequence);
                 for webhook in takers {
                     jobs.push((
                         Pair {
@@ -229,6 +225,27 @@ impl Dispatcher {
                         },
                     ));
                 }
+            }
+            // An object whose entries no Webhook takes needs no record
+            // here: `settle` passes such entries by itself. At 10,000
+            // Instances in a namespace without Webhooks that is ~0.3 KB
+            // each kept for nothing.
+            if let Some(last) = last_handed_over
+                && (!jobs.is_empty() || state.objects.contains_key(&subject.uid))
+            {
+                let progress =
+                    state
+                        .objects
+                        .entry(subject.uid.clone())
+                        .or_insert_with(|| Progress {
+                            kind: subject.kind.clone(),
+                            namespace: namespace.to_string(),
+                            name: subject.name.clone(),
+                            handed_over: 0,
+                            under_way: BTreeMap::new(),
+                        });
+                progress.under_way.extend(under_way);
+                progress.handed_over = last;
             }
             for (pair, job) in jobs {
                 let queue = state.queues.entry(pair.clone()).or_default();

@@ -37,16 +37,30 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 const NOTE_LIMIT: usize = 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Key {
-    uid: String,
+struct Key<'a> {
+    uid: &'a str,
     warning: bool,
-    reason: String,
-    note: String,
+    reason: &'a str,
+    note: &'a str,
 }
 
+impl Key<'_> {
+    /// What the map of recent Events is keyed by: a hash of the key rather
+    /// than its four strings. Every object that published lately is in
+    /// that map, 10,000 at the end of a burst of Instances; a collision of
+    /// 64-bit hashes would only count one Event into another's series.
+    fn digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
+/// An Event published lately, for counting repeats into its series. Its
+/// namespace is that of the object it is about.
 struct Seen {
     name: String,
-    namespace: String,
     count: i32,
     at: Instant,
 }
@@ -56,7 +70,7 @@ pub struct EventPublisher {
     client: Client,
     controller: String,
     instance: String,
-    seen: Mutex<HashMap<Key, Seen>>,
+    seen: Mutex<HashMap<u64, Seen>>,
     /// Normal Events each object may still publish, by UID, and when that
     /// was counted.
     allowance: std::sync::Mutex<HashMap<String, (f64, Instant)>>,
@@ -105,10 +119,13 @@ impl EventPublisher {
     fn allowed(&self, uid: &str, now: Instant, sweep: bool) -> bool {
         let mut allowance = self.allowance.lock().unwrap_or_else(|p| p.into_inner());
         if sweep {
-            // Objects quiet for a full refill are back to a full burst:
-            // forget them, so the map holds only busy objects.
-            let full = NORMAL_REFILL.mul_f64(NORMAL_BURST);
-            allowance.retain(|_, (_, counted)| now.duration_since(*counted) < full);
+            // An object whose allowance has refilled is as one never seen:
+            // forget it, so the map holds only objects still refilling.
+            allowance.retain(|_, (tokens, counted)| {
+                let refilled =
+                    now.duration_since(*counted).as_secs_f64() / NORMAL_REFILL.as_secs_f64();
+                *tokens + refilled < NORMAL_BURST
+            });
         }
         let entry = allowance
             .entry(uid.to_string())
@@ -130,15 +147,17 @@ impl EventPublisher {
             .clone()
             .unwrap_or_else(|| "default".into());
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        let uid = regarding.uid.clone().unwrap_or_default();
         let key = Key {
-            uid: regarding.uid.clone().unwrap_or_default(),
+            uid: &uid,
             warning,
-            reason: reason.to_string(),
-            note: note.clone(),
-        };
+            reason,
+            note: &note,
+        }
+        .digest();
         let now = Instant::now();
         let sweep = self.sweep_due(now);
-        if !warning && !self.allowed(&key.uid, now, sweep) {
+        if !warning && !self.allowed(&uid, now, sweep) {
             tracing::debug!(
                 reason,
                 "Normal Event held back: the object published many lately"
@@ -156,14 +175,10 @@ impl EventPublisher {
                 .map(|previous| {
                     previous.count += 1;
                     previous.at = now;
-                    (
-                        previous.name.clone(),
-                        previous.namespace.clone(),
-                        previous.count,
-                    )
+                    (previous.name.clone(), previous.count)
                 })
         };
-        if let Some((name, namespace, count)) = repeat {
+        if let Some((name, count)) = repeat {
             let patch = serde_json::json!({
                 "series": EventSeries { count, last_observed_time: MicroTime(Timestamp::now()) }
             });
@@ -212,7 +227,6 @@ impl EventPublisher {
             key,
             Seen {
                 name,
-                namespace,
                 count: 1,
                 at: now,
             },

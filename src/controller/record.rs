@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Patch, PatchParams};
@@ -193,29 +194,73 @@ impl RecordError {
 /// Entries go as soon as the watch brings any newer version of the object
 /// ([`WrittenObjects::seen`]), so only writes the cache has not caught up
 /// with are held: a settled object costs nothing here.
-#[derive(Default)]
+///
+/// The answer to a write and the watch event of the same write race. When
+/// the watch wins, `seen` comes before `remember` and cannot let go of the
+/// entry; a settled object may not reconcile again for minutes. So entries
+/// also go once they are [`WRITTEN_KEPT`] old (swept as writes come): after
+/// that, planning from the cache costs at most a conflict and a second look.
 pub struct WrittenObjects {
     by_uid: Mutex<HashMap<String, Written>>,
+    swept: Mutex<Instant>,
 }
 
-/// One write: the version it replaced, and the object as written.
+impl Default for WrittenObjects {
+    fn default() -> Self {
+        Self {
+            by_uid: Mutex::default(),
+            swept: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+/// How long a write is kept for a cache that has not caught up with it. The
+/// watch brings a write back within moments, or seconds under a burst of
+/// thousands of objects.
+const WRITTEN_KEPT: Duration = Duration::from_secs(30);
+
+/// One write: the version it replaced, the object as written, and when.
 struct Written {
     replaced: String,
     object: Arc<dyn std::any::Any + Send + Sync>,
+    at: Instant,
 }
 
 impl WrittenObjects {
     /// Remembers `written`, which replaced the version `replaced`.
     pub fn remember<K: Resource + Clone + Send + Sync + 'static>(&self, replaced: &K, written: &K) {
+        self.remember_at(replaced, written, Instant::now());
+    }
+
+    fn remember_at<K: Resource + Clone + Send + Sync + 'static>(
+        &self,
+        replaced: &K,
+        written: &K,
+        now: Instant,
+    ) {
         let (Some(uid), Some(previous)) = (written.uid(), replaced.resource_version()) else {
             return;
         };
+        // Kept as the cache keeps it.
+        let mut written = written.clone();
+        super::watches::forget_bookkeeping(&mut written);
+        let sweep = self.swept.lock().is_ok_and(|mut swept| {
+            let due = now.duration_since(*swept) >= WRITTEN_KEPT;
+            if due {
+                *swept = now;
+            }
+            due
+        });
         if let Ok(mut by_uid) = self.by_uid.lock() {
+            if sweep {
+                by_uid.retain(|_, w| now.duration_since(w.at) < WRITTEN_KEPT);
+            }
             by_uid.insert(
                 uid,
                 Written {
                     replaced: previous,
-                    object: Arc::new(written.clone()),
+                    object: Arc::new(written),
+                    at: now,
                 },
             );
         }
@@ -328,8 +373,8 @@ fn count_transitions<K: LifecycleObject>(
                 .transitions
                 .get_or_create(&TransitionLabels {
                     kind: K::KIND.into(),
-                    from: from.clone(),
-                    to: to.clone(),
+                    from: from.to_string(),
+                    to: to.to_string(),
                 })
                 .inc();
         }
@@ -466,5 +511,28 @@ mod tests {
         written.seen(&after);
         assert!(written.is_empty());
         assert_eq!(written.freshest(before.clone()), before);
+    }
+
+    #[test]
+    fn a_write_the_watch_brought_back_before_its_answer_goes_after_a_while() {
+        use crate::api::SandboxPhase::{Running, Starting};
+        let written = WrittenObjects::default();
+        let start = Instant::now();
+        // The watch brought version 2 first: `seen` had nothing to let go.
+        written.seen(&sandbox("2", Some(Running)));
+        written.remember_at(
+            &sandbox("1", Some(Starting)),
+            &sandbox("2", Some(Running)),
+            start,
+        );
+        assert_eq!(written.len(), 1);
+        // Another object's write, once the first is old enough, sweeps it.
+        let mut other = sandbox("8", Some(Starting));
+        other.metadata.uid = Some("uid-2".into());
+        let mut other_written = sandbox("9", Some(Running));
+        other_written.metadata.uid = Some("uid-2".into());
+        written.remember_at(&other, &other_written, start + WRITTEN_KEPT);
+        assert_eq!(written.len(), 1, "only the fresh write is kept");
+        assert_eq!(written.freshest(other.clone()), other_written);
     }
 }

@@ -86,7 +86,7 @@ impl LifecycleKind for Sandbox {
                                 .conditions
                                 .iter()
                                 .find(|c| c.type_ == "Ready")
-                                .map(|c| c.message.clone())
+                                .map(|c| c.message.to_string())
                         })
                         .unwrap_or_default(),
                 })
@@ -163,8 +163,8 @@ pub fn commands_of(sandbox: &Sandbox, store: &Store<SandboxCommand>) -> Vec<Comm
                 phase: status.phase,
                 started: status.started_at.is_some(),
                 exit_code: status.exit_code,
-                reason: failed.map(|c| c.reason.clone()).unwrap_or_default(),
-                message: failed.map(|c| c.message.clone()).unwrap_or_default(),
+                reason: failed.map(|c| c.reason.to_string()).unwrap_or_default(),
+                message: failed.map(|c| c.message.to_string()).unwrap_or_default(),
             }
         })
         .collect();

@@ -86,15 +86,15 @@ pub fn set_condition(
                 existing.last_transition_time = now;
             }
             existing.status = desired.status;
-            existing.reason = desired.reason;
-            existing.message = desired.message;
+            existing.reason = desired.reason.into();
+            existing.message = desired.message.into();
             existing.observed_generation = generation;
         }
         None => conditions.push(Condition {
-            type_: desired.type_.to_string(),
+            type_: desired.type_.into(),
             status: desired.status,
-            reason: desired.reason,
-            message: desired.message,
+            reason: desired.reason.into(),
+            message: desired.message.into(),
             last_transition_time: now,
             observed_generation: generation,
         }),

@@ -99,10 +99,10 @@ pub fn delivery_event(subject: &EventSubject, entry: &HistoryEntry) -> DeliveryE
         timestamp: entry.time,
         subject: subject.clone(),
         sequence: entry.sequence,
-        from: entry.from.clone(),
-        to: entry.to.clone(),
-        reason: entry.reason.clone(),
-        message: entry.message.clone(),
+        from: entry.from.as_ref().map(String::from),
+        to: entry.to.as_ref().map(String::from),
+        reason: entry.reason.to_string(),
+        message: entry.message.to_string(),
         details: entry.details.clone(),
     }
 }
@@ -238,7 +238,7 @@ mod tests {
             from: None,
             to: None,
             reason: "Test".into(),
-            message: String::new(),
+            message: Default::default(),
             details: Default::default(),
             time: chrono::Utc::now(),
         }

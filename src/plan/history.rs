@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::api::{EventType, HistoryEntry};
+use crate::api::{EventType, HistoryEntry, Text};
 
 /// How many entries a status keeps once they are dispatched.
 pub const HISTORY_LIMIT: usize = 50;
@@ -72,10 +72,10 @@ pub fn append(
     let entry = HistoryEntry {
         sequence: next_sequence(history, dispatched),
         type_: event.type_,
-        from: event.from,
-        to: event.to,
-        reason: event.reason,
-        message: event.message,
+        from: event.from.map(Text::from),
+        to: event.to.map(Text::from),
+        reason: event.reason.into(),
+        message: event.message.into(),
         details: event.details,
         time: now,
     };

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::api::{
     AppliedScale, DesiredState, Endpoint, EventType, Instance, InstancePhase, InstanceStatus,
-    Protocol, Release, ReleaseOutcome, RollbackPolicy,
+    Protocol, Release, ReleaseOutcome, RollbackPolicy, Text,
 };
 use crate::lifecycle::{Lifecycle, TransitionError, validate_transition};
 use crate::provider::{Cleanup, INSTANCE_LABEL, InstanceWorkload, UnknownProvider, WorkloadStatus};
@@ -431,7 +431,7 @@ impl<'a> Planner<'a> {
             .saturating_add(1);
         let release = Release {
             version,
-            image,
+            image: image.into(),
             created_at: self.now,
             outcome: ReleaseOutcome::Pending,
         };
@@ -463,7 +463,7 @@ impl<'a> Planner<'a> {
             .status
             .current_release
             .as_ref()
-            .map_or_else(|| spec.image.clone(), |r| r.image.clone());
+            .map_or_else(|| spec.image.clone(), |r| r.image.to_string());
         InstanceWorkload {
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
@@ -576,7 +576,7 @@ impl<'a> Planner<'a> {
             .cloned();
         if let Some(good) = last_good {
             self.set_release_outcome(release.version, ReleaseOutcome::RolledBack);
-            let rollback = self.push_release(good.image.clone());
+            let rollback = self.push_release(good.image.to_string());
             self.actions.push(ProviderAction::Rollback);
             self.rollback_started = true;
             self.record(
@@ -941,7 +941,7 @@ impl<'a> Planner<'a> {
                 .ports
                 .iter()
                 .map(|p| Endpoint {
-                    name: p.name.clone(),
+                    name: Text::from(&p.name),
                     url: format!(
                         "{}://{name}.{namespace}.svc.cluster.local:{}",
                         url_scheme(&p.name, p.protocol),
@@ -972,7 +972,7 @@ impl<'a> Planner<'a> {
             .iter()
             .rev()
             .find(|e| e.type_ == EventType::InstanceFailed)
-            .map(|e| e.message.clone())
+            .map(|e| e.message.to_string())
             .unwrap_or_else(|| "the Instance failed".into());
         let rolled_back = self.rolled_back_release();
 
@@ -1181,7 +1181,7 @@ impl<'a> Planner<'a> {
                 .iter()
                 .rev()
                 .find(|e| e.type_ == EventType::InstanceFailed)
-                .map_or_else(|| "Failed".to_string(), |e| e.reason.clone());
+                .map_or_else(|| "Failed".to_string(), |e| e.reason.to_string());
             (reason, failed_message)
         });
         self.set_desired(conditions::stalled(stuck));

@@ -189,7 +189,7 @@ pub fn announce(entry: &HistoryEntry) -> Option<PlannedEvent> {
     let message = match (&entry.from, &entry.to) {
         (Some(from), Some(to)) => format!("{from} -> {to}: {}", entry.message),
         (None, Some(to)) => format!("-> {to}: {}", entry.message),
-        _ => entry.message.clone(),
+        _ => entry.message.to_string(),
     };
     Some(PlannedEvent {
         warning: is_warning(entry.type_),

@@ -891,13 +891,13 @@ impl<'a> Planner<'a> {
         self.status.provider_ref = match (pod, self.status.phase) {
             (_, Some(Destroyed)) => None,
             (Some(p), _) => Some(ProviderRef {
-                provider: provider.to_string(),
+                provider: provider.into(),
                 kind: "Pod".into(),
                 name: p.name.clone(),
             }),
             (None, _) => match workload.filter(|_| starting_pod) {
                 Some(workload) => Some(ProviderRef {
-                    provider: provider.to_string(),
+                    provider: provider.into(),
                     kind: "Pod".into(),
                     name: workload.name.clone(),
                 }),
@@ -915,7 +915,7 @@ impl<'a> Planner<'a> {
             .iter()
             .rev()
             .find(|e| e.type_ == EventType::SandboxFailed)
-            .map(|e| e.message.clone())
+            .map(|e| e.message.to_string())
             .unwrap_or_default();
         let ready = match phase {
             Some(Running) if pod.is_some_and(|p| p.ready) => DesiredCondition::new(

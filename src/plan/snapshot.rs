@@ -194,7 +194,7 @@ pub fn plan(
         .iter()
         .rev()
         .find(|e| e.type_ == EventType::SandboxSnapshotFailed)
-        .map(|e| (e.reason.clone(), e.message.clone()));
+        .map(|e| (e.reason.to_string(), e.message.to_string()));
     let ready = match status.phase {
         Some(SnapshotPhase::Ready) => DesiredCondition::new(
             types::READY,

@@ -371,8 +371,8 @@ pub fn workload_status(
     };
     WorkloadStatus {
         provider_ref: ProviderRef {
-            provider: NAME.to_string(),
-            kind: "Deployment".to_string(),
+            provider: NAME.into(),
+            kind: "Deployment".into(),
             name: deployment.name_any(),
         },
         current: observed && caught_up,
@@ -739,8 +739,8 @@ impl InstanceProvider for KubernetesProvider {
             // A Service without its Deployment is still something of ours.
             return Ok(service.map(|_| WorkloadStatus {
                 provider_ref: ProviderRef {
-                    provider: NAME.to_string(),
-                    kind: "Service".to_string(),
+                    provider: NAME.into(),
+                    kind: "Service".into(),
                     name: id.name.clone(),
                 },
                 current: false,

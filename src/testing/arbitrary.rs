@@ -1067,8 +1067,8 @@ pub fn cleanup() -> BoxedStrategy<Cleanup> {
 pub fn provider_ref() -> BoxedStrategy<crate::api::ProviderRef> {
     (any_string(), any_string(), any_string())
         .prop_map(|(provider, kind, name)| crate::api::ProviderRef {
-            provider,
-            kind,
+            provider: provider.into(),
+            kind: kind.into(),
             name,
         })
         .boxed()
@@ -1563,10 +1563,10 @@ pub fn history_entry(rich: bool) -> BoxedStrategy<HistoryEntry> {
             |(sequence, type_, from, to, (reason, message, details, time))| HistoryEntry {
                 sequence,
                 type_,
-                from,
-                to,
-                reason,
-                message,
+                from: from.map(Into::into),
+                to: to.map(Into::into),
+                reason: reason.into(),
+                message: message.into(),
                 details,
                 time,
             },

@@ -104,7 +104,10 @@ fn recorded_changes_are_allowed<P: Lifecycle + DeserializeOwned>(
                     from,
                     to
                 );
-                prop_assert_eq!(entry.from.clone(), Some(from.to_string()));
+                prop_assert_eq!(
+                    entry.from.as_ref().map(String::from),
+                    Some(from.to_string())
+                );
             }
             None => prop_assert_eq!(entry.from.clone(), None),
         }
@@ -183,7 +186,7 @@ fn align_workload(instance: &Instance, workload: &mut WorkloadStatus, align: Ali
     if align.image {
         workload.image = status
             .and_then(|s| s.current_release.as_ref())
-            .map_or_else(|| instance.spec.image.clone(), |r| r.image.clone());
+            .map_or_else(|| instance.spec.image.clone(), |r| r.image.to_string());
     }
     let stopped =
         instance.spec.suspend.is_some() || instance.spec.state == crate::api::DesiredState::Stopped;

@@ -265,9 +265,9 @@ pub fn conditions_table(conditions: &[Condition], view: View, indent: usize) -> 
         .iter()
         .map(|c| {
             let mut row = vec![
-                c.type_.clone(),
+                c.type_.to_string(),
                 condition_status(c.status).to_string(),
-                c.reason.clone(),
+                c.reason.to_string(),
                 crate::error::one_line(&c.message),
             ];
             if view.wide {
@@ -345,7 +345,7 @@ pub fn history_table(entries: &[HistoryEntry], view: View, indent: usize) -> Str
                 stamp(e.time),
                 e.type_.as_str().to_string(),
                 transition(e),
-                e.reason.clone(),
+                e.reason.to_string(),
                 crate::error::one_line(&e.message),
             ];
             if view.wide {
@@ -460,7 +460,7 @@ pub fn instance_status(instance: &Instance, children: &[Child], view: View) -> S
         let rows: Vec<Vec<String>> = status
             .endpoints
             .iter()
-            .map(|e| vec![e.name.clone(), e.url.clone()])
+            .map(|e| vec![e.name.to_string(), e.url.clone()])
             .collect();
         table::render(&["NAME", "URL"], &rows, 2)
     });

@@ -69,7 +69,7 @@ fn condition(plan: &CommandPlan, type_: &str) -> (bool, String) {
     let c = conditions::find(&plan.decision.status.conditions, type_).unwrap();
     (
         c.status == crate::api::ConditionStatus::True,
-        c.reason.clone(),
+        c.reason.to_string(),
     )
 }
 

@@ -1035,7 +1035,7 @@ prop_compose! {
             .enumerate()
             .map(|(i, (image, outcome))| Release {
                 version: i as i64 + 1,
-                image,
+                image: image.into(),
                 created_at: t0(),
                 outcome,
             })
@@ -1046,7 +1046,7 @@ prop_compose! {
                 type_: types::READY.into(),
                 status: if is_ready { ConditionStatus::True } else { ConditionStatus::False },
                 reason: if not_ready_reason { "ReplicasNotReady".into() } else { "Running".into() },
-                message: String::new(),
+                message: Default::default(),
                 last_transition_time: t0() - ChronoDuration::seconds(age),
                 observed_generation: Some(1),
             });
@@ -1058,7 +1058,7 @@ prop_compose! {
                 from: None,
                 to: None,
                 reason: "Scaled".into(),
-                message: String::new(),
+                message: Default::default(),
                 details: Default::default(),
                 time: t0(),
             })
@@ -1162,7 +1162,7 @@ proptest! {
         for entry in plan.status.history.iter().filter(|e| e.sequence > old_last) {
             let Some(to) = &entry.to else { continue };
             let to: InstancePhase = serde_json::from_value(serde_json::json!(to)).unwrap();
-            prop_assert_eq!(entry.from.clone(), phase.map(|p| p.to_string()));
+            prop_assert_eq!(entry.from.as_ref().map(String::from), phase.map(|p| p.to_string()));
             if let Some(from) = phase {
                 prop_assert!(validate_transition(from, to).is_ok(), "{} -> {}", from, to);
             } else {
@@ -1233,7 +1233,7 @@ proptest! {
         (mut instance, observation, now) in case_strategy()
     ) {
         let mut world = observation.workload.clone();
-        let observation = InstanceObservation { provider: Ok("kubernetes".into()), cleanup: observation.cleanup, workload: None };
+        let observation = InstanceObservation { provider: Ok("kubernetes".into()), workload: None, ..observation };
         let stuck_failed = instance.status.as_ref().is_some_and(|s| {
             s.phase == Some(InstancePhase::Failed)
                 && s.failed_generation.is_some_and(|g| instance.metadata.generation.is_some_and(|current| current <= g))
