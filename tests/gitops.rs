@@ -484,6 +484,24 @@ impl Scene {
             .unwrap();
     }
 
+    /// Puts a finalizer of the test's own on the object, so that a deletion
+    /// waits as it does when the operator's finalizer holds it (a Webhook in
+    /// the namespace, a command still running). Without a reason to wait the
+    /// object holds none and is gone at once. The namespace's clean-up takes
+    /// it off.
+    async fn hold(&self, kind: &str, name: &str) {
+        self.api(kind)
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&serde_json::json!({
+                    "metadata": {"finalizers": ["ctrlplane.dev/test-hold"]}
+                })),
+            )
+            .await
+            .unwrap();
+    }
+
     fn delete(&self, kind: &str, name: &str) {
         kubectl([
             "delete",
@@ -622,6 +640,7 @@ async fn drive_instances() -> Vec<Snapshot> {
             o["metadata"]["generation"].as_i64() > status(o)["observedGeneration"].as_i64()
         })
         .await;
+    scene.hold("Instance", "stopped").await;
     scene.delete("Instance", "stopped");
     scene
         .capture("being deleted", "Instance", "stopped", |o| {
@@ -806,6 +825,7 @@ async fn drive_sandboxes() -> Vec<Snapshot> {
             o["metadata"]["generation"].as_i64() > status(o)["observedGeneration"].as_i64()
         })
         .await;
+    scene.hold("Sandbox", "stopped").await;
     scene.delete("Sandbox", "stopped");
     scene
         .capture("being deleted", "Sandbox", "stopped", |o| {

@@ -992,7 +992,8 @@ async fn the_tenancy_source_works_with_exactly_the_permissions_the_chart_grants(
     })
     .await;
 
-    // Deleted: the Instance through its finalizer, then the namespace.
+    // Deleted: the Instance (no Webhook here, so no finalizer holds it), then
+    // the namespace.
     tm.delete_project(&project);
     wait_until("the deletion acknowledged", WAIT, || async {
         Ok(tm

@@ -14,7 +14,7 @@ use ctrlplane_operator::api::{
     Condition, DeliveryPhase, Instance, InstancePhase, Webhook, WebhookDelivery,
 };
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -261,6 +261,56 @@ async fn lifecycle_events_arrive_signed_and_in_order_per_object() {
             .last_delivery
             .is_some_and(|l| l.succeeded && l.status_code == Some(200))
     );
+}
+
+fn holds_the_finalizer(instance: &Instance) -> bool {
+    instance
+        .finalizers()
+        .iter()
+        .any(|f| f == "ctrlplane.dev/cleanup")
+}
+
+#[tokio::test]
+async fn an_instance_made_before_its_webhook_still_sends_its_last_events() {
+    let f = fixture("wh-late").await;
+    let receiver = Receiver::start(&[SECRET]).await;
+    f.apply(&instance_manifest("early"));
+    let running = f.running("early").await;
+    // Nothing listens yet, and its children go with it: no finalizer.
+    assert!(!holds_the_finalizer(&running), "{:?}", running.finalizers());
+    f.apply(&secret_manifest("signing", SECRET, None));
+    f.apply(&webhook_manifest("hooks", &receiver.url(), ""));
+    // The new Webhook wakes it: it takes the finalizer, so that its
+    // deletion waits for its last events.
+    wait_until("the Instance to take the finalizer", WAIT, || async {
+        let instance = f.instances.get("early").await.map_err(|e| e.to_string())?;
+        Ok(holds_the_finalizer(&instance).then_some(()))
+    })
+    .await;
+    let uid = running.uid().unwrap();
+    f.instances
+        .delete("early", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_until("instance.deleted to reach the receiver", WAIT, || async {
+        let last = receiver
+            .accepted()
+            .into_iter()
+            .filter(|r| r.uid == uid)
+            .map(|r| r.type_)
+            .collect::<Vec<_>>();
+        Ok(last.iter().any(|t| t == "instance.deleted").then_some(()))
+    })
+    .await;
+    wait_until("the Instance to be gone", WAIT, || async {
+        let left = f
+            .instances
+            .get_opt("early")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(left.is_none().then_some(()))
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -147,6 +147,18 @@ impl Dispatcher {
             .collect()
     }
 
+    /// Whether the namespace has a Webhook. Its objects then hold their
+    /// finalizer, so that their last events are sent before they go. Any
+    /// Webhook counts, whatever its filter or state: one switched off or
+    /// filtering today may take events tomorrow, and an object must already
+    /// hold its finalizer when it is deleted.
+    pub fn has_webhooks(&self, namespace: &str) -> bool {
+        self.webhooks
+            .state()
+            .iter()
+            .any(|w| w.namespace().as_deref() == Some(namespace))
+    }
+
     /// Moves `status.dispatchedSeq` as far as dispatch has got: past what
     /// this process has seen finish, and past entries no Webhook takes.
     /// The bounded history is trimmed with it.

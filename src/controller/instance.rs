@@ -78,6 +78,9 @@ impl LifecycleKind for Instance {
                 .map_err(Clone::clone),
             cleanup,
             workload,
+            webhooks_listen: context
+                .dispatcher
+                .has_webhooks(&self.namespace().unwrap_or_default()),
         };
         Ok((observation, provider.ok()))
     }

@@ -77,6 +77,11 @@ pub trait LifecycleKind: LifecycleObject {
         context: &Context,
         acts: &Self::Acts,
     ) -> Result<Vec<ActionNote>, ProviderError>;
+
+    /// The object was deleted without a finalizer (see [`farewell`]): what
+    /// a provider keeps in memory about it can go. Its children go through
+    /// the garbage collector.
+    async fn gone(&self, _context: &Context) {}
 }
 
 /// Errors of one lifecycle reconcile.
@@ -341,4 +346,39 @@ async fn release<K: LifecycleKind>(
     context.dispatcher.forget(&uid);
     info!("finalizer released; the object is gone");
     Ok(Action::await_change())
+}
+
+/// The watch reported `object` deleted. One deleted through the finalizer
+/// was announced by [`release`]. One deleted without it (none was needed:
+/// [`crate::plan::finalizer_action`]) was gone before the operator heard of
+/// it; its children, owned by it, go with it through the garbage collector.
+/// Its end is still announced, with an Event (one request, which nothing
+/// waits for), and what the operator kept about it is let go.
+pub async fn farewell<K: LifecycleKind>(object: &K, context: &Context) {
+    let uid = object.uid().unwrap_or_default();
+    context.written.forget(&uid);
+    context.dispatcher.forget(&uid);
+    context.deferrals.written(&uid);
+    // A deletion that waited for a finalizer marked the object first.
+    if object.meta().deletion_timestamp.is_some() {
+        return;
+    }
+    object.gone(context).await;
+    let message = format!(
+        "the {} was deleted; what it owned goes with it (the garbage collector)",
+        K::KIND
+    );
+    let reference = object.object_ref(&());
+    if let Err(error) = context
+        .events
+        .publish(&reference, false, K::GONE_REASON, &message)
+        .await
+    {
+        // Best effort: when a whole namespace goes, its objects go with it
+        // and no Event can be created there any more.
+        debug!(
+            error = %crate::runtime::kubeapi::describe_kube_error(&error),
+            "the Event saying the object is gone was not published"
+        );
+    }
 }

@@ -30,6 +30,7 @@ pub mod webhook;
 
 use std::sync::Arc;
 
+use futures::future::Either;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim};
 use kube::runtime::watcher;
@@ -121,12 +122,14 @@ pub async fn run_scope(
     // Our own writes the caches have not caught up with: each kind's watch
     // lets go of a write as soon as it brings a newer version.
     let written = Arc::new(WrittenObjects::default());
+    let (instance_deleted, instances_deleted) = futures::channel::mpsc::unbounded();
     let (instances, instance_stream) = reflect(
         scope.api::<Instance>(&client),
         everything.clone(),
         &tracker,
         "instances",
         forget_bookkeeping,
+        Some(instance_deleted),
     );
     // Sandboxes, their commands and their snapshots wake one another.
     let mut sandboxes = reflect_shared(
@@ -183,6 +186,7 @@ pub async fn run_scope(
         &tracker,
         "nodes",
         forget_bookkeeping,
+        None,
     );
     let (pod_usage, _, pod_usage_watch) = summarise(
         Api::<CachedPod>::all(client.clone()),
@@ -258,7 +262,7 @@ pub async fn run_scope(
         &tracker,
         "webhooks",
         forget_bookkeeping,
-        2,
+        4,
     );
     let mut deliveries = reflect_shared(
         scope.api::<WebhookDelivery>(&client),
@@ -370,13 +374,36 @@ pub async fn run_scope(
         caches_synced: caches_synced.clone(),
     });
 
+    // Objects deleted without a finalizer are announced as they go.
+    let farewells = {
+        let context = context.clone();
+        futures::stream::select(
+            instances_deleted.map(|i| Either::Left(Arc::new(i))),
+            sandboxes.deletions().map(Either::Right),
+        )
+        .for_each_concurrent(FAREWELLS_AT_ONCE, move |gone| {
+            let context = context.clone();
+            async move {
+                match gone {
+                    Either::Left(instance) => {
+                        lifecycle::farewell(instance.as_ref(), &context).await
+                    }
+                    Either::Right(sandbox) => lifecycle::farewell(sandbox.as_ref(), &context).await,
+                }
+            }
+        })
+    };
+
     let instance_controller = instance::controller(
         instance_stream.inspect_ok({
             let written = written.clone();
             move |instance| written.seen(instance)
         }),
-        instances,
-        instances_dispatched,
+        instances.clone(),
+        futures::stream::select(
+            instances_dispatched,
+            to_hold_for_webhooks(webhooks.subscriber(), instances),
+        ),
         config.concurrency,
         context.clone(),
         shutdown.clone(),
@@ -387,6 +414,7 @@ pub async fn run_scope(
     let sandbox_store = sandboxes.store.clone();
     let sandbox_wakes = futures::stream::select_all([
         sandboxes_dispatched.boxed(),
+        to_hold_for_webhooks(webhooks.subscriber(), sandboxes.store.clone()).boxed(),
         commands
             .subscriber()
             .filter_map(|c| {
@@ -560,6 +588,7 @@ pub async fn run_scope(
     );
     tokio::spawn(caches_synced);
     let mut watches = vec![
+        farewells.boxed(),
         deployments.watch,
         services.watch,
         pods.watch,
@@ -587,4 +616,35 @@ pub async fn run_scope(
         } => {}
         _ = async { futures::join!(watches, cluster_watches) } => {}
     }
+}
+
+/// How many Events saying an object is gone are sent at once: a deleted
+/// namespace of 10,000 Instances must not open 10,000 requests.
+const FAREWELLS_AT_ONCE: usize = 8;
+
+/// Each time a Webhook changes, the objects of `store` in its namespace that
+/// hold no finalizer (none was needed: see [`crate::plan::finalizer_needed`]).
+/// Woken, they take one now, so that a later deletion waits for their last
+/// events to reach the Webhook.
+fn to_hold_for_webhooks<K>(
+    webhooks: impl futures::Stream<Item = Arc<Webhook>> + Send + 'static,
+    store: kube::runtime::reflector::Store<K>,
+) -> impl futures::Stream<Item = (String, String)> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    webhooks.flat_map(move |webhook| {
+        let namespace = webhook.namespace();
+        let unheld: Vec<(String, String)> = store
+            .state()
+            .iter()
+            .filter(|o| {
+                o.namespace() == namespace
+                    && o.meta().deletion_timestamp.is_none()
+                    && !o.finalizers().iter().any(|f| f == crate::plan::FINALIZER)
+            })
+            .filter_map(|o| Some((o.namespace()?, o.name_any())))
+            .collect();
+        futures::stream::iter(unheld)
+    })
 }

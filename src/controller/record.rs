@@ -48,6 +48,8 @@ pub trait LifecycleObject:
     /// [`PROGRESS_FOLD`], or with the next decision (see
     /// [`crate::plan::only_progress`]).
     const PROGRESS_FIELDS: &'static [&'static str];
+    /// The reason of the Event that says the object is gone.
+    const GONE_REASON: &'static str;
     fn status(&self) -> Option<&Self::Status>;
     fn set_status(&mut self, status: Self::Status);
 }
@@ -63,11 +65,12 @@ pub trait HasHistory {
 }
 
 macro_rules! lifecycle_object {
-    ($($kind:ty => $status:ty, progress: $progress:expr;)*) => {$(
+    ($($kind:ty => $status:ty, progress: $progress:expr, gone: $gone:expr;)*) => {$(
         impl LifecycleObject for $kind {
             type Status = $status;
             const KIND: &'static str = stringify!($kind);
             const PROGRESS_FIELDS: &'static [&'static str] = $progress;
+            const GONE_REASON: &'static str = $gone;
             fn status(&self) -> Option<&$status> {
                 self.status.as_ref()
             }
@@ -98,13 +101,17 @@ macro_rules! lifecycle_object {
 
 lifecycle_object!(
     Instance => InstanceStatus,
-        progress: &["replicas", "readyReplicas", "endpoints", "providerRef", "dispatchedSeq"];
+        progress: &["replicas", "readyReplicas", "endpoints", "providerRef", "dispatchedSeq"],
+        gone: "Deleted";
     Sandbox => SandboxStatus,
-        progress: &["podIP", "host", "providerRef", "claimName", "dispatchedSeq"];
+        progress: &["podIP", "host", "providerRef", "claimName", "dispatchedSeq"],
+        gone: "Destroyed";
     SandboxCommand => SandboxCommandStatus,
-        progress: &[];
+        progress: &[],
+        gone: "Deleted";
     SandboxSnapshot => SandboxSnapshotStatus,
-        progress: &["dispatchedSeq"];
+        progress: &["dispatchedSeq"],
+        gone: "SnapshotDeleted";
 );
 
 /// How long a change of progress alone (see

@@ -11,7 +11,7 @@ use futures::{Stream, StreamExt};
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::Context;
 use super::instance::{SETTLE, SETTLE_AT_MOST, reconcile_trigger};
@@ -44,6 +44,18 @@ fn workload_id(sandbox: &Sandbox) -> WorkloadId {
 
 #[async_trait]
 impl LifecycleKind for Sandbox {
+    /// A room the Pod provider set aside for a Pod it was about to create
+    /// is given back, as a deprovision through the finalizer would.
+    async fn gone(&self, context: &Context) {
+        if let Ok(provider) = context
+            .sandbox_providers
+            .resolve(self.spec.provider.as_deref())
+            && let Err(error) = provider.deprovision(&workload_id(self)).await
+        {
+            debug!(%error, "deprovisioning a deleted Sandbox failed");
+        }
+    }
+
     type Observation = (SandboxObservation, Option<Arc<dyn SandboxProvider>>);
     type Acts = SandboxActs;
 
@@ -65,6 +77,9 @@ impl LifecycleKind for Sandbox {
                 .map(|p| p.name().to_string())
                 .map_err(Clone::clone),
             cleanup,
+            webhooks_listen: context
+                .dispatcher
+                .has_webhooks(&self.namespace().unwrap_or_default()),
             observed,
             hosts,
             commands: commands_of(self, &context.commands),

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use futures::channel::mpsc::UnboundedReceiver;
-use futures::{FutureExt, StreamExt};
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
@@ -26,6 +26,7 @@ pub fn reflect<K>(
     tracker: &Arc<SyncTracker>,
     name: &'static str,
     trim: fn(&mut K),
+    deleted: Option<UnboundedSender<K>>,
 ) -> (
     Store<K>,
     impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -41,6 +42,11 @@ where
             name,
             reflector::reflector(writer, watcher(api, config).modify(trim).default_backoff()),
         )
+        .inspect_ok(move |event| {
+            if let (watcher::Event::Delete(object), Some(deleted)) = (event, &deleted) {
+                let _ = deleted.unbounded_send(object.clone());
+            }
+        })
         .touched_objects();
     (reader, stream)
 }
@@ -186,6 +192,8 @@ where
         .map(|_| futures::channel::mpsc::unbounded())
         .unzip();
     let cached = store.clone();
+    let deleted: Arc<std::sync::OnceLock<UnboundedSender<Arc<K>>>> = Default::default();
+    let deleted_in_watch = deleted.clone();
     let watch = tracker
         .track(
             name,
@@ -196,6 +204,7 @@ where
                 // The watcher retries with backoff; say why it has to.
                 tracing::warn!(watch = name, %error, "watch failed; retrying");
             }
+            let deletion = matches!(event, Ok(watcher::Event::Delete(_)));
             if let Some(object) = changed_object(event) {
                 // The store has just taken its own copy: hand that one on,
                 // so a change waiting for its subscribers holds no second
@@ -204,6 +213,9 @@ where
                     .get(&reflector::ObjectRef::from_obj(&object))
                     .filter(|kept| kept.meta().resource_version == object.meta().resource_version)
                     .unwrap_or_else(|| Arc::new(object));
+                if let (true, Some(deleted)) = (deletion, deleted_in_watch.get()) {
+                    let _ = deleted.unbounded_send(object.clone());
+                }
                 for sender in &senders {
                     // A closed channel means its reader has shut down.
                     let _ = sender.unbounded_send(object.clone());
@@ -215,6 +227,7 @@ where
     Shared {
         store,
         changes: receivers,
+        deleted,
         watch,
     }
 }
@@ -227,6 +240,8 @@ where
 {
     pub store: Store<K>,
     pub changes: Vec<UnboundedReceiver<Arc<K>>>,
+    /// Where deletions go, once someone asks for them ([`Shared::deletions`]).
+    deleted: Arc<std::sync::OnceLock<UnboundedSender<Arc<K>>>>,
     pub watch: futures::future::BoxFuture<'static, ()>,
 }
 
@@ -237,6 +252,14 @@ where
     /// The next subscriber's stream of changes.
     pub fn subscriber(&mut self) -> UnboundedReceiver<Arc<K>> {
         self.changes.remove(0)
+    }
+
+    /// The objects the watch reports deleted (and only those: an initial
+    /// list or a relist is not a deletion), from now on. Asked for once.
+    pub fn deletions(&mut self) -> UnboundedReceiver<Arc<K>> {
+        let (sender, receiver) = futures::channel::mpsc::unbounded();
+        let _ = self.deleted.set(sender);
+        receiver
     }
 }
 

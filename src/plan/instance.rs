@@ -22,7 +22,7 @@ use super::conditions::{self, DesiredCondition, types};
 use super::history::{self, NewEvent};
 use super::{
     FINALIZER, FinalizerAction, PlannedEvent, REQUEUE_PROGRESSING, REQUEUE_SETTLED, announce,
-    synced,
+    finalizer_action, finalizer_needed, synced,
 };
 use crate::api::{
     AppliedScale, DesiredState, Endpoint, EventType, Instance, InstancePhase, InstanceStatus,
@@ -82,6 +82,9 @@ pub struct InstanceObservation {
     pub cleanup: Cleanup,
     /// What the provider reports; `None` when nothing exists.
     pub workload: Option<WorkloadStatus>,
+    /// Whether a Webhook in the namespace may want the Instance's events, so
+    /// that a deletion must wait until its last ones are sent.
+    pub webhooks_listen: bool,
 }
 
 /// Why the provider is called, in the order the plan decided them. Every
@@ -224,17 +227,12 @@ impl<'a> Planner<'a> {
         history::trim(&mut self.status.history, self.status.dispatched_seq);
         self.status.observed_generation = self.generation;
 
-        let finalizer = if self.deleting() {
-            if self.status.phase == Some(InstancePhase::Destroyed) || !has_finalizer {
-                FinalizerAction::Release
-            } else {
-                FinalizerAction::Keep
-            }
-        } else if has_finalizer {
-            FinalizerAction::Keep
-        } else {
-            FinalizerAction::Add
-        };
+        let finalizer = finalizer_action(
+            self.deleting(),
+            has_finalizer,
+            self.status.phase == Some(InstancePhase::Destroyed),
+            finalizer_needed(self.observed.cleanup, self.observed.webhooks_listen),
+        );
         let settled = match self.status.phase {
             Some(InstancePhase::Running) => self.is_healthy(workload.as_ref()),
             Some(InstancePhase::Stopped) | Some(InstancePhase::Failed) => true,
@@ -273,12 +271,12 @@ impl<'a> Planner<'a> {
         // Nothing was ever provisioned without a provider, so a deleted
         // Instance that never had one can go at once.
         let never_provisioned = self.status.provider_ref.is_none();
-        let finalizer = match (self.deleting(), has_finalizer) {
-            (true, _) if never_provisioned => FinalizerAction::Release,
-            (_, true) => FinalizerAction::Keep,
-            (false, false) => FinalizerAction::Add,
-            (true, false) => FinalizerAction::Release,
-        };
+        let finalizer = finalizer_action(
+            self.deleting(),
+            has_finalizer,
+            never_provisioned,
+            self.observed.webhooks_listen,
+        );
         InstancePlan {
             status: self.status,
             workload: None,

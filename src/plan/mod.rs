@@ -51,6 +51,36 @@ pub enum FinalizerAction {
     Release,
 }
 
+/// The finalizer decision of every lifecycle kind.
+///
+/// A finalizer makes a deletion wait for the operator, and costs two more
+/// requests per object (put on, taken off). So an object takes one only for
+/// what must happen before it goes (`needed`, see [`finalizer_needed`]);
+/// otherwise its children, owned by it, go with it through the garbage
+/// collector and a deletion asks nothing of the operator. A finalizer that
+/// is on stays on until the object is deleted and `done` (its provider has
+/// finished and the engine has dispatched its last events).
+pub fn finalizer_action(
+    deleting: bool,
+    has_finalizer: bool,
+    done: bool,
+    needed: bool,
+) -> FinalizerAction {
+    match (deleting, has_finalizer) {
+        (true, true) if !done => FinalizerAction::Keep,
+        (true, _) => FinalizerAction::Release,
+        (false, false) if needed => FinalizerAction::Add,
+        (false, _) => FinalizerAction::Keep,
+    }
+}
+
+/// Whether an object needs the finalizer: its provider must deprovision
+/// before the object goes, or a Webhook in its namespace may want its last
+/// events (which are recorded, and sent, while the finalizer holds it).
+pub fn finalizer_needed(cleanup: crate::provider::Cleanup, webhooks_listen: bool) -> bool {
+    cleanup == crate::provider::Cleanup::Deprovision || webhooks_listen
+}
+
 /// How soon to look again when nothing else happens.
 pub const REQUEUE_SETTLED: Duration = Duration::from_secs(300);
 /// How soon to look again while something is under way. Watches on the
@@ -313,6 +343,33 @@ mod tests {
     use chrono::Utc;
 
     const PROGRESS: &[&str] = &["replicas", "readyReplicas", "dispatchedSeq"];
+
+    #[test]
+    fn the_finalizer_goes_on_only_when_needed_and_comes_off_only_when_done() {
+        use FinalizerAction::*;
+        // (deleting, has it, done, needed) -> action
+        let table = [
+            ((false, false, false, true), Add),
+            ((false, false, false, false), Keep),
+            ((false, true, false, false), Keep),
+            ((false, true, false, true), Keep),
+            ((true, true, false, true), Keep),
+            ((true, true, true, true), Release),
+            ((true, false, false, true), Release),
+            ((true, false, false, false), Release),
+        ];
+        for ((deleting, has, done, needed), action) in table {
+            assert_eq!(
+                finalizer_action(deleting, has, done, needed),
+                action,
+                "deleting={deleting} has={has} done={done} needed={needed}"
+            );
+        }
+        use crate::provider::Cleanup;
+        assert!(finalizer_needed(Cleanup::Deprovision, false));
+        assert!(finalizer_needed(Cleanup::GarbageCollected, true));
+        assert!(!finalizer_needed(Cleanup::GarbageCollected, false));
+    }
 
     fn starting() -> InstanceStatus {
         let mut status = InstanceStatus {

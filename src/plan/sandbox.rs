@@ -21,7 +21,7 @@ use super::conditions::{self, DesiredCondition, types};
 use super::history::{self, NewEvent};
 use super::{
     FINALIZER, FinalizerAction, PlannedEvent, REQUEUE_PROGRESSING, REQUEUE_SETTLED, announce,
-    synced,
+    finalizer_action, finalizer_needed, synced,
 };
 use crate::api::{
     CommandCursor, CommandMark, CommandPhase, DesiredState, EventType, ExpiryPolicy, ProviderRef,
@@ -50,6 +50,9 @@ pub struct SandboxObservation {
     pub provider: Result<String, UnknownProvider>,
     /// How that provider's children go when the Sandbox is deleted.
     pub cleanup: Cleanup,
+    /// Whether a Webhook in the namespace may want the Sandbox's events, so
+    /// that a deletion must wait until its last ones are sent.
+    pub webhooks_listen: bool,
     pub observed: SandboxObserved,
     /// The hosts and what they have free, for placing a new Pod.
     pub hosts: Vec<Host>,
@@ -305,17 +308,15 @@ impl<'a> Planner<'a> {
         history::trim(&mut self.status.history, self.status.dispatched_seq);
         self.status.observed_generation = self.generation;
 
-        let finalizer = if self.deleting() {
-            if self.status.phase == Some(SandboxPhase::Destroyed) || !has_finalizer {
-                FinalizerAction::Release
-            } else {
-                FinalizerAction::Keep
-            }
-        } else if has_finalizer {
-            FinalizerAction::Keep
-        } else {
-            FinalizerAction::Add
-        };
+        let finalizer = finalizer_action(
+            self.deleting(),
+            has_finalizer,
+            self.status.phase == Some(SandboxPhase::Destroyed),
+            // A deletion also waits for the commands: pending ones fail
+            // with SandboxDeleted, a running one is let finish.
+            finalizer_needed(self.observation.cleanup, self.observation.webhooks_listen)
+                || self.commands_unfinished(),
+        );
         let settled = matches!(
             self.status.phase,
             Some(SandboxPhase::Running | SandboxPhase::Stopped | SandboxPhase::Error)
@@ -359,12 +360,12 @@ impl<'a> Planner<'a> {
             message,
         ))));
         self.status.observed_generation = self.generation;
-        let finalizer = match (self.deleting(), has_finalizer) {
-            (true, _) if self.status.provider_ref.is_none() => FinalizerAction::Release,
-            (_, true) => FinalizerAction::Keep,
-            (false, false) => FinalizerAction::Add,
-            (true, false) => FinalizerAction::Release,
-        };
+        let finalizer = finalizer_action(
+            self.deleting(),
+            has_finalizer,
+            self.status.provider_ref.is_none(),
+            self.observation.webhooks_listen,
+        );
         SandboxPlan {
             labels: self.wanted_labels(),
             status: self.status,

@@ -1110,12 +1110,20 @@ pub fn workload_status() -> BoxedStrategy<WorkloadStatus> {
 }
 
 pub fn instance_observation() -> BoxedStrategy<InstanceObservation> {
-    (provider(), cleanup(), prop::option::of(workload_status()))
-        .prop_map(|(provider, cleanup, workload)| InstanceObservation {
-            provider,
-            cleanup,
-            workload,
-        })
+    (
+        provider(),
+        cleanup(),
+        prop::option::of(workload_status()),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(provider, cleanup, workload, webhooks_listen)| InstanceObservation {
+                provider,
+                cleanup,
+                workload,
+                webhooks_listen,
+            },
+        )
         .boxed()
 }
 
@@ -1316,15 +1324,19 @@ pub fn sandbox_observation() -> BoxedStrategy<SandboxObservation> {
         wide_vec(host, 300),
         wide_vec(command_view, 300),
         prop::option::of(source_view()),
+        any::<bool>(),
     )
         .prop_map(
-            |(provider, cleanup, observed, hosts, commands, source)| SandboxObservation {
-                provider,
-                cleanup,
-                observed,
-                hosts,
-                commands,
-                source,
+            |(provider, cleanup, observed, hosts, commands, source, webhooks_listen)| {
+                SandboxObservation {
+                    provider,
+                    cleanup,
+                    webhooks_listen,
+                    observed,
+                    hosts,
+                    commands,
+                    source,
+                }
             },
         )
         .boxed()

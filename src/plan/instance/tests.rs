@@ -74,6 +74,7 @@ fn observed(workload: Option<WorkloadStatus>) -> InstanceObservation {
         provider: Ok("kubernetes".into()),
         cleanup: Cleanup::Deprovision,
         workload,
+        webhooks_listen: false,
     }
 }
 
@@ -125,6 +126,35 @@ fn running(spec: InstanceSpec) -> Instance {
         Some(InstancePhase::Running)
     );
     instance
+}
+
+#[test]
+fn an_instance_takes_the_finalizer_only_when_its_deletion_must_wait_for_something() {
+    let mut instance = instance(spec("nginx:1.27"));
+    instance.metadata.finalizers = None;
+    let garbage_collected = |webhooks_listen| InstanceObservation {
+        cleanup: Cleanup::GarbageCollected,
+        webhooks_listen,
+        ..observed(None)
+    };
+    // Children owned by it, no Webhook: a deletion waits for nothing.
+    let alone = plan(&instance, &garbage_collected(false), t0());
+    assert_eq!(alone.finalizer, FinalizerAction::Keep);
+    assert_eq!(alone.status.phase, Some(InstancePhase::Starting));
+    // A Webhook in the namespace wants its last events.
+    let heard = plan(&instance, &garbage_collected(true), t0());
+    assert_eq!(heard.finalizer, FinalizerAction::Add);
+    // A provider that must deprovision first.
+    assert_eq!(
+        plan(&instance, &observed(None), t0()).finalizer,
+        FinalizerAction::Add
+    );
+    // Deleted without one: nothing holds it.
+    instance.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    assert_eq!(
+        plan(&instance, &garbage_collected(false), t0()).finalizer,
+        FinalizerAction::Release
+    );
 }
 
 #[test]
@@ -945,6 +975,7 @@ fn an_unknown_provider_is_a_condition_not_a_state_change() {
         }),
         cleanup: Cleanup::GarbageCollected,
         workload: None,
+        webhooks_listen: true,
     };
     let plan = plan(&instance, &observation, t0());
     assert_eq!(plan.status.phase, None);
@@ -1142,6 +1173,7 @@ prop_compose! {
             },
             cleanup: if garbage_collected { Cleanup::GarbageCollected } else { Cleanup::Deprovision },
             workload,
+            webhooks_listen: true,
         };
         (instance, observation, t0() + ChronoDuration::seconds(later))
     }

@@ -67,6 +67,7 @@ fn observation(observed: SandboxObserved) -> SandboxObservation {
     SandboxObservation {
         provider: Ok("pod".into()),
         cleanup: Cleanup::Deprovision,
+        webhooks_listen: false,
         observed,
         commands: Vec::new(),
         source: None,
@@ -244,6 +245,48 @@ fn expiry_with_stop_stops_once_and_keeps_the_data() {
         .filter(|t| **t == EventType::SandboxExpired)
         .count();
     assert_eq!(expired, 1);
+}
+
+#[test]
+fn a_sandbox_takes_the_finalizer_only_when_its_deletion_must_wait_for_something() {
+    let mut s = spec();
+    s.expires_at = Some(t0() + ChronoDuration::minutes(10));
+    let mut sandbox = sandbox(s);
+    let mut world = SandboxObserved::default();
+    run_to_running(&mut sandbox, &mut world);
+    sandbox.metadata.finalizers = None;
+    let alone = SandboxObservation {
+        cleanup: Cleanup::GarbageCollected,
+        ..observation(world.clone())
+    };
+    let expiring = plan(&sandbox, &alone, t0() + ChronoDuration::minutes(11));
+    assert!(expiring.delete_sandbox);
+    assert_eq!(expiring.finalizer, FinalizerAction::Keep, "none is needed");
+    // With a Webhook listening it takes the finalizer.
+    let heard = plan(
+        &sandbox,
+        &SandboxObservation {
+            webhooks_listen: true,
+            ..alone.clone()
+        },
+        t0() + ChronoDuration::minutes(11),
+    );
+    assert_eq!(heard.finalizer, FinalizerAction::Add);
+    // And one with a command to finish first.
+    let busy = plan(
+        &sandbox,
+        &SandboxObservation {
+            commands: vec![command("a", 1, Some(CommandPhase::Running), true)],
+            ..alone.clone()
+        },
+        t0(),
+    );
+    assert_eq!(busy.finalizer, FinalizerAction::Add);
+    // So does one whose provider must deprovision first.
+    assert_eq!(
+        plan(&sandbox, &observation(world), t0()).finalizer,
+        FinalizerAction::Add
+    );
 }
 
 #[test]
