@@ -81,7 +81,8 @@ pub fn finalizer_needed(cleanup: crate::provider::Cleanup, webhooks_listen: bool
     cleanup == crate::provider::Cleanup::Deprovision || webhooks_listen
 }
 
-/// How soon to look again when nothing else happens.
+/// What a plan asks for when nothing is under way: the engine then waits
+/// for news rather than look again at a time (see `lifecycle::next_look`).
 pub const REQUEUE_SETTLED: Duration = Duration::from_secs(300);
 /// How soon to look again while something is under way. Watches on the
 /// children usually bring the next reconcile sooner.
