@@ -27,8 +27,8 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{ListParams, PostParams};
-use kube::{Api, Client};
+use kube::Api;
+use kube::api::PostParams;
 
 /// Creates in flight at once, for both sides, like the operator's own
 /// reconcile concurrency.
@@ -87,9 +87,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .try_collect::<()>()
         .await?;
     let created = started.elapsed();
-    wait_until(count, Duration::from_secs(1800), || {
-        available_deployments(&client, &baseline_ns)
-    })
+    wait_watched(
+        &Api::<Deployment>::namespaced(client.clone(), &baseline_ns),
+        count,
+        Duration::from_secs(1800),
+        deployment_available,
+    )
     .await?;
     let baseline_wall = started.elapsed();
     let baseline_requests = metrics.api_request_total() - before;
@@ -127,8 +130,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .try_collect::<()>()
         .await?;
     let created = started.elapsed();
-    wait_until(count, Duration::from_secs(1800), || {
-        running_instances(&instances)
+    wait_watched(&instances, count, Duration::from_secs(1800), |instance| {
+        instance.status.as_ref().and_then(|s| s.phase) == Some(InstancePhase::Running)
     })
     .await?;
     let operator_wall = started.elapsed();
@@ -264,29 +267,16 @@ fn instance_spec() -> InstanceSpec {
     .expect("a valid spec")
 }
 
-async fn available_deployments(client: &Client, namespace: &str) -> Result<usize, kube::Error> {
-    let list = Api::<Deployment>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default())
-        .await?;
-    Ok(list
-        .items
-        .iter()
-        .filter(|d| {
-            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            d.status
-                .as_ref()
-                .and_then(|s| s.ready_replicas)
-                .unwrap_or(0)
-                >= want
-        })
-        .count())
-}
-
-async fn running_instances(instances: &Api<Instance>) -> Result<usize, kube::Error> {
-    let list = instances.list(&ListParams::default()).await?;
-    Ok(list
-        .items
-        .iter()
-        .filter(|i| i.status.as_ref().and_then(|s| s.phase) == Some(InstancePhase::Running))
-        .count())
+fn deployment_available(deployment: &Deployment) -> bool {
+    let want = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0)
+        >= want
 }

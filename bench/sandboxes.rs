@@ -24,7 +24,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 
 const CONCURRENCY: usize = 16;
 const CLASS: &str = "bench-sandboxes";
@@ -83,7 +83,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .try_collect::<()>()
         .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), baseline_ns);
-    wait_until(count, Duration::from_secs(1800), || ready_pods(&pods)).await?;
+    wait_watched(&pods, count, Duration::from_secs(1800), pod_ready).await?;
     let baseline_up = started.elapsed();
     let started = Instant::now();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), baseline_ns);
@@ -103,8 +103,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .try_collect::<()>()
         .await?;
     wait_until(count, Duration::from_secs(1800), || async {
-        let left = pods.list(&ListParams::default()).await?.items.len()
-            + claims.list(&ListParams::default()).await?.items.len();
+        let left = count_left(&pods).await? + count_left(&claims).await?;
         Ok(count.saturating_sub(left))
     })
     .await?;
@@ -141,7 +140,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .buffer_unordered(CONCURRENCY)
         .try_collect::<()>()
         .await?;
-    wait_until(count, Duration::from_secs(1800), || running(&sandboxes)).await?;
+    wait_watched(&sandboxes, count, Duration::from_secs(1800), |sandbox| {
+        sandbox.status.as_ref().and_then(|s| s.phase) == Some(SandboxPhase::Running)
+    })
+    .await?;
     let operator_up = started.elapsed();
     let cpu_up = cpu_seconds(operator.id()) - cpu_before;
     wait_quiet(port, Duration::from_secs(6)).await?;
@@ -245,27 +247,9 @@ fn workload(namespace: &str, i: usize, host: Option<String>) -> SandboxWorkload 
     }
 }
 
-async fn ready_pods(pods: &Api<Pod>) -> Result<usize, kube::Error> {
-    Ok(pods
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
-        .count())
-}
-
-async fn running(sandboxes: &Api<Sandbox>) -> Result<usize, kube::Error> {
-    Ok(sandboxes
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .filter(|s| s.status.as_ref().and_then(|s| s.phase) == Some(SandboxPhase::Running))
-        .count())
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
