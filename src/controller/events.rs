@@ -50,19 +50,27 @@ impl Key<'_> {
     /// that map, 10,000 at the end of a burst of Instances; a collision of
     /// 64-bit hashes would only count one Event into another's series.
     fn digest(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.hash(&mut hasher);
-        hasher.finish()
+        crate::runtime::digest(self)
     }
 }
 
 /// An Event published lately, for counting repeats into its series. Its
-/// namespace is that of the object it is about.
+/// namespace is that of the object it is about, and its name is that
+/// object's name and `stamp` ([`event_name`]): numbers only, as every
+/// object that published lately has one.
 struct Seen {
-    name: String,
+    stamp: u64,
     count: i32,
     at: Instant,
+}
+
+/// The name of an Event about the object named `regarding`, told apart
+/// from its others by `stamp` (when it was first published, in
+/// nanoseconds).
+fn event_name(regarding: &str, stamp: u64) -> String {
+    let mut object_name = regarding.to_string();
+    object_name.truncate(200);
+    format!("{object_name}.{stamp:x}")
 }
 
 /// Publishes Events on behalf of the operator.
@@ -71,9 +79,9 @@ pub struct EventPublisher {
     controller: String,
     instance: String,
     seen: Mutex<HashMap<u64, Seen>>,
-    /// Normal Events each object may still publish, by UID, and when that
-    /// was counted.
-    allowance: std::sync::Mutex<HashMap<String, (f64, Instant)>>,
+    /// Normal Events each object may still publish, by the digest of its
+    /// UID, and when that was counted.
+    allowance: std::sync::Mutex<HashMap<u64, (f64, Instant)>>,
     /// When the maps were last swept.
     swept: std::sync::Mutex<Instant>,
 }
@@ -128,7 +136,7 @@ impl EventPublisher {
             });
         }
         let entry = allowance
-            .entry(uid.to_string())
+            .entry(crate::runtime::digest(uid))
             .or_insert((NORMAL_BURST, now));
         take_allowance(entry, now)
     }
@@ -175,10 +183,12 @@ impl EventPublisher {
                 .map(|previous| {
                     previous.count += 1;
                     previous.at = now;
-                    (previous.name.clone(), previous.count)
+                    (previous.stamp, previous.count)
                 })
         };
-        if let Some((name, count)) = repeat {
+        let regarding_name = regarding.name.as_deref().unwrap_or_default();
+        if let Some((stamp, count)) = repeat {
+            let name = event_name(regarding_name, stamp);
             let patch = serde_json::json!({
                 "series": EventSeries { count, last_observed_time: MicroTime(Timestamp::now()) }
             });
@@ -193,12 +203,10 @@ impl EventPublisher {
                 Err(err) => return Err(err),
             }
         }
-        let mut object_name = regarding.name.clone().unwrap_or_default();
-        object_name.truncate(200);
-        let name = format!("{object_name}.{:x}", Timestamp::now().as_nanosecond());
+        let stamp = u64::try_from(Timestamp::now().as_nanosecond()).unwrap_or_default();
         let event = Event {
             metadata: ObjectMeta {
-                name: Some(name.clone()),
+                name: Some(event_name(regarding_name, stamp)),
                 namespace: Some(namespace.clone()),
                 ..ObjectMeta::default()
             },
@@ -226,7 +234,7 @@ impl EventPublisher {
         self.seen.lock().await.insert(
             key,
             Seen {
-                name,
+                stamp,
                 count: 1,
                 at: now,
             },

@@ -10,7 +10,7 @@ use futures::{Stream, StreamExt};
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::Context;
 use super::lifecycle::{LifecycleKind, run_controller};
@@ -57,6 +57,20 @@ fn workload_id(instance: &Instance) -> WorkloadId {
 
 #[async_trait]
 impl LifecycleKind for Instance {
+    /// What the provider remembers of the workload (the Kubernetes provider:
+    /// what it last applied) goes, as a deprovision through the finalizer
+    /// would let it go. Without this, every Instance deleted without a
+    /// finalizer left its record behind for as long as the operator ran.
+    async fn gone(&self, context: &Context) {
+        if let Ok(provider) = context
+            .instance_providers
+            .resolve(self.spec.provider.as_deref())
+            && let Err(error) = provider.deprovision(&workload_id(self)).await
+        {
+            debug!(%error, "deprovisioning a deleted Instance failed");
+        }
+    }
+
     type Observation = (InstanceObservation, Option<Arc<dyn InstanceProvider>>);
     type Acts = InstanceActs;
 

@@ -22,10 +22,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::sync::{Arc, RwLock};
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ContainerPort, ContainerState, Pod, Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -344,7 +344,38 @@ pub struct ContainerReadiness {
 }
 
 /// A Deployment: its replicas, what its template runs, and its rollout.
-pub type CachedDeployment = Cached<Deployment, DeploymentShape, DeploymentStatus>;
+pub type CachedDeployment = Cached<Deployment, DeploymentShape, RolloutStatus>;
+
+/// Of a Deployment's status: the counts a rollout is judged by, and its
+/// conditions without their messages.
+///
+/// Why not `DeploymentStatus`: its two conditions, with their times and
+/// messages (one names the Deployment's ReplicaSet, so no two are alike),
+/// were ~0.5 KB per Deployment, and the provider reads one fact from them:
+/// whether the rollout missed its deadline. The provider's trim keeps only
+/// a condition that says so (see
+/// [`crate::provider::kubernetes::keep_what_the_provider_reads`]).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    pub observed_generation: Option<i64>,
+    pub replicas: Option<i32>,
+    pub ready_replicas: Option<i32>,
+    pub updated_replicas: Option<i32>,
+    pub available_replicas: Option<i32>,
+    pub conditions: Option<Vec<RolloutCondition>>,
+}
+
+/// A condition of a Deployment: what it says, and when it last said it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub last_update_time: Option<Time>,
+}
 
 /// Of a Deployment's spec: the replicas and what the template runs.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -406,6 +437,13 @@ pub struct ServiceShape {
     #[serde(rename = "type")]
     pub type_: Option<String>,
     pub ports: Option<Vec<ServicePort>>,
+    /// Not a field of the spec: what the selector, type and ports say, as
+    /// one number ([`crate::provider::shape::service_fingerprint`]), set
+    /// when the cache trims a Service, which then lets go of the three. They
+    /// are only ever compared with what would be applied, and kept as
+    /// they are read they were ~0.4 KB per Service.
+    #[serde(skip)]
+    pub fingerprint: Option<u64>,
 }
 
 /// A JSON object of strings, read into and written from a list of pairs
@@ -443,7 +481,7 @@ pub struct Unread {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentSpec};
+    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentSpec, DeploymentStatus};
     use k8s_openapi::api::core::v1::{
         Container, ContainerStateWaiting, ContainerStatus, PodCondition, PodSpec, PodStatus,
         PodTemplateSpec, ResourceRequirements,

@@ -34,13 +34,16 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use super::cached::{CachedDeployment, CachedPod, CachedService, Summaries, keep_our_metadata};
+use super::cached::{
+    CachedDeployment, CachedPod, CachedService, RolloutCondition, Summaries, keep_our_metadata,
+};
 use super::shape::{self, Ownership};
 use super::{
     ActionNote, ApplyReason, Cleanup, Deprovision, INSTANCE_LABEL, InstanceProvider,
     InstanceWorkload, ProviderError, ProviderResult, WorkloadId, WorkloadStatus,
 };
 use crate::api::{MANAGED_BY, MANAGED_BY_LABEL, ProviderRef};
+use crate::runtime::digest;
 
 /// The provider's name in spec.provider.
 pub const NAME: &str = "kubernetes";
@@ -346,14 +349,12 @@ pub fn workload_status(
     let ready = status.ready_replicas.unwrap_or_default();
     let updated = status.updated_replicas.unwrap_or_default();
     let available = status.available_replicas.unwrap_or_default();
-    let progressing = status
+    // When it was found stuck; without a time on the condition, now.
+    let progress_deadline_exceeded = status
         .conditions
         .iter()
         .flatten()
-        .find(|c| c.type_ == "Progressing");
-    // When it was found stuck; without a time on the condition, now.
-    let progress_deadline_exceeded = progressing
-        .filter(|c| c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+        .find(|c| says_the_deadline_was_missed(c))
         .map(|c| {
             c.last_update_time
                 .as_ref()
@@ -389,12 +390,20 @@ pub fn workload_status(
     }
 }
 
-/// What we last applied to one object.
+/// What we last applied to one object. One is kept for every Instance for
+/// as long as the operator runs, so it holds numbers only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Applied {
     hash: u64,
-    uid: String,
+    uid: u64,
     generation: i64,
+}
+
+/// What an object's UID is remembered as in an `applied` entry, which is
+/// keyed by the digest of the namespace and name: numbers instead of three
+/// strings, ~0.2 KB less per Instance.
+fn uid_digest<K: Resource>(object: &K) -> u64 {
+    digest(&object.meta().uid)
 }
 
 /// The caches the provider reads, filled by the controller's reflectors.
@@ -412,7 +421,8 @@ pub struct Caches {
 pub struct KubernetesProvider {
     client: Client,
     caches: Caches,
-    applied: Mutex<HashMap<(String, String), Applied>>,
+    /// By the digest of the Deployment's namespace and name.
+    applied: Mutex<HashMap<u64, Applied>>,
     wakeups: super::WakeupSlot,
 }
 
@@ -447,7 +457,7 @@ impl KubernetesProvider {
         }
     }
 
-    fn applied_record(&self, key: &(String, String)) -> Option<Applied> {
+    fn applied_record(&self, key: &u64) -> Option<Applied> {
         self.applied
             .lock()
             .map(|m| m.get(key).cloned())
@@ -459,7 +469,7 @@ impl KubernetesProvider {
     async fn ensure(&self, workload: &InstanceWorkload) -> ProviderResult<Vec<ActionNote>> {
         let mut notes = Vec::new();
         let id = workload.id();
-        let key = (workload.namespace.clone(), workload.name.clone());
+        let key = digest(&(&workload.namespace, &workload.name));
         let mut desired = deployment_for(workload);
         let hash = hash_of(&desired);
         desired
@@ -480,7 +490,7 @@ impl KubernetesProvider {
         let up_to_date = match (&cached, &record) {
             (Some(cached), Some(record)) => {
                 record.hash == hash
-                    && cached.uid().as_deref() == Some(record.uid.as_str())
+                    && uid_digest(cached.as_ref()) == record.uid
                     && cached.metadata.generation.unwrap_or_default() <= record.generation
             }
             _ => false,
@@ -489,7 +499,7 @@ impl KubernetesProvider {
             && let Some(record) = &record
             && let Ok(mut map) = self.applied.lock()
         {
-            map.entry(key.clone()).or_insert_with(|| record.clone());
+            map.entry(key).or_insert_with(|| record.clone());
         }
         if !up_to_date {
             match (&cached, &record) {
@@ -536,7 +546,7 @@ impl KubernetesProvider {
                     key,
                     Applied {
                         hash,
-                        uid: applied.uid().unwrap_or_default(),
+                        uid: uid_digest(&applied),
                         generation: applied.metadata.generation.unwrap_or_default(),
                     },
                 );
@@ -558,9 +568,9 @@ impl KubernetesProvider {
 }
 
 /// Shrinks a cached Deployment of ours further: of its annotations and its
-/// template's only ours, and of its status conditions only Progressing. The
-/// cached type already leaves out every other field; these maps and lists
-/// are what is left that other controllers fill.
+/// template's only ours, and of its status conditions only one saying the
+/// rollout is stuck. The cached type already leaves out every other field;
+/// these maps and lists are what is left that other controllers fill.
 pub fn keep_what_the_provider_reads(deployment: &mut CachedDeployment) {
     keep_our_metadata(
         &mut deployment.metadata,
@@ -593,18 +603,26 @@ pub fn keep_what_the_provider_reads(deployment: &mut CachedDeployment) {
     {
         annotations.retain(|key, _| key == RESTART_ANNOTATION);
     }
-    if let Some(conditions) = deployment
-        .status
-        .as_mut()
-        .and_then(|s| s.conditions.as_mut())
-    {
-        conditions.retain(|c| c.type_ == "Progressing");
-        for condition in conditions.iter_mut() {
-            // Its reason and when it was last updated are what is read.
-            condition.last_transition_time = None;
-            condition.message = None;
-        }
+    // Of the conditions, only one that says the rollout missed its deadline
+    // is read (see `workload_status`); a healthy Deployment keeps none.
+    if let Some(status) = deployment.status.as_mut() {
+        let stuck = status
+            .conditions
+            .take()
+            .into_iter()
+            .flatten()
+            .filter(says_the_deadline_was_missed)
+            .collect::<Vec<_>>();
+        status.conditions = (!stuck.is_empty()).then_some(stuck);
     }
+}
+
+/// Whether a Deployment condition says its rollout missed its progress
+/// deadline.
+fn says_the_deadline_was_missed(condition: &RolloutCondition) -> bool {
+    condition.type_ == "Progressing"
+        && condition.status == "False"
+        && condition.reason.as_deref() == Some("ProgressDeadlineExceeded")
 }
 
 /// What an earlier run of the operator applied, read off a cached
@@ -644,7 +662,7 @@ fn applied_before_a_restart(
         && token == workload.restart_token.as_ref();
     as_asked.then(|| Applied {
         hash,
-        uid: cached.uid().unwrap_or_default(),
+        uid: uid_digest(cached),
         generation: cached.metadata.generation.unwrap_or_default(),
     })
 }
@@ -711,7 +729,7 @@ impl InstanceProvider for KubernetesProvider {
     /// Instance is gone; all that is left to do is forget what was applied.
     async fn deprovision(&self, id: &WorkloadId) -> ProviderResult<Deprovision> {
         if let Ok(mut map) = self.applied.lock() {
-            map.remove(&(id.namespace.clone(), id.name.clone()));
+            map.remove(&digest(&(&id.namespace, &id.name)));
         }
         Ok(Deprovision::Done)
     }
@@ -766,9 +784,9 @@ impl InstanceProvider for KubernetesProvider {
                     .flat_map(|p| p.problems),
             )
         };
-        let record = self.applied_record(&(id.namespace.clone(), id.name.clone()));
+        let record = self.applied_record(&digest(&(&id.namespace, &id.name)));
         let caught_up = record.is_none_or(|r| {
-            deployment.uid().as_deref() != Some(r.uid.as_str())
+            uid_digest(deployment.as_ref()) != r.uid
                 || deployment.metadata.generation.unwrap_or_default() >= r.generation
         });
         let wants_service = deployment

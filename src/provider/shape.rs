@@ -165,51 +165,83 @@ pub fn owner_of<K: Resource>(child: &K, owner_kind: &str) -> Option<WorkloadId> 
     })
 }
 
-/// What of a Service port is ours to set: its name, port, target and protocol.
-type PortIdentity<'a> = (
-    &'a Option<String>,
-    i32,
-    &'a Option<IntOrString>,
-    &'a Option<String>,
-);
+/// What the selector, type and ports of a Service say, as one number: what
+/// a cached Service is compared by. Of a port, only what we set counts (its
+/// name, port, target and protocol); the API server fills in the rest. The
+/// number lives only in this process (the cache and what is compared with
+/// it are both computed here), so the standard hasher does.
+pub fn service_fingerprint<'a>(
+    selector: impl IntoIterator<Item = (&'a str, &'a str)>,
+    type_: Option<&str>,
+    ports: impl IntoIterator<Item = &'a ServicePort>,
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    for (key, value) in selector {
+        (key, value).hash(&mut hasher);
+    }
+    // Each part ends with a marker, so no two differently split inputs hash
+    // as one.
+    0xff_u8.hash(&mut hasher);
+    type_.hash(&mut hasher);
+    for port in ports {
+        let target = port.target_port.as_ref().map(|t| match t {
+            IntOrString::Int(number) => (Some(*number), None),
+            IntOrString::String(name) => (None, Some(name.as_str())),
+        });
+        (&port.name, port.port, target, &port.protocol).hash(&mut hasher);
+    }
+    0xff_u8.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The fingerprint of a cached Service: the one its trim kept, or (a
+/// Service not trimmed) the one of its fields.
+fn cached_fingerprint(cached: &CachedService) -> u64 {
+    let spec = cached.spec.as_ref();
+    spec.and_then(|s| s.fingerprint).unwrap_or_else(|| {
+        service_fingerprint(
+            spec.into_iter()
+                .flat_map(|s| s.selector.iter())
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+            spec.and_then(|s| s.type_.as_deref()),
+            spec.and_then(|s| s.ports.as_ref()).into_iter().flatten(),
+        )
+    })
+}
 
 /// Whether a cached Service still says what we would apply: the ports,
 /// selector, type, our labels and our owner.
 pub fn service_matches(cached: &CachedService, desired: &Service) -> bool {
-    fn ports(ports: Option<&Vec<ServicePort>>) -> Vec<PortIdentity<'_>> {
-        ports
-            .into_iter()
-            .flatten()
-            .map(|p| (&p.name, p.port, &p.target_port, &p.protocol))
-            .collect()
-    }
-    let spec = cached.spec.as_ref();
     let wanted = desired.spec.as_ref();
-    let moved = spec.map(|s| &s.labels[..]).unwrap_or_default();
+    let moved = cached
+        .spec
+        .as_ref()
+        .map(|s| &s.labels[..])
+        .unwrap_or_default();
     let labels_kept = desired.labels().iter().all(|(k, v)| {
         cached.labels().get(k) == Some(v) || moved.iter().any(|(mk, mv)| mk == k && mv == v)
     });
+    let wanted_fingerprint = service_fingerprint(
+        wanted
+            .and_then(|s| s.selector.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+        wanted.and_then(|s| s.type_.as_deref()),
+        wanted.and_then(|s| s.ports.as_ref()).into_iter().flatten(),
+    );
     labels_kept
-        && spec
-            .map(|s| &s.selector[..])
-            .unwrap_or_default()
-            .iter()
-            .map(|(k, v)| (k, v))
-            .eq(wanted
-                .and_then(|s| s.selector.as_ref())
-                .into_iter()
-                .flatten())
-        && spec.and_then(|s| s.type_.as_ref()) == wanted.and_then(|s| s.type_.as_ref())
-        && ports(spec.and_then(|s| s.ports.as_ref()))
-            == ports(wanted.and_then(|s| s.ports.as_ref()))
+        && cached_fingerprint(cached) == wanted_fingerprint
         && cached.owner_references() == desired.owner_references()
 }
 
 /// Trims a cached Service to what the providers compare and decide
 /// ownership by: its labels (all of them: an owner's own labels are
-/// applied to its Service too), every owner, and of the spec the selector,
-/// type and ports. With a controlling owner, the labels move into the spec
-/// as a short list (see [`crate::provider::cached::ServiceShape::labels`]).
+/// applied to its Service too), every owner, and the fingerprint of its
+/// selector, type and ports. With a controlling owner, the labels move into
+/// the spec as a short list (see
+/// [`crate::provider::cached::ServiceShape::labels`]).
 pub fn keep_what_the_providers_compare(service: &mut CachedService) {
     let metadata = &mut service.metadata;
     metadata.managed_fields = None;
@@ -223,6 +255,13 @@ pub fn keep_what_the_providers_compare(service: &mut CachedService) {
         .any(|o| o.controller == Some(true));
     if let (true, Some(spec)) = (owned, &mut service.spec) {
         spec.labels = metadata.labels.take().into_iter().flatten().collect();
+    }
+    let fingerprint = cached_fingerprint(service);
+    if let Some(spec) = &mut service.spec {
+        spec.fingerprint = Some(fingerprint);
+        spec.selector = Vec::new();
+        spec.type_ = None;
+        spec.ports = None;
     }
 }
 

@@ -20,6 +20,17 @@ use kube::{Client, Config};
 
 use metrics::{CountRequestsLayer, Metrics};
 
+/// A value as a 64-bit number, for maps that hold an entry per object and
+/// would otherwise hold its strings (a UID, a name, a message). Only ever
+/// compared within one process: the standard hasher, whose numbers may
+/// change between Rust releases, does.
+pub fn digest<T: std::hash::Hash + ?Sized>(value: &T) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// How logs are written.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {

@@ -265,6 +265,25 @@ fn a_service_matches_itself_and_not_a_changed_one() {
         kept.metadata.labels.is_none() && !kept.spec.as_ref().unwrap().labels.is_empty(),
         "with a controlling owner, the labels move into the slim spec"
     );
+    let kept_spec = kept.spec.as_ref().unwrap();
+    assert!(
+        kept_spec.fingerprint.is_some()
+            && kept_spec.ports.is_none()
+            && kept_spec.selector.is_empty()
+            && kept_spec.type_.is_none(),
+        "the selector, type and ports are kept as their fingerprint"
+    );
+    assert!(
+        service_matches(&CachedService::of(&served), &desired),
+        "a Service the cache did not trim is compared field by field"
+    );
+    let mut renumbered = served.clone();
+    renumbered.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].target_port =
+        Some(IntOrString::Int(8080));
+    assert!(!service_matches(&cached(&renumbered), &desired));
+    let mut retyped = served.clone();
+    retyped.spec.as_mut().unwrap().type_ = Some("NodePort".into());
+    assert!(!service_matches(&cached(&retyped), &desired));
     let mut relabelled = served.clone();
     relabelled
         .metadata
@@ -467,6 +486,42 @@ fn the_workload_status_reads_rollout_progress_and_the_deadline() {
 }
 
 #[test]
+fn the_cache_keeps_a_deployment_condition_only_while_the_rollout_is_stuck() {
+    let condition = |type_: &str, status: &str, reason: &str| DeploymentCondition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some("ReplicaSet \"web-5d8f7c9b6\" has successfully progressed.".into()),
+        ..DeploymentCondition::default()
+    };
+    let with_conditions = |conditions| {
+        let mut deployment = deployment_with(
+            DeploymentStatus {
+                conditions: Some(conditions),
+                ..DeploymentStatus::default()
+            },
+            2,
+        );
+        keep_what_the_provider_reads(&mut deployment);
+        deployment
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+    };
+    let healthy = with_conditions(vec![
+        condition("Available", "True", "MinimumReplicasAvailable"),
+        condition("Progressing", "True", "NewReplicaSetAvailable"),
+    ]);
+    assert!(healthy.is_empty(), "kept {healthy:?}");
+    let stuck = with_conditions(vec![
+        condition("Available", "False", "MinimumReplicasUnavailable"),
+        condition("Progressing", "False", "ProgressDeadlineExceeded"),
+    ]);
+    assert_eq!(stuck.len(), 1);
+    assert_eq!(stuck[0].reason.as_deref(), Some("ProgressDeadlineExceeded"));
+}
+
+#[test]
 fn the_trimmed_deployment_in_the_cache_reads_as_the_full_one() {
     let mut full = deployment_with(
         DeploymentStatus {
@@ -545,4 +600,66 @@ fn the_trimmed_deployment_in_the_cache_reads_as_the_full_one() {
         ownership(&full, &workload().id())
     );
     assert!(serde_json::to_vec(&trimmed).unwrap().len() < serde_json::to_vec(&full).unwrap().len());
+}
+
+mod fingerprints {
+    use super::*;
+    use k8s_openapi::api::core::v1::ServicePort;
+    use proptest::prelude::*;
+
+    /// A Service port from a few names, numbers, targets and protocols, so
+    /// that generated Services often agree and often differ by one field.
+    fn port() -> impl Strategy<Value = ServicePort> {
+        (
+            prop::sample::select(vec!["http", "grpc", "metrics"]),
+            prop::sample::select(vec![80, 8080]),
+            prop::option::of(prop_oneof![
+                Just(IntOrString::String("http".into())),
+                Just(IntOrString::Int(8080)),
+            ]),
+            prop::option::of(prop::sample::select(vec!["TCP", "UDP"])),
+        )
+            .prop_map(|(name, port, target_port, protocol)| ServicePort {
+                name: Some(name.into()),
+                port,
+                target_port,
+                protocol: protocol.map(Into::into),
+                ..ServicePort::default()
+            })
+    }
+
+    fn with_ports(ports: Vec<ServicePort>, selector: &str) -> Service {
+        let mut service = service_for(&workload()).unwrap();
+        let spec = service.spec.as_mut().unwrap();
+        spec.ports = Some(ports);
+        spec.selector = Some([(INSTANCE_LABEL.to_string(), selector.to_string())].into());
+        service
+    }
+
+    proptest! {
+        /// The cache keeps a Service's selector, type and ports only as
+        /// their fingerprint: a cached Service matches exactly when its
+        /// selector and the ports' names, numbers, targets and protocols
+        /// are as wanted, trimmed or not.
+        #[test]
+        fn a_trimmed_service_matches_when_its_fields_do(
+            served_ports in prop::collection::vec(port(), 1..4),
+            wanted_ports in prop::collection::vec(port(), 1..4),
+            served_selector in prop::sample::select(vec!["web", "api"]),
+        ) {
+            let identity = |p: &ServicePort| {
+                (p.name.clone(), p.port, p.target_port.clone(), p.protocol.clone())
+            };
+            let same = served_selector == "web"
+                && served_ports.iter().map(identity).eq(wanted_ports.iter().map(identity));
+            let served = with_ports(served_ports, served_selector);
+            let desired = with_ports(wanted_ports, "web");
+            let untrimmed = CachedService::of(&served);
+            let mut trimmed = CachedService::of(&served);
+            crate::provider::shape::keep_what_the_providers_compare(&mut trimmed);
+            prop_assert_eq!(service_matches(&trimmed, &desired), same);
+            prop_assert_eq!(service_matches(&untrimmed, &desired), same);
+            prop_assert!(service_matches(&trimmed, &served));
+        }
+    }
 }
