@@ -427,21 +427,17 @@ pub async fn run_scope(
         snapshots
             .subscriber()
             .flat_map(move |snapshot| {
-                let namespace = snapshot.namespace();
                 let name = snapshot.name_any();
-                let waiting: Vec<(String, String)> = sandbox_store
-                    .state()
-                    .iter()
-                    .filter(|s| {
-                        s.namespace() == namespace
-                            && s.spec
-                                .source
-                                .as_ref()
-                                .is_some_and(|source| source.snapshot_ref.name == name)
-                    })
-                    .filter_map(|s| Some((s.namespace()?, s.name_any())))
-                    .collect();
-                futures::stream::iter(waiting)
+                futures::stream::iter(named_in_namespace(
+                    &sandbox_store,
+                    snapshot.namespace(),
+                    |s| {
+                        s.spec
+                            .source
+                            .as_ref()
+                            .is_some_and(|source| source.snapshot_ref.name == name)
+                    },
+                ))
             })
             .boxed(),
     ]);
@@ -634,17 +630,27 @@ where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
     webhooks.flat_map(move |webhook| {
-        let namespace = webhook.namespace();
-        let unheld: Vec<(String, String)> = store
-            .state()
-            .iter()
-            .filter(|o| {
-                o.namespace() == namespace
-                    && o.meta().deletion_timestamp.is_none()
-                    && !o.finalizers().iter().any(|f| f == crate::plan::FINALIZER)
-            })
-            .filter_map(|o| Some((o.namespace()?, o.name_any())))
-            .collect();
-        futures::stream::iter(unheld)
+        futures::stream::iter(named_in_namespace(&store, webhook.namespace(), |o| {
+            o.meta().deletion_timestamp.is_none()
+                && !o.finalizers().iter().any(|f| f == crate::plan::FINALIZER)
+        }))
     })
+}
+
+/// The namespace and name of each object of `store` in `namespace` that
+/// `wanted` accepts: whom a change to something of that namespace wakes.
+fn named_in_namespace<K>(
+    store: &kube::runtime::reflector::Store<K>,
+    namespace: Option<String>,
+    wanted: impl Fn(&K) -> bool,
+) -> Vec<(String, String)>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    store
+        .state()
+        .iter()
+        .filter(|o| o.namespace() == namespace && wanted(o))
+        .filter_map(|o| Some((o.namespace()?, o.name_any())))
+        .collect()
 }
