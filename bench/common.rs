@@ -99,7 +99,8 @@ pub async fn wait_watched<K>(
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    use futures::TryStreamExt;
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
     use kube::runtime::watcher::{self, Event};
     use std::collections::HashMap;
     let name = |object: &K| object.meta().name.clone().unwrap_or_default();
@@ -108,9 +109,19 @@ where
     let mut readiness: HashMap<String, bool> = HashMap::new();
     let mut ready_now = 0usize;
     let mut relisted: HashMap<String, bool> = HashMap::new();
-    let mut events = std::pin::pin!(watcher::watcher(api.clone(), watcher::Config::default()));
+    // A failed watch (a dropped connection, at 10,000 objects) is started
+    // again after a pause, and relists: the wait goes on.
+    let mut events =
+        std::pin::pin!(watcher::watcher(api.clone(), watcher::Config::default()).default_backoff());
     let watching = async {
-        while let Some(event) = events.try_next().await? {
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(error) => {
+                    eprintln!("the watch failed ({error}); starting it again");
+                    continue;
+                }
+            };
             match event {
                 Event::Init => relisted.clear(),
                 Event::InitApply(object) => {
