@@ -1278,12 +1278,15 @@ async fn chaos_a_frozen_leader_writes_nothing_after_losing_its_lease_and_exits()
         .collect();
     // Each arrival needs a pass of its own: per method and path, no more
     // of the old leader's writes arrived than passed its fence before the
-    // freeze.
+    // freeze. "Before the freeze" is before SIGCONT: `frozen_at` is read just
+    // before SIGSTOP is sent, and a pass in between was decided while the
+    // process still ran, with its lease still good; a frozen process decides
+    // nothing, and none passed after SIGCONT (asserted above).
     let passed = |method: &str, path: &str| {
         passes
             .iter()
             .filter(|(at, line)| {
-                *at <= frozen_at && line["method"] == method && line["path"] == path
+                *at < resumed_at && line["method"] == method && line["path"] == path
             })
             .count()
     };
@@ -1310,13 +1313,13 @@ async fn chaos_a_frozen_leader_writes_nothing_after_losing_its_lease_and_exits()
             let last_pass = passes
                 .iter()
                 .filter(|(at, line)| {
-                    *at <= frozen_at && line["method"] == e.method && line["path"] == e.path
+                    *at < resumed_at && line["method"] == e.method && line["path"] == e.path
                 })
                 .map(|(at, _)| *at)
                 .max()
                 .unwrap();
             format!(
-                "{} (its last pass of the fence: {} ms before the freeze)",
+                "{} (its last pass of the fence: {} ms before SIGSTOP was sent)",
                 e.describe(),
                 (frozen_at - last_pass).num_milliseconds()
             )
