@@ -272,6 +272,78 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / clock_ticks_per_second()
 }
 
+/// The local control plane's processes, by the name the kernel gives them
+/// (/proc/<pid>/comm, cut at 15 characters), in the order they are printed.
+const CONTROL_PLANE: [&str; 5] = [
+    "kube-apiserver",
+    "etcd",
+    "kube-controller",
+    "kube-scheduler",
+    "kwok",
+];
+
+/// CPU seconds each process of the benchmark's control plane has used so
+/// far, in [`CONTROL_PLANE`]'s order. Only processes whose command line
+/// names the control plane's state directory count, so another control
+/// plane on the machine (the tests', a developer's) is not mixed in. On a
+/// two-core machine every component shares, what a phase costs them is
+/// what slows it down, and CPU seconds are less noisy than wall time.
+pub fn control_plane_cpu() -> [f64; 5] {
+    let mut seconds = [0.0; 5];
+    let Ok(state_dir) = std::env::var("CTRLPLANE_STATE_DIR") else {
+        return seconds;
+    };
+    let pids = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok());
+    for pid in pids {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let Some(slot) = CONTROL_PLANE.iter().position(|name| *name == comm.trim()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&state_dir) {
+            seconds[slot] += cpu_seconds(pid);
+        }
+    }
+    seconds
+}
+
+/// What the control plane spent between two readings of
+/// [`control_plane_cpu`]: the total, and the parts as "API server 43.8,
+/// etcd 6.9, ...".
+pub fn control_plane_spent(before: [f64; 5], after: [f64; 5]) -> (f64, String) {
+    const LABELS: [&str; 5] = [
+        "API server",
+        "etcd",
+        "controller manager",
+        "scheduler",
+        "kwok",
+    ];
+    let spent: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    let parts = LABELS
+        .iter()
+        .zip(&spent)
+        .map(|(label, s)| format!("{label} {s:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (spent.iter().sum(), parts)
+}
+
+/// The table row of what the control plane spent in a phase on each side.
+pub fn print_control_plane_row(what: &str, operator: &(f64, String), baseline: &(f64, String)) {
+    println!(
+        "| control plane CPU seconds {what} (API server, etcd, controller manager, scheduler, kwok) | {:.1} ({}) | {:.1} ({}) | {:.2} |",
+        operator.0,
+        operator.1,
+        baseline.0,
+        baseline.1,
+        operator.0 / baseline.0
+    );
+}
+
 pub fn clock_ticks_per_second() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")

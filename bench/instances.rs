@@ -62,6 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let baseline_ns = format!("bench-baseline-{suffix}");
     create_namespace(&client, &baseline_ns).await?;
     let before = metrics.api_request_total();
+    let baseline_cpu_before = control_plane_cpu();
     let started = Instant::now();
     stream::iter(0..count)
         .map(|i| {
@@ -95,6 +96,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     let baseline_wall = started.elapsed();
+    let baseline_control_plane = control_plane_spent(baseline_cpu_before, control_plane_cpu());
     let baseline_requests = metrics.api_request_total() - before;
     println!(
         "baseline: {count} Deployments+Services created in {:.1}s, all pods ready after {:.1}s, {baseline_requests} API requests",
@@ -113,6 +115,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     wait_ready(metrics_port).await?;
     let scrape_before = scrape(metrics_port).await?;
     let before_cpu = cpu_seconds(operator.id());
+    let operator_cpu_before = control_plane_cpu();
     let started = Instant::now();
     let instances: Api<Instance> = Api::namespaced(client.clone(), &operator_ns);
     stream::iter(0..count)
@@ -135,6 +138,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
     let operator_wall = started.elapsed();
+    let operator_control_plane = control_plane_spent(operator_cpu_before, control_plane_cpu());
     let cpu = cpu_seconds(operator.id()) - before_cpu;
     // Progress folded into later writes lands within seconds: count it.
     wait_quiet(metrics_port, Duration::from_secs(6)).await?;
@@ -165,6 +169,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         operator_wall.as_secs_f64(),
         baseline_wall.as_secs_f64(),
         operator_wall.as_secs_f64() / baseline_wall.as_secs_f64()
+    );
+    print_control_plane_row(
+        "to all ready",
+        &operator_control_plane,
+        &baseline_control_plane,
     );
     println!(
         "| API requests (operator: its own, from /metrics; baseline: the plain client's) | {operator_requests} | {baseline_requests} | {:.2} |",

@@ -59,6 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let baseline_ns = "bench-sbx-baseline";
     create_namespace(&client, baseline_ns).await?;
     let before = metrics.api_request_total();
+    let cpu_mark = control_plane_cpu();
     let started = Instant::now();
     let hosts = ["kwok-node-0", "kwok-node-1"];
     stream::iter(0..count)
@@ -85,6 +86,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), baseline_ns);
     wait_watched(&pods, count, Duration::from_secs(1800), pod_ready).await?;
     let baseline_up = started.elapsed();
+    let cpu_now = control_plane_cpu();
+    let baseline_cpu_up = control_plane_spent(cpu_mark, cpu_now);
+    let cpu_mark = cpu_now;
     let started = Instant::now();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), baseline_ns);
     stream::iter(0..count)
@@ -108,6 +112,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
     let baseline_down = started.elapsed();
+    let baseline_cpu_down = control_plane_spent(cpu_mark, control_plane_cpu());
     let baseline_requests = metrics.api_request_total() - before;
     delete_namespace(&client, baseline_ns).await?;
     println!(
@@ -125,6 +130,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let scrape_before = scrape(port).await?;
     let cpu_before = cpu_seconds(operator.id());
     let sandboxes: Api<Sandbox> = Api::namespaced(client.clone(), operator_ns);
+    let cpu_mark = control_plane_cpu();
     let started = Instant::now();
     stream::iter(0..count)
         .map(|i| {
@@ -145,26 +151,68 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
     let operator_up = started.elapsed();
+    let operator_cpu_up = control_plane_spent(cpu_mark, control_plane_cpu());
     let cpu_up = cpu_seconds(operator.id()) - cpu_before;
     wait_quiet(port, Duration::from_secs(6)).await?;
     let scrape_up = scrape(port).await?;
     let requests_up = metric(&scrape_up, "ctrlplane_kube_api_requests_total");
     let reconciles_up = metric(&scrape_up, "ctrlplane_reconciles_total{kind=\"Sandbox\"}");
     let to_running = object_requests(&scrape_before, &scrape_up);
+    let cpu_mark = control_plane_cpu();
     let started = Instant::now();
-    delete_every(&sandboxes).await?;
+    // Deleted the way the baseline deletes its pods and claims: one DELETE
+    // per object, CONCURRENCY at a time. One DELETE of the collection is
+    // served one object after another by the API server (one worker by
+    // default): in one run it took 8.3s of a 9.8s deletion, which timed the
+    // API server's loop, not the operator.
+    stream::iter(0..count)
+        .map(|i| {
+            let sandboxes = sandboxes.clone();
+            async move {
+                sandboxes
+                    .delete(&format!("sbx-{i}"), &DeleteParams::default())
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<()>()
+        .await?;
+    let deletes_sent = started.elapsed();
     // Deleted means what the baseline's means: the pods and claims are gone
     // too (the garbage collector removes them once their Sandbox is).
     let operator_pods: Api<Pod> = Api::namespaced(client.clone(), operator_ns);
     let operator_claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), operator_ns);
+    // When each kind was first seen all gone, to tell where deletion waits.
+    let gone_at = std::sync::Mutex::new([None::<Duration>; 3]);
     wait_until(count, Duration::from_secs(1800), || async {
-        let left = count_left(&sandboxes).await?
-            + count_left(&operator_pods).await?
-            + count_left(&operator_claims).await?;
-        Ok(count.saturating_sub(left))
+        let left = [
+            count_left(&sandboxes).await?,
+            count_left(&operator_pods).await?,
+            count_left(&operator_claims).await?,
+        ];
+        let mut gone_at = gone_at.lock().expect("not poisoned");
+        for (at, left) in gone_at.iter_mut().zip(left) {
+            if left == 0 && at.is_none() {
+                *at = Some(started.elapsed());
+            }
+        }
+        Ok(count.saturating_sub(left.iter().sum()))
     })
     .await?;
     let operator_down = started.elapsed();
+    let operator_cpu_down = control_plane_spent(cpu_mark, control_plane_cpu());
+    let [sandboxes_gone, pods_gone, claims_gone] = gone_at
+        .into_inner()
+        .expect("not poisoned")
+        .map(|at| at.unwrap_or(operator_down));
+    println!(
+        "operator deletion: every DELETE answered after {:.1}s; every Sandbox gone after {:.1}s, every pod after {:.1}s, every claim after {:.1}s",
+        deletes_sent.as_secs_f64(),
+        sandboxes_gone.as_secs_f64(),
+        pods_gone.as_secs_f64(),
+        claims_gone.as_secs_f64()
+    );
     wait_quiet(port, Duration::from_secs(3)).await?;
     let scrape_down = scrape(port).await?;
     let deletion = object_requests(&scrape_up, &scrape_down);
@@ -195,6 +243,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         operator_down.as_secs_f64(),
         baseline_down.as_secs_f64(),
     );
+    print_control_plane_row("to all Running", &operator_cpu_up, &baseline_cpu_up);
+    print_control_plane_row("to all deleted", &operator_cpu_down, &baseline_cpu_down);
     println!(
         "| API requests, create + delete | {requests} | {baseline_requests} | {:.2} |",
         requests / baseline_requests as f64
