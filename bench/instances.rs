@@ -9,6 +9,11 @@
 //! side made, reconciles per Instance (to Running, and per minute once
 //! settled), and the ratio operator/baseline. Nothing here is asserted: the
 //! machines are noisy, the figures are for people.
+//!
+//! With `BENCH_FLOOR=1` it also times a floor between the two: the same
+//! Deployments and Services, each owned by an Instance, and one status
+//! write to each Instance (what a Running Instance carries), all by a plain
+//! client. No operator can cost less than the objects it reports on.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,7 +24,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::*;
-use ctrlplane_operator::api::{Instance, InstancePhase, InstanceSpec};
+use ctrlplane_operator::api::{Instance, InstancePhase, InstanceSpec, InstanceStatus};
 use ctrlplane_operator::provider::InstanceWorkload;
 use ctrlplane_operator::provider::kubernetes::{deployment_for, service_for};
 use ctrlplane_operator::runtime::metrics::{CountRequestsLayer, Metrics};
@@ -107,6 +112,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     delete_namespace(&client, &baseline_ns).await?;
     let baseline_deleted = deleting.elapsed();
 
+    let floor = if std::env::var_os("BENCH_FLOOR").is_some() {
+        Some(floor_phase(&client, count, &suffix).await?)
+    } else {
+        None
+    };
+
     // The operator.
     let operator_ns = format!("bench-operator-{suffix}");
     create_namespace(&client, &operator_ns).await?;
@@ -175,6 +186,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &operator_control_plane,
         &baseline_control_plane,
     );
+    if let Some((floor_wall, floor_control_plane)) = &floor {
+        println!(
+            "| floor (BENCH_FLOOR): the Instances, their owned Deployments and Services, one status write each, by a plain client; wall time, control plane CPU seconds | {:.1}s, {:.1} | {:.1}s, {:.1} | {:.2}, {:.2} |",
+            floor_wall.as_secs_f64(),
+            floor_control_plane.0,
+            baseline_wall.as_secs_f64(),
+            baseline_control_plane.0,
+            floor_wall.as_secs_f64() / baseline_wall.as_secs_f64(),
+            floor_control_plane.0 / baseline_control_plane.0,
+        );
+    }
     println!(
         "| API requests (operator: its own, from /metrics; baseline: the plain client's) | {operator_requests} | {baseline_requests} | {:.2} |",
         operator_requests / baseline_requests as f64
@@ -242,6 +264,125 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         cpu_total * 1000.0 / n
     );
     Ok(())
+}
+
+/// The floor: what the Instances themselves cost the control plane. Each
+/// is created, its Deployment and Service are created owned by it, and its
+/// status is written once, as a Running Instance's reads; then it waits for
+/// every Deployment to be available, as the baseline does. Returns the wall
+/// time and what the control plane spent.
+async fn floor_phase(
+    client: &kube::Client,
+    count: usize,
+    suffix: &str,
+) -> Result<(Duration, (f64, String)), Box<dyn std::error::Error>> {
+    let ns = format!("bench-floor-{suffix}");
+    create_namespace(client, &ns).await?;
+    let cpu_before = control_plane_cpu();
+    let started = Instant::now();
+    stream::iter(0..count)
+        .map(|i| {
+            let (client, ns) = (client.clone(), ns.clone());
+            async move {
+                let instances: Api<Instance> = Api::namespaced(client.clone(), &ns);
+                let name = format!("app-{i}");
+                let mut instance = instances
+                    .create(
+                        &PostParams::default(),
+                        &Instance::new(&name, instance_spec()),
+                    )
+                    .await?;
+                let owner = OwnerReference {
+                    api_version: "ctrlplane.dev/v1alpha1".into(),
+                    kind: "Instance".into(),
+                    name: name.clone(),
+                    uid: instance.metadata.uid.clone().unwrap_or_default(),
+                    controller: Some(true),
+                    block_owner_deletion: Some(true),
+                };
+                let workload = workload(&ns, i);
+                let mut deployment = deployment_for(&workload);
+                deployment.metadata.owner_references = Some(vec![owner.clone()]);
+                Api::<Deployment>::namespaced(client.clone(), &ns)
+                    .create(&PostParams::default(), &deployment)
+                    .await?;
+                if let Some(mut service) = service_for(&workload) {
+                    service.metadata.owner_references = Some(vec![owner]);
+                    Api::<Service>::namespaced(client.clone(), &ns)
+                        .create(&PostParams::default(), &service)
+                        .await?;
+                }
+                instance.status = Some(running_status(&ns, &name));
+                instances
+                    .replace_status(&name, &PostParams::default(), &instance)
+                    .await?;
+                Ok::<_, kube::Error>(())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<()>()
+        .await?;
+    wait_watched(
+        &Api::<Deployment>::namespaced(client.clone(), &ns),
+        count,
+        Duration::from_secs(1800),
+        deployment_available,
+    )
+    .await?;
+    let wall = started.elapsed();
+    let spent = control_plane_spent(cpu_before, control_plane_cpu());
+    delete_namespace(client, &ns).await?;
+    println!(
+        "floor: {count} Instances with their Deployments and Services, all pods ready after {:.1}s",
+        wall.as_secs_f64()
+    );
+    Ok((wall, spent))
+}
+
+/// The status the operator writes for a Running Instance of
+/// [`instance_spec`], as read from the local control plane.
+fn running_status(namespace: &str, name: &str) -> InstanceStatus {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let condition = |type_: &str, status: &str, reason: &str, message: &str| {
+        serde_json::json!({"type": type_, "status": status, "reason": reason,
+            "message": message, "observedGeneration": 1, "lastTransitionTime": now})
+    };
+    let entry =
+        |sequence: u64, from: Option<&str>, to: &str, type_: &str, reason: &str, message: &str| {
+            let mut entry = serde_json::json!({"sequence": sequence, "to": to, "type": type_,
+            "reason": reason, "message": message, "time": now});
+            if let Some(from) = from {
+                entry["from"] = from.into();
+            }
+            entry
+        };
+    let release = serde_json::json!({"version": 1, "image": "nginx:1.27", "outcome": "Succeeded", "createdAt": now});
+    serde_json::from_value(serde_json::json!({
+        "phase": "Running",
+        "observedGeneration": 1,
+        "replicas": 1,
+        "readyReplicas": 1,
+        "selector": format!("ctrlplane.dev/instance={name}"),
+        "appliedScale": {"replicas": 1, "cpu": "10m", "memory": "16Mi"},
+        "providerRef": {"provider": "kubernetes", "kind": "Deployment", "name": name},
+        "endpoints": [{"name": "http", "url": format!("http://{name}.{namespace}.svc.cluster.local:8080")}],
+        "conditions": [
+            condition("Ready", "True", "Running", "1 of 1 replicas ready"),
+            condition("Progressing", "False", "Complete", "the workload matches the spec"),
+            condition("Suspended", "False", "NotSuspended", "spec.suspend is not set"),
+            condition("Synced", "True", "Reconciled", "the last reconcile succeeded"),
+            condition("Stalled", "False", "NotStalled", "nothing stands in the way"),
+        ],
+        "history": [
+            entry(1, None, "Provisioning", "instance.created", "Created", "the Instance was created"),
+            entry(2, Some("Provisioning"), "Starting", "instance.starting", "Provisioned", "the workload is created; starting it"),
+            entry(3, Some("Starting"), "Running", "instance.started", "ReplicasReady", "1 of 1 replicas ready"),
+        ],
+        "dispatchedSeq": 3,
+        "currentRelease": release,
+        "releases": [release],
+    }))
+    .expect("a valid InstanceStatus")
 }
 
 fn workload(namespace: &str, i: usize) -> InstanceWorkload {
