@@ -32,8 +32,8 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::Api;
 use kube::api::PostParams;
+use kube::{Api, Resource};
 
 /// Creates in flight at once, for both sides, like the operator's own
 /// reconcile concurrency.
@@ -73,33 +73,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|i| {
             let client = client.clone();
             let ns = baseline_ns.clone();
-            async move {
-                let workload = workload(&ns, i);
-                let mut deployment = deployment_for(&workload);
-                deployment.metadata.owner_references = None;
-                Api::<Deployment>::namespaced(client.clone(), &ns)
-                    .create(&PostParams::default(), &deployment)
-                    .await?;
-                if let Some(mut service) = service_for(&workload) {
-                    service.metadata.owner_references = None;
-                    Api::<Service>::namespaced(client, &ns)
-                        .create(&PostParams::default(), &service)
-                        .await?;
-                }
-                Ok::<_, kube::Error>(())
-            }
+            async move { create_children(&client, &ns, i, None).await }
         })
         .buffer_unordered(CONCURRENCY)
         .try_collect::<()>()
         .await?;
     let created = started.elapsed();
-    wait_watched(
-        &Api::<Deployment>::namespaced(client.clone(), &baseline_ns),
-        count,
-        Duration::from_secs(1800),
-        deployment_available,
-    )
-    .await?;
+    wait_all_available(&client, &baseline_ns, count).await?;
     let baseline_wall = started.elapsed();
     let baseline_control_plane = control_plane_spent(baseline_cpu_before, control_plane_cpu());
     let baseline_requests = metrics.api_request_total() - before;
@@ -292,26 +272,7 @@ async fn floor_phase(
                         &Instance::new(&name, instance_spec()),
                     )
                     .await?;
-                let owner = OwnerReference {
-                    api_version: "ctrlplane.dev/v1alpha1".into(),
-                    kind: "Instance".into(),
-                    name: name.clone(),
-                    uid: instance.metadata.uid.clone().unwrap_or_default(),
-                    controller: Some(true),
-                    block_owner_deletion: Some(true),
-                };
-                let workload = workload(&ns, i);
-                let mut deployment = deployment_for(&workload);
-                deployment.metadata.owner_references = Some(vec![owner.clone()]);
-                Api::<Deployment>::namespaced(client.clone(), &ns)
-                    .create(&PostParams::default(), &deployment)
-                    .await?;
-                if let Some(mut service) = service_for(&workload) {
-                    service.metadata.owner_references = Some(vec![owner]);
-                    Api::<Service>::namespaced(client.clone(), &ns)
-                        .create(&PostParams::default(), &service)
-                        .await?;
-                }
+                create_children(&client, &ns, i, instance.controller_owner_ref(&())).await?;
                 instance.status = Some(running_status(&ns, &name));
                 instances
                     .replace_status(&name, &PostParams::default(), &instance)
@@ -322,13 +283,7 @@ async fn floor_phase(
         .buffer_unordered(CONCURRENCY)
         .try_collect::<()>()
         .await?;
-    wait_watched(
-        &Api::<Deployment>::namespaced(client.clone(), &ns),
-        count,
-        Duration::from_secs(1800),
-        deployment_available,
-    )
-    .await?;
+    wait_all_available(client, &ns, count).await?;
     let wall = started.elapsed();
     let spent = control_plane_spent(cpu_before, control_plane_cpu());
     delete_namespace(client, &ns).await?;
@@ -337,6 +292,46 @@ async fn floor_phase(
         wall.as_secs_f64()
     );
     Ok((wall, spent))
+}
+
+/// Creates workload `i`'s Deployment and Service in `namespace` as a plain
+/// client would, owned by `owner` when there is one.
+async fn create_children(
+    client: &kube::Client,
+    namespace: &str,
+    i: usize,
+    owner: Option<OwnerReference>,
+) -> Result<(), kube::Error> {
+    let workload = workload(namespace, i);
+    let owners = owner.map(|owner| vec![owner]);
+    let mut deployment = deployment_for(&workload);
+    deployment.metadata.owner_references = owners.clone();
+    Api::<Deployment>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    if let Some(mut service) = service_for(&workload) {
+        service.metadata.owner_references = owners;
+        Api::<Service>::namespaced(client.clone(), namespace)
+            .create(&PostParams::default(), &service)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Waits, on one watch, until `count` Deployments in `namespace` have
+/// their pods ready.
+async fn wait_all_available(
+    client: &kube::Client,
+    namespace: &str,
+    count: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    wait_watched(
+        &Api::<Deployment>::namespaced(client.clone(), namespace),
+        count,
+        Duration::from_secs(1800),
+        deployment_available,
+    )
+    .await
 }
 
 /// The status the operator writes for a Running Instance of
