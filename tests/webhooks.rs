@@ -11,7 +11,7 @@ use common::receiver::{Mode, Receiver};
 use common::tls::PrivateCa;
 use common::*;
 use ctrlplane_operator::api::{
-    Condition, DeliveryPhase, Instance, InstancePhase, Webhook, WebhookDelivery,
+    Condition, DeliveryPhase, EventType, Instance, InstancePhase, Webhook, WebhookDelivery,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -193,6 +193,18 @@ async fn lifecycle_events_arrive_signed_and_in_order_per_object() {
     wait_until("a Stopped", WAIT, || async {
         let a = f.instances.get("a").await.map_err(|e| e.to_string())?;
         Ok((a.status.and_then(|s| s.phase) == Some(InstancePhase::Stopped)).then_some(()))
+    })
+    .await;
+    // b's new image rolls out on its own clock: under load it can finish
+    // after a has stopped, and its deploy.succeeded would then be missing
+    // from the history that wait_all_delivered compares against.
+    wait_until("b's new release rolled out", WAIT, || async {
+        let b = f.instances.get("b").await.map_err(|e| e.to_string())?;
+        let history = b.status.map(|s| s.history).unwrap_or_default();
+        Ok(history
+            .iter()
+            .any(|entry| entry.type_ == EventType::DeploySucceeded)
+            .then_some(()))
     })
     .await;
     let expected = wait_all_delivered(&f, &receiver).await;
