@@ -259,15 +259,29 @@ async fn a_burst_of_commands_runs_every_one_in_creation_order() {
     expected.sort();
     let expected: Vec<String> = expected.into_iter().map(|(_, name)| name).collect();
     // What ran, in the order it ran: the Sandbox's history, and the file.
-    let sandbox = f.sandboxes.get("box").await.unwrap();
-    let started: Vec<String> = sandbox
-        .status
-        .unwrap()
-        .history
-        .iter()
-        .filter(|e| e.type_ == EventType::SandboxCommandStarted)
-        .map(|e| e.details["command"].clone())
-        .collect();
+    // The Sandbox records the commands in its own later reconcile (woken by
+    // the command watch), so the last one ending does not mean it has yet.
+    let started: Vec<String> = wait_until(
+        "the Sandbox's history to record every command started",
+        WAIT,
+        || async {
+            let sandbox = f.sandboxes.get("box").await.map_err(|e| e.to_string())?;
+            let started: Vec<String> = sandbox
+                .status
+                .unwrap_or_default()
+                .history
+                .iter()
+                .filter(|e| e.type_ == EventType::SandboxCommandStarted)
+                .map(|e| e.details["command"].clone())
+                .collect();
+            if started.len() >= names.len() {
+                Ok(Some(started))
+            } else {
+                Err(format!("started so far: {started:?}"))
+            }
+        },
+    )
+    .await;
     assert_eq!(started, expected);
     f.command("read", "box", r#"["cat", "burst.log"]"#, "");
     let read = f.finished("read").await;

@@ -253,12 +253,25 @@ async fn stop_keeps_the_service_and_start_brings_the_replicas_back() {
         f.services.get_opt("web").await.unwrap().is_some(),
         "the Service is kept"
     );
-    let pods = f
-        .pods
-        .list(&ListParams::default().labels("ctrlplane.dev/instance=web"))
-        .await
-        .unwrap();
-    assert!(pods.items.is_empty(), "no pods while stopped");
+    // Stopped does not mean the pods are gone: they are listed while
+    // terminating until kwok removes them.
+    wait_until("no pods while stopped", WAIT, || async {
+        let pods: Vec<String> = f
+            .pods
+            .list(&ListParams::default().labels("ctrlplane.dev/instance=web"))
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
+        if pods.is_empty() {
+            Ok(Some(()))
+        } else {
+            Err(format!("pods left: {pods:?}"))
+        }
+    })
+    .await;
 
     f.patch_spec("web", serde_json::json!({"state": "Running"}))
         .await;
@@ -348,20 +361,29 @@ async fn restarted_at_rolls_every_replica_once() {
         })
         .await;
     assert!(restarted.status.as_ref().unwrap().restarted_at.is_some());
-    let after: Vec<String> = f
-        .pods
-        .list(&ListParams::default().labels("ctrlplane.dev/instance=web"))
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|p| p.name_any())
-        .collect();
-    assert_eq!(after.len(), 2);
-    assert!(
-        after.iter().all(|p| !before.contains(p)),
-        "every pod was replaced: {before:?} -> {after:?}"
-    );
+    // The rollout completing does not mean the old pods are gone: they are
+    // listed while terminating until kwok removes them.
+    wait_until(
+        "every pod replaced: 2 pods, none of the old ones",
+        WAIT,
+        || async {
+            let after: Vec<String> = f
+                .pods
+                .list(&ListParams::default().labels("ctrlplane.dev/instance=web"))
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .iter()
+                .map(|p| p.name_any())
+                .collect();
+            if after.len() == 2 && after.iter().all(|p| !before.contains(p)) {
+                Ok(Some(()))
+            } else {
+                Err(format!("{before:?} -> {after:?}"))
+            }
+        },
+    )
+    .await;
 
     // A GitOps re-apply of the same manifest restarts nothing.
     let count = history(&restarted).len();
@@ -499,16 +521,14 @@ async fn a_rollout_that_misses_its_deadline_fails_and_auto_rollback_returns() {
         ready.message
     );
     assert!(history(&failed).contains(&EventType::DeployFailed));
-    let events = kubectl([
-        "get",
-        "events",
-        "-n",
+    // The operator writes the status first and publishes the Event after.
+    wait_for_events(
         &f.ns.name,
-        "--field-selector",
         "involvedObject.name=manual",
-    ])
-    .expect_success("kubectl get events");
-    assert!(events.stdout.contains("DeployFailed"), "{}", events.stdout);
+        &[],
+        &["DeployFailed"],
+    )
+    .await;
 
     let rolled_back = f
         .wait_for("auto", "rolled back and running", |i| {
@@ -791,16 +811,8 @@ async fn deleting_an_instance_takes_its_children_with_it() {
         },
     )
     .await;
-    let events = kubectl([
-        "get",
-        "events",
-        "-n",
-        &f.ns.name,
-        "--field-selector",
-        "involvedObject.name=web",
-    ])
-    .expect_success("kubectl get events");
-    assert!(events.stdout.contains("Deleted"), "{}", events.stdout);
+    // The Event saying it is gone is published after it went.
+    wait_for_events(&f.ns.name, "involvedObject.name=web", &[], &["Deleted"]).await;
 }
 
 #[tokio::test]
@@ -864,16 +876,14 @@ async fn an_unknown_provider_is_a_condition_and_nothing_else() {
     assert_eq!(condition_reason(&instance, "Synced"), "UnknownProvider");
     assert_eq!(phase(&instance), None, "no state change");
     assert!(f.deployments.get_opt("web").await.unwrap().is_none());
-    let events = kubectl([
-        "get",
-        "events",
-        "-n",
+    // The operator writes the status first and publishes the Event after.
+    wait_for_events(
         &f.ns.name,
-        "--field-selector",
         "involvedObject.name=web",
-    ])
-    .expect_success("kubectl get events");
-    assert!(events.stdout.contains("UnknownProvider") && events.stdout.contains("kubevirt"));
+        &[],
+        &["UnknownProvider", "kubevirt"],
+    )
+    .await;
     // Pointing it at a real provider brings it up.
     f.patch_spec("web", serde_json::json!({"provider": "kubernetes"}))
         .await;
@@ -930,8 +940,25 @@ async fn the_operator_killed_mid_rollout_converges_without_duplicate_children() 
             .len(),
         3
     );
-    let pods = f.pods.list(&ListParams::default()).await.unwrap();
-    assert_eq!(pods.items.len(), 9, "3 instances x 3 replicas, no strays");
+    // The rollouts completing does not mean the old pods are gone: they are
+    // listed while terminating until kwok removes them.
+    wait_until(
+        "9 pods: 3 instances x 3 replicas, no strays",
+        WAIT,
+        || async {
+            let pods = f
+                .pods
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            if pods.items.len() == 9 {
+                Ok(Some(()))
+            } else {
+                Err(format!("{} pods", pods.items.len()))
+            }
+        },
+    )
+    .await;
     let replica_sets: Api<ReplicaSet> = Api::namespaced(client().await, &f.ns.name);
     let active = replica_sets
         .list(&ListParams::default())

@@ -414,26 +414,26 @@ async fn stop_keeps_the_claim_and_start_runs_again_on_it() {
 #[tokio::test]
 async fn expiry_with_delete_removes_the_sandbox_and_everything_it_had() {
     let f = fixture("sbx-exp-del", 1).await;
+    f.apply(
+        "box",
+        "  expiryPolicy: Delete\n  ports:\n    - {name: ssh, port: 2222}\n",
+    );
+    f.wait_phase("box", SandboxPhase::Running).await;
+    // The deadline is set once it runs, so it has everything to lose when it
+    // expires: set at creation, a slow start could outlast it.
     let at = (Utc::now() + chrono::Duration::seconds(8))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    f.apply("box", &format!("  expiresAt: \"{at}\"\n  expiryPolicy: Delete\n  ports:\n    - {{name: ssh, port: 2222}}\n"));
-    f.wait_phase("box", SandboxPhase::Running).await;
+    f.patch("box", serde_json::json!({"expiresAt": at})).await;
     f.wait_gone("box").await;
     f.wait_children_gone("box").await;
-    let events = kubectl([
-        "get",
-        "events",
-        "-n",
+    // The Events are published after the status and the deletion they tell of.
+    wait_for_events(
         &f.ns.name,
-        "--field-selector",
         "involvedObject.name=box,involvedObject.kind=Sandbox",
-    ])
-    .expect_success("events");
-    assert!(
-        events.stdout.contains("Expired") && events.stdout.contains("Destroyed"),
-        "{}",
-        events.stdout
-    );
+        &[],
+        &["Expired", "Destroyed"],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -481,18 +481,29 @@ async fn a_ttl_expires_and_extending_it_before_the_deadline_postpones_it() {
     let f = fixture("sbx-ttl", 2).await;
     // The shortest TTL the API allows, with policy Stop.
     f.apply("ttl", "  ttlSeconds: 60\n  expiryPolicy: Stop\n");
-    // Another one, extended before its deadline.
-    let at = (Utc::now() + chrono::Duration::seconds(10))
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    // Another one, extended before its deadline. The deadline is well
+    // within the ttl one's 60 s, so the test takes no longer for it, and it
+    // is extended as soon as the operator has planned for it, not once it
+    // runs: a slow start could outlast the deadline.
+    let first_deadline = Utc::now() + chrono::Duration::seconds(30);
+    let at = first_deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     f.apply(
         "extended",
         &format!("  expiresAt: \"{at}\"\n  expiryPolicy: Delete\n"),
     );
-    f.wait_phase("extended", SandboxPhase::Running).await;
+    f.wait_for("extended", "its first deadline planned for", |s| {
+        s.status
+            .as_ref()
+            .and_then(|st| st.expires_at)
+            .map(|t| t.timestamp())
+            == Some(first_deadline.timestamp())
+    })
+    .await;
     let later = (Utc::now() + chrono::Duration::hours(1))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     f.patch("extended", serde_json::json!({"expiresAt": later}))
         .await;
+    f.wait_phase("extended", SandboxPhase::Running).await;
 
     let ttl = f.wait_phase("ttl", SandboxPhase::Stopped).await;
     let status = ttl.status.clone().unwrap();
@@ -506,6 +517,7 @@ async fn a_ttl_expires_and_extending_it_before_the_deadline_postpones_it() {
     assert_eq!(status.expires_at.map(|t| t.timestamp()), Some(created + 60));
     assert_eq!(condition(&ttl, "Expired").0, "True");
     // By now the first deadline of the extended one has long passed.
+    assert!(Utc::now() > first_deadline + chrono::Duration::seconds(1));
     let extended = f.sandboxes.get("extended").await.unwrap();
     assert_eq!(
         extended.status.as_ref().unwrap().phase,

@@ -355,6 +355,41 @@ where
     }
 }
 
+/// Waits until `kubectl get events` in `namespace`, narrowed by the field
+/// `selector` and printed with `output` (extra kubectl arguments, such as
+/// `-o jsonpath=...`), shows every one of `wanted`, and returns what it
+/// printed. The operator publishes an Event after the status write or the
+/// deletion it tells of, so seeing those is no proof the Event exists yet.
+pub async fn wait_for_events(
+    namespace: &str,
+    selector: &str,
+    output: &[&str],
+    wanted: &[&str],
+) -> String {
+    let what = format!("Events {wanted:?} ({selector})");
+    wait_until(&what, Duration::from_secs(120), || async {
+        let mut args = vec![
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            selector,
+        ];
+        args.extend_from_slice(output);
+        let events = kubectl(args);
+        if !events.success {
+            return Err(events.stderr);
+        }
+        if wanted.iter().all(|w| events.stdout.contains(w)) {
+            Ok(Some(events.stdout))
+        } else {
+            Err(events.stdout)
+        }
+    })
+    .await
+}
+
 /// Reads the `# expect-field:` and `# expect-text:` lines of a fixture.
 pub fn fixture_expectations(path: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path:?}: {e}"));
