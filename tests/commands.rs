@@ -11,7 +11,8 @@ use std::time::Duration;
 use common::storage::Storage;
 use common::*;
 use ctrlplane_operator::api::{
-    CommandPhase, EventType, Sandbox, SandboxCommand, SandboxPhase, SandboxSnapshot, SnapshotPhase,
+    CommandPhase, EventType, HistoryEntry, Sandbox, SandboxCommand, SandboxPhase, SandboxSnapshot,
+    SnapshotPhase,
 };
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::Api;
@@ -49,6 +50,12 @@ async fn fixture(prefix: &str, volumes: usize) -> Fixture {
 impl Fixture {
     fn apply(&self, manifest: &str) {
         apply_manifest(&self.ns.name, manifest).expect_success("applying");
+    }
+
+    /// The history of Sandbox `box`, as the API server has it now.
+    async fn box_history(&self) -> Result<Vec<HistoryEntry>, String> {
+        let sandbox = self.sandboxes.get("box").await.map_err(|e| e.to_string())?;
+        Ok(sandbox.status.map(|s| s.history).unwrap_or_default())
     }
 
     fn sandbox(&self, name: &str, extra: &str) {
@@ -146,23 +153,18 @@ async fn a_command_runs_in_its_sandbox_and_records_real_output_and_exit_code() {
     assert_eq!(status.pod.as_deref(), Some("box"));
 
     // The Sandbox's history says so, and kubectl shows it.
-    let sandbox = wait_until(
+    let history = wait_until(
         "the command's events in the Sandbox history",
         WAIT,
         || async {
-            let s = f.sandboxes.get("box").await.map_err(|e| e.to_string())?;
-            let types: Vec<EventType> = s
-                .status
-                .as_ref()
-                .map(|s| s.history.iter().map(|e| e.type_).collect())
-                .unwrap_or_default();
-            Ok(types
-                .contains(&EventType::SandboxCommandFailed)
-                .then_some(s))
+            let history = f.box_history().await?;
+            Ok(history
+                .iter()
+                .any(|e| e.type_ == EventType::SandboxCommandFailed)
+                .then_some(history))
         },
     )
     .await;
-    let history = sandbox.status.unwrap().history;
     let started = history
         .iter()
         .position(|e| e.type_ == EventType::SandboxCommandStarted)
@@ -265,11 +267,9 @@ async fn a_burst_of_commands_runs_every_one_in_creation_order() {
         "the Sandbox's history to record every command started",
         WAIT,
         || async {
-            let sandbox = f.sandboxes.get("box").await.map_err(|e| e.to_string())?;
-            let started: Vec<String> = sandbox
-                .status
-                .unwrap_or_default()
-                .history
+            let started: Vec<String> = f
+                .box_history()
+                .await?
                 .iter()
                 .filter(|e| e.type_ == EventType::SandboxCommandStarted)
                 .map(|e| e.details["command"].clone())

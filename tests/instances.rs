@@ -46,6 +46,17 @@ impl Fixture {
         apply_manifest(&self.ns.name, manifest).expect_success("applying the manifest");
     }
 
+    /// The names of an Instance's pods, those terminating included.
+    async fn pod_names(&self, instance: &str) -> Result<Vec<String>, String> {
+        let selector = format!("ctrlplane.dev/instance={instance}");
+        let pods = self
+            .pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(pods.items.iter().map(|p| p.name_any()).collect())
+    }
+
     async fn wait_for(
         &self,
         name: &str,
@@ -256,15 +267,7 @@ async fn stop_keeps_the_service_and_start_brings_the_replicas_back() {
     // Stopped does not mean the pods are gone: they are listed while
     // terminating until kwok removes them.
     wait_until("no pods while stopped", WAIT, || async {
-        let pods: Vec<String> = f
-            .pods
-            .list(&ListParams::default().labels("ctrlplane.dev/instance=web"))
-            .await
-            .map_err(|e| e.to_string())?
-            .items
-            .iter()
-            .map(|p| p.name_any())
-            .collect();
+        let pods = f.pod_names("web").await?;
         if pods.is_empty() {
             Ok(Some(()))
         } else {
@@ -343,15 +346,7 @@ async fn restarted_at_rolls_every_replica_once() {
     let f = fixture("inst-restart").await;
     f.apply(&web("web", ""));
     f.wait_running("web").await;
-    let before: Vec<String> = f
-        .pods
-        .list(&ListParams::default().labels("ctrlplane.dev/instance=web"))
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|p| p.name_any())
-        .collect();
+    let before = f.pod_names("web").await.unwrap();
     f.apply(&web("web", "  restartedAt: \"2026-11-01T10:00:00Z\"\n"));
     let restarted = f
         .wait_for("web", "restarted and ready", |i| {
@@ -367,15 +362,7 @@ async fn restarted_at_rolls_every_replica_once() {
         "every pod replaced: 2 pods, none of the old ones",
         WAIT,
         || async {
-            let after: Vec<String> = f
-                .pods
-                .list(&ListParams::default().labels("ctrlplane.dev/instance=web"))
-                .await
-                .map_err(|e| e.to_string())?
-                .items
-                .iter()
-                .map(|p| p.name_any())
-                .collect();
+            let after = f.pod_names("web").await?;
             if after.len() == 2 && after.iter().all(|p| !before.contains(p)) {
                 Ok(Some(()))
             } else {

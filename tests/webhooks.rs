@@ -131,6 +131,16 @@ impl Fixture {
         expected
     }
 
+    /// The namespace's delivery records, as the API server has them now.
+    async fn records(&self) -> Result<Vec<WebhookDelivery>, String> {
+        let list = self
+            .deliveries
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(list.items)
+    }
+
     async fn patch_instance(&self, name: &str, spec: serde_json::Value) {
         self.instances
             .patch(
@@ -143,16 +153,32 @@ impl Fixture {
     }
 }
 
+type Recorded = BTreeMap<(String, i64), String>;
+
+/// Every event the Instances recorded, and those of them the receiver has
+/// not accepted yet.
+async fn recorded_and_undelivered(
+    f: &Fixture,
+    receiver: &Receiver,
+) -> (Recorded, Vec<(String, i64)>) {
+    let expected = f.expected_events().await;
+    let got: BTreeSet<(String, i64)> = receiver
+        .accepted()
+        .into_iter()
+        .map(|r| (r.uid, r.sequence))
+        .collect();
+    let missing = expected
+        .keys()
+        .filter(|k| !got.contains(*k))
+        .cloned()
+        .collect();
+    (expected, missing)
+}
+
 /// Waits until the receiver has accepted every event the Instances recorded.
-async fn wait_all_delivered(f: &Fixture, receiver: &Receiver) -> BTreeMap<(String, i64), String> {
+async fn wait_all_delivered(f: &Fixture, receiver: &Receiver) -> Recorded {
     wait_until("every recorded event to be delivered", WAIT, || async {
-        let expected = f.expected_events().await;
-        let got: BTreeSet<(String, i64)> = receiver
-            .accepted()
-            .into_iter()
-            .map(|r| (r.uid, r.sequence))
-            .collect();
-        let missing: Vec<_> = expected.keys().filter(|k| !got.contains(*k)).collect();
+        let (expected, missing) = recorded_and_undelivered(f, receiver).await;
         if missing.is_empty() && !expected.is_empty() {
             Ok(Some(expected))
         } else {
@@ -366,14 +392,9 @@ async fn delivery_records_all_keeps_a_record_of_every_delivery_until_it_expires(
         "web Running, every event delivered and a Succeeded record of each",
         WAIT,
         || async {
-            let records = f
-                .deliveries
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?;
+            let records = f.records().await?;
             seen.borrow_mut().extend(
                 records
-                    .items
                     .iter()
                     .filter(|d| {
                         d.status.as_ref().and_then(|s| s.phase) == Some(DeliveryPhase::Succeeded)
@@ -394,13 +415,8 @@ async fn delivery_records_all_keeps_a_record_of_every_delivery_until_it_expires(
             if web.status.and_then(|s| s.phase) != Some(InstancePhase::Running) {
                 return Err("web is not Running yet".into());
             }
-            let expected = f.expected_events().await;
-            let got: BTreeSet<(String, i64)> = receiver
-                .accepted()
-                .into_iter()
-                .map(|r| (r.uid, r.sequence))
-                .collect();
-            let missing = expected.keys().filter(|k| !got.contains(*k)).count();
+            let (expected, missing) = recorded_and_undelivered(&f, &receiver).await;
+            let missing = missing.len();
             let recorded = seen.borrow().len();
             if missing == 0 && recorded >= expected.len() {
                 Ok(Some(expected))
@@ -423,13 +439,7 @@ async fn delivery_records_all_keeps_a_record_of_every_delivery_until_it_expires(
     assert!(shown.get(), "{}", last_table.borrow());
     // Completed records go once their time is up (10s here).
     wait_until("the completed records to expire", WAIT, || async {
-        let left = f
-            .deliveries
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?
-            .items
-            .len();
+        let left = f.records().await?.len();
         Ok((left == 0).then_some(()))
     })
     .await;
@@ -532,12 +542,8 @@ async fn a_receiver_that_is_down_for_a_while_gets_every_event_once_it_is_back() 
         .await;
     // Deliveries fail and are retried while it is down.
     wait_until("failed attempts to be recorded", WAIT, || async {
-        let list = f
-            .deliveries
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let retrying = list.items.iter().any(|d| {
+        let list = f.records().await?;
+        let retrying = list.iter().any(|d| {
             d.status.as_ref().is_some_and(|s| {
                 s.attempts >= 2
                     && s.phase == Some(DeliveryPhase::Pending)
@@ -622,13 +628,8 @@ async fn an_endpoint_that_always_fails_ends_in_failed_deliveries_after_the_last_
     f.wait_webhook_ready("hooks").await;
     f.apply(&instance_manifest("web"));
     let failed = wait_until("the delivery to fail for good", WAIT, || async {
-        let list = f
-            .deliveries
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
+        let list = f.records().await?;
         Ok(list
-            .items
             .into_iter()
             .find(|d| d.status.as_ref().and_then(|s| s.phase) == Some(DeliveryPhase::Failed)))
     })
@@ -944,13 +945,8 @@ async fn a_private_ca_in_ca_bundle_is_trusted_and_without_it_the_endpoint_is_not
         "an untrusting delivery to record its TLS error",
         WAIT,
         || async {
-            let list = f
-                .deliveries
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?;
+            let list = f.records().await?;
             Ok(list
-                .items
                 .into_iter()
                 .filter(|d| d.spec.webhook_name == "untrusting")
                 .find_map(|d| d.status.and_then(|s| s.last_error)))
@@ -1248,13 +1244,8 @@ async fn no_secret_value_appears_in_logs_events_or_status() {
     f.apply(&instance_manifest("web"));
     f.running("web").await;
     wait_until("failed deliveries", WAIT, || async {
-        let list = f
-            .deliveries
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
+        let list = f.records().await?;
         Ok(list
-            .items
             .iter()
             .any(|d| d.status.as_ref().and_then(|s| s.phase) == Some(DeliveryPhase::Failed))
             .then_some(()))
