@@ -710,6 +710,7 @@ async fn plugin_stops_starts_restarts_and_shows_a_sandbox() {
         "  ports:\n    - {name: ssh, port: 2222}\n",
     ));
     f.sandbox_phase("box", SandboxPhase::Running).await;
+    wait_claim_bound(&f.ns.name, "box-data").await;
 
     let status = f.ctl(&["status", "sbx/box"]).ok("status").stdout;
     for wanted in [

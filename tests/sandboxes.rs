@@ -230,8 +230,7 @@ async fn a_sandbox_runs_with_an_ip_a_host_its_claim_and_its_labels() {
         ]
     );
 
-    let claim = f.claims.get("box-data").await.unwrap();
-    assert_eq!(claim.status.and_then(|s| s.phase).as_deref(), Some("Bound"));
+    wait_claim_bound(&f.ns.name, "box-data").await;
     let pod = f.pods.get("box").await.unwrap();
     let spec = pod.spec.clone().unwrap();
     assert_eq!(

@@ -390,6 +390,28 @@ pub async fn wait_for_events(
     .await
 }
 
+/// Waits until claim `name` in `namespace` reads Bound. A Sandbox can be
+/// Running first: the scheduler places its pod once the volume controller
+/// has bound the claim's volume, and that controller writes the claim's
+/// phase in a later update of its own.
+pub async fn wait_claim_bound(
+    namespace: &str,
+    name: &str,
+) -> k8s_openapi::api::core::v1::PersistentVolumeClaim {
+    let claims: kube::Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        kube::Api::namespaced(client().await, namespace);
+    wait_until(
+        &format!("claim {name} Bound"),
+        Duration::from_secs(120),
+        || async {
+            let claim = claims.get(name).await.map_err(|e| e.to_string())?;
+            let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+            Ok(bound.then_some(claim))
+        },
+    )
+    .await
+}
+
 /// Reads the `# expect-field:` and `# expect-text:` lines of a fixture.
 pub fn fixture_expectations(path: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path:?}: {e}"));
