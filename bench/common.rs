@@ -344,6 +344,28 @@ pub fn print_control_plane_row(what: &str, operator: &(f64, String), baseline: &
     );
 }
 
+/// The table row of a phase timed against a baseline run twice, once before
+/// the operator and once after it. The machine's pace moves with the hour
+/// (a baseline alone has moved from 21 s to 28 s between runs); the mean of a
+/// baseline on either side of the operator holds a ratio that such a drift
+/// does not move, and the two baselines side by side show how large it was.
+pub fn print_against_both_baselines(
+    what: &str,
+    operator: Duration,
+    first: Duration,
+    again: Duration,
+) {
+    let mean = (first.as_secs_f64() + again.as_secs_f64()) / 2.0;
+    println!(
+        "| {what}, against the mean of the baseline before the operator ({:.1}s) and after it ({:.1}s, {:.2} of the first) | {:.1}s | {mean:.1}s | {:.2} |",
+        first.as_secs_f64(),
+        again.as_secs_f64(),
+        again.as_secs_f64() / first.as_secs_f64(),
+        operator.as_secs_f64(),
+        operator.as_secs_f64() / mean
+    );
+}
+
 pub fn clock_ticks_per_second() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -445,7 +467,15 @@ pub struct StaticVolumes {
 }
 
 impl StaticVolumes {
-    pub async fn create(&self, client: &Client, count: usize) -> Result<(), kube::Error> {
+    /// Creates `count` volumes and waits until the volume controller has
+    /// marked every one Available, so that its work on them is not timed in
+    /// the first phase that follows (it cost the first baseline of
+    /// `sandboxes` ~6 s of its ~15 s).
+    pub async fn create(
+        &self,
+        client: &Client,
+        count: usize,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         use futures::{StreamExt, TryStreamExt, stream};
         use k8s_openapi::api::core::v1::PersistentVolume;
         use k8s_openapi::api::storage::v1::StorageClass;
@@ -483,7 +513,11 @@ impl StaticVolumes {
             })
             .buffer_unordered(16)
             .try_collect::<()>()
-            .await
+            .await?;
+        wait_watched(&volumes, count, Duration::from_secs(600), |volume| {
+            volume.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Available")
+        })
+        .await
     }
 
     pub async fn remove(&self, client: &Client) -> Result<(), kube::Error> {

@@ -8,7 +8,10 @@
 //! wall time, the operator's peak RSS and CPU seconds, the API requests each
 //! side made, reconciles per Instance (to Running, and per minute once
 //! settled), and the ratio operator/baseline. Nothing here is asserted: the
-//! machines are noisy, the figures are for people.
+//! machines are noisy, the figures are for people. The baseline runs again
+//! after the operator, and the operator's times are also printed against
+//! the mean of both baselines, so a drift of the machine's pace during the
+//! run shows (and cancels out) instead of passing for the operator's cost.
 //!
 //! With `BENCH_FLOOR=1` it also times a floor between the two: the same
 //! Deployments and Services, each owned by an Instance, and one status
@@ -64,33 +67,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("bench/instances: N = {count}, client concurrency {CONCURRENCY}");
 
     // Baseline: the same Deployments and Services, no operator.
-    let baseline_ns = format!("bench-baseline-{suffix}");
-    create_namespace(&client, &baseline_ns).await?;
-    let before = metrics.api_request_total();
-    let baseline_cpu_before = control_plane_cpu();
-    let started = Instant::now();
-    stream::iter(0..count)
-        .map(|i| {
-            let client = client.clone();
-            let ns = baseline_ns.clone();
-            async move { create_children(&client, &ns, i, None).await }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<()>()
-        .await?;
-    let created = started.elapsed();
-    wait_all_available(&client, &baseline_ns, count).await?;
-    let baseline_wall = started.elapsed();
-    let baseline_control_plane = control_plane_spent(baseline_cpu_before, control_plane_cpu());
-    let baseline_requests = metrics.api_request_total() - before;
-    println!(
-        "baseline: {count} Deployments+Services created in {:.1}s, all pods ready after {:.1}s, {baseline_requests} API requests",
-        created.as_secs_f64(),
-        baseline_wall.as_secs_f64()
-    );
-    let deleting = Instant::now();
-    delete_namespace(&client, &baseline_ns).await?;
-    let baseline_deleted = deleting.elapsed();
+    let BaselineRun {
+        wall: baseline_wall,
+        control_plane: baseline_control_plane,
+        requests: baseline_requests,
+        deleted: baseline_deleted,
+    } = baseline_phase(&client, &metrics, count, &format!("{suffix}-first")).await?;
 
     let floor = if std::env::var_os("BENCH_FLOOR").is_some() {
         Some(floor_phase(&client, count, &suffix).await?)
@@ -243,7 +225,80 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "| operator CPU seconds, whole run (create, settle, delete) | {cpu_total:.1} ({:.1} ms per Instance) | - | - |",
         cpu_total * 1000.0 / n
     );
+
+    // The baseline again, now that the control plane has served both
+    // sides: whatever it gained or lost in the meantime (a larger etcd, a
+    // busier hour) shows as the difference between the two baselines.
+    let again = baseline_phase(&client, &metrics, count, &format!("{suffix}-again")).await?;
+    print_against_both_baselines(
+        "wall time to all ready",
+        operator_wall,
+        baseline_wall,
+        again.wall,
+    );
+    print_against_both_baselines(
+        "delete all (namespace gone)",
+        deleted,
+        baseline_deleted,
+        again.deleted,
+    );
+    print_control_plane_row(
+        "to all ready, the baseline after the operator",
+        &operator_control_plane,
+        &again.control_plane,
+    );
     Ok(())
+}
+
+/// What one baseline phase measured.
+struct BaselineRun {
+    wall: Duration,
+    control_plane: (f64, String),
+    requests: u64,
+    deleted: Duration,
+}
+
+/// The baseline: the same Deployments and Services created by a plain
+/// client, timed until their pods are ready, then deleted with their
+/// namespace (timed too).
+async fn baseline_phase(
+    client: &kube::Client,
+    metrics: &Metrics,
+    count: usize,
+    suffix: &str,
+) -> Result<BaselineRun, Box<dyn std::error::Error>> {
+    let ns = format!("bench-baseline-{suffix}");
+    create_namespace(client, &ns).await?;
+    let before = metrics.api_request_total();
+    let cpu_before = control_plane_cpu();
+    let started = Instant::now();
+    stream::iter(0..count)
+        .map(|i| {
+            let client = client.clone();
+            let ns = ns.clone();
+            async move { create_children(&client, &ns, i, None).await }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<()>()
+        .await?;
+    let created = started.elapsed();
+    wait_all_available(client, &ns, count).await?;
+    let wall = started.elapsed();
+    let control_plane = control_plane_spent(cpu_before, control_plane_cpu());
+    let requests = metrics.api_request_total() - before;
+    println!(
+        "baseline: {count} Deployments+Services created in {:.1}s, all pods ready after {:.1}s, {requests} API requests",
+        created.as_secs_f64(),
+        wall.as_secs_f64()
+    );
+    let deleting = Instant::now();
+    delete_namespace(client, &ns).await?;
+    Ok(BaselineRun {
+        wall,
+        control_plane,
+        requests,
+        deleted: deleting.elapsed(),
+    })
 }
 
 /// The floor: what the Instances themselves cost the control plane. Each
