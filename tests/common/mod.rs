@@ -332,6 +332,11 @@ where
 /// How often [`wait_until`] checks its condition again.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
+/// How long the helpers below wait for what the operator or a controller
+/// writes after the step a test waited for: generous, because a loaded
+/// machine delays every write, and only a failure ever waits it out.
+const FOLLOW_UP_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Checks `check` until it returns `Ok(Some(_))`, or panics after `timeout`
 /// naming what was awaited and the last answer.
 pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
@@ -367,7 +372,7 @@ pub async fn wait_for_events(
     wanted: &[&str],
 ) -> String {
     let what = format!("Events {wanted:?} ({selector})");
-    wait_until(&what, Duration::from_secs(120), || async {
+    wait_until(&what, FOLLOW_UP_TIMEOUT, || async {
         let mut args = vec![
             "get",
             "events",
@@ -402,7 +407,7 @@ pub async fn wait_claim_bound(
         kube::Api::namespaced(client().await, namespace);
     wait_until(
         &format!("claim {name} Bound"),
-        Duration::from_secs(120),
+        FOLLOW_UP_TIMEOUT,
         || async {
             let claim = claims.get(name).await.map_err(|e| e.to_string())?;
             let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
