@@ -376,6 +376,8 @@ async fn restarted_at_rolls_every_replica_once() {
     let count = history(&restarted).len();
     let generation = restarted.metadata.generation;
     f.apply(&web("web", "  restartedAt: \"2026-11-01T10:00:00Z\"\n"));
+    // Read once the operator has done whatever the re-apply led it to.
+    f.operator.wait_quiet(Duration::from_secs(5), WAIT).await;
     let again = f.instances.get("web").await.unwrap();
     assert_eq!(again.metadata.generation, generation);
     assert_eq!(history(&again).len(), count);

@@ -460,13 +460,14 @@ async fn expiry_with_stop_fires_once_across_an_operator_restart_just_before_the_
         f.claims.get_opt("box-data").await.unwrap().is_some(),
         "Stop keeps the data"
     );
-    // Restarted again after the expiry: it does not fire a second time.
+    // Restarted again after the expiry: it does not fire a second time,
+    // checked once the restarted operator has looked at the Sandbox and
+    // done whatever that led to.
     f.operator.restart();
-    let later = f
-        .wait_for("box", "observed after the restart", |s| {
-            s.status.as_ref().and_then(|st| st.observed_generation) == s.metadata.generation
-        })
+    f.operator
+        .wait_looked_again("Sandbox", Duration::from_secs(5), WAIT)
         .await;
+    let later = f.sandboxes.get("box").await.unwrap();
     let expired = history(&later)
         .iter()
         .filter(|t| **t == EventType::SandboxExpired)

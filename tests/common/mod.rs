@@ -652,6 +652,28 @@ impl Operator {
         }
     }
 
+    /// Waits until this operator process has reconciled at least one
+    /// `kind` and has then gone quiet for `window`: after a restart, what
+    /// looking at the objects again leads to has been done. (Quiet alone
+    /// is not enough: a process still starting up is quiet too.)
+    pub async fn wait_looked_again(&self, kind: &str, window: Duration, timeout: Duration) {
+        let series = format!("ctrlplane_reconciles_total{{kind=\"{kind}\"}}");
+        wait_until(
+            &format!("a {kind} reconciled by this operator process"),
+            timeout,
+            || async {
+                let reconciles = self.metric(&series);
+                if reconciles >= 1.0 {
+                    Ok(Some(()))
+                } else {
+                    Err(format!("{reconciles} reconciles"))
+                }
+            },
+        )
+        .await;
+        self.wait_quiet(window, timeout).await;
+    }
+
     /// The operator's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
