@@ -17,6 +17,14 @@
 //! Deployments and Services, each owned by an Instance, and one status
 //! write to each Instance (what a Running Instance carries), all by a plain
 //! client. No operator can cost less than the objects it reports on.
+//! `BENCH_FLOOR=requests` adds a second floor: the operator's own requests
+//! for each Instance (its server-side applies, two status writes and its
+//! Event), sent by a plain client with no watch.
+//!
+//! With `BENCH_PRICES=1` it prices each kind of request an Instance's path
+//! sends instead, and runs nothing else: N of each, one kind at a time,
+//! with what the control plane spends on them (until it is idle again)
+//! against a plain Service create.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,7 +43,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Resource};
 
 /// Creates in flight at once, for both sides, like the operator's own
@@ -66,6 +74,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("bench/instances: N = {count}, client concurrency {CONCURRENCY}");
 
+    if std::env::var_os("BENCH_PRICES").is_some() {
+        return prices(&client, count, &suffix).await;
+    }
+
     // Baseline: the same Deployments and Services, no operator.
     let BaselineRun {
         wall: baseline_wall,
@@ -74,8 +86,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         deleted: baseline_deleted,
     } = baseline_phase(&client, &metrics, count, &format!("{suffix}-first")).await?;
 
-    let floor = if std::env::var_os("BENCH_FLOOR").is_some() {
-        Some(floor_phase(&client, count, &suffix).await?)
+    let floor_mode = std::env::var("BENCH_FLOOR").ok();
+    let floor = if floor_mode.is_some() {
+        Some(floor_phase(&client, count, &suffix, FloorShape::Least).await?)
+    } else {
+        None
+    };
+    let requests_floor = if floor_mode.as_deref() == Some("requests") {
+        Some(floor_phase(&client, count, &suffix, FloorShape::OperatorRequests).await?)
     } else {
         None
     };
@@ -148,15 +166,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &operator_control_plane,
         &baseline_control_plane,
     );
-    if let Some((floor_wall, floor_control_plane)) = &floor {
-        println!(
-            "| floor (BENCH_FLOOR): the Instances, their owned Deployments and Services, one status write each, by a plain client; wall time, control plane CPU seconds | {:.1}s, {:.1} | {:.1}s, {:.1} | {:.2}, {:.2} |",
-            floor_wall.as_secs_f64(),
-            floor_control_plane.0,
-            baseline_wall.as_secs_f64(),
-            baseline_control_plane.0,
-            floor_wall.as_secs_f64() / baseline_wall.as_secs_f64(),
-            floor_control_plane.0 / baseline_control_plane.0,
+    if let Some(floor) = &floor {
+        print_floor_row(
+            "floor (BENCH_FLOOR): the Instances, their owned Deployments and Services, one status write each, by a plain client",
+            floor,
+            (baseline_wall, &baseline_control_plane),
+        );
+    }
+    if let Some(floor) = &requests_floor {
+        print_floor_row(
+            "floor with the operator's requests (BENCH_FLOOR=requests): each Instance's Deployment and Service applied, two status writes and an Event, by a plain client with no watch",
+            floor,
+            (baseline_wall, &baseline_control_plane),
         );
     }
     println!(
@@ -301,17 +322,53 @@ async fn baseline_phase(
     })
 }
 
+/// The table row of a floor against the first baseline: wall time and
+/// control plane CPU seconds.
+fn print_floor_row(
+    what: &str,
+    (floor_wall, floor_control_plane): &(Duration, (f64, String)),
+    (baseline_wall, baseline_control_plane): (Duration, &(f64, String)),
+) {
+    println!(
+        "| {what}; wall time, control plane CPU seconds | {:.1}s, {:.1} | {:.1}s, {:.1} | {:.2}, {:.2} |",
+        floor_wall.as_secs_f64(),
+        floor_control_plane.0,
+        baseline_wall.as_secs_f64(),
+        baseline_control_plane.0,
+        floor_wall.as_secs_f64() / baseline_wall.as_secs_f64(),
+        floor_control_plane.0 / baseline_control_plane.0,
+    );
+}
+
+/// What a floor phase sends for each Instance.
+#[derive(Clone, Copy, PartialEq)]
+enum FloorShape {
+    /// The least any operator reporting on these objects can send: the
+    /// Deployment and Service created, one status write.
+    Least,
+    /// The operator's own requests, in its order, with no watch and no
+    /// wait between them: the Deployment and Service applied server-side,
+    /// the Starting status, the `Started` Event, the Running status. What
+    /// this costs beyond [`FloorShape::Least`] is the price of the requests;
+    /// what the operator costs beyond this is its watches and its timing.
+    OperatorRequests,
+}
+
 /// The floor: what the Instances themselves cost the control plane. Each
-/// is created, its Deployment and Service are created owned by it, and its
-/// status is written once, as a Running Instance's reads; then it waits for
-/// every Deployment to be available, as the baseline does. Returns the wall
-/// time and what the control plane spent.
+/// is created, its Deployment and Service are made owned by it, and its
+/// status is written (see [`FloorShape`]); then it waits for every
+/// Deployment to be available, as the baseline does. Returns the wall time
+/// and what the control plane spent.
 async fn floor_phase(
     client: &kube::Client,
     count: usize,
     suffix: &str,
+    shape: FloorShape,
 ) -> Result<(Duration, (f64, String)), Box<dyn std::error::Error>> {
-    let ns = format!("bench-floor-{suffix}");
+    let ns = match shape {
+        FloorShape::Least => format!("bench-floor-{suffix}"),
+        FloorShape::OperatorRequests => format!("bench-floor-requests-{suffix}"),
+    };
     create_namespace(client, &ns).await?;
     let cpu_before = control_plane_cpu();
     let started = Instant::now();
@@ -327,7 +384,17 @@ async fn floor_phase(
                         &Instance::new(&name, instance_spec()),
                     )
                     .await?;
-                create_children(&client, &ns, i, instance.controller_owner_ref(&())).await?;
+                let owner = instance.controller_owner_ref(&());
+                if shape == FloorShape::Least {
+                    create_children(&client, &ns, i, owner).await?;
+                } else {
+                    apply_children(&client, &ns, i, owner).await?;
+                    instance.status = Some(starting_status(&ns, &name));
+                    instance = instances
+                        .replace_status(&name, &PostParams::default(), &instance)
+                        .await?;
+                    post_started_event(&client, &instance).await?;
+                }
                 instance.status = Some(running_status(&ns, &name));
                 instances
                     .replace_status(&name, &PostParams::default(), &instance)
@@ -343,10 +410,317 @@ async fn floor_phase(
     let spent = control_plane_spent(cpu_before, control_plane_cpu());
     delete_namespace(client, &ns).await?;
     println!(
-        "floor: {count} Instances with their Deployments and Services, all pods ready after {:.1}s",
+        "floor ({}): {count} Instances with their Deployments and Services, all pods ready after {:.1}s",
+        match shape {
+            FloorShape::Least => "least",
+            FloorShape::OperatorRequests => "the operator's requests",
+        },
         wall.as_secs_f64()
     );
     Ok((wall, spent))
+}
+
+/// What one kind of request cost: `count` of them, [`CONCURRENCY`] at a
+/// time.
+struct Price {
+    what: &'static str,
+    count: usize,
+    wall: Duration,
+    /// Control plane CPU seconds, the API server's first, until the
+    /// control plane was idle again, less what it spends idle.
+    api_server: f64,
+    control_plane: f64,
+}
+
+impl Price {
+    fn per_request_ms(&self) -> (f64, f64) {
+        let n = self.count as f64;
+        (
+            self.api_server * 1000.0 / n,
+            self.control_plane * 1000.0 / n,
+        )
+    }
+}
+
+/// The control plane's CPU seconds per second with nothing to do, over
+/// `window`: what each price leaves out.
+async fn idle_rate(window: Duration) -> (f64, f64) {
+    let before = control_plane_cpu();
+    tokio::time::sleep(window).await;
+    let after = control_plane_cpu();
+    let seconds = window.as_secs_f64();
+    (
+        (after[0] - before[0]) / seconds,
+        control_plane_spent(before, after).0 / seconds,
+    )
+}
+
+/// Sends `count` requests made by `send`, [`CONCURRENCY`] at a time, and
+/// waits until the control plane has done what they led to (its CPU, over
+/// one second, back to near its idle rate).
+async fn price<T, F, Fut>(
+    what: &'static str,
+    count: usize,
+    idle: (f64, f64),
+    send: F,
+) -> Result<(Price, Vec<T>), Box<dyn std::error::Error>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let before = control_plane_cpu();
+    let started = Instant::now();
+    let sent: Vec<T> = stream::iter(0..count)
+        .map(send)
+        .buffered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    let wall = started.elapsed();
+    // Idle again: under a tenth of a core above the idle rate for a second.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = control_plane_cpu();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = control_plane_cpu();
+        let busy = control_plane_spent(last, now).0;
+        last = now;
+        if busy < idle.1 + 0.1 || Instant::now() > deadline {
+            break;
+        }
+    }
+    let settled = started.elapsed().as_secs_f64();
+    let price = Price {
+        what,
+        count,
+        wall,
+        api_server: last[0] - before[0] - idle.0 * settled,
+        control_plane: control_plane_spent(before, last).0 - idle.1 * settled,
+    };
+    Ok((price, sent))
+}
+
+/// `BENCH_PRICES`: what each kind of request of an Instance's path costs
+/// the control plane, against a plain Service create. Deployments have no
+/// replicas here, so their price is the request and the controllers'
+/// bookkeeping, not pods.
+async fn prices(
+    client: &kube::Client,
+    count: usize,
+    suffix: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let created_ns = format!("bench-prices-created-{suffix}");
+    let applied_ns = format!("bench-prices-applied-{suffix}");
+    create_namespace(client, &created_ns).await?;
+    create_namespace(client, &applied_ns).await?;
+    let idle = idle_rate(Duration::from_secs(5)).await;
+    // No owner: the price of the request, not of the garbage collector's
+    // bookkeeping for an owner.
+    let without_pods = |namespace: &str, i: usize| {
+        let mut workload = workload(namespace, i);
+        workload.replicas = 0;
+        workload
+    };
+    let service_of = |namespace: &str, i: usize| {
+        let mut service = service_for(&without_pods(namespace, i)).expect("one port");
+        service.metadata.owner_references = None;
+        service
+    };
+    let deployment_of = |namespace: &str, i: usize| {
+        let mut deployment = deployment_for(&without_pods(namespace, i));
+        deployment.metadata.owner_references = None;
+        deployment
+    };
+    let create_params = PostParams::default();
+    let apply_params =
+        PatchParams::apply(ctrlplane_operator::provider::shape::FIELD_MANAGER).force();
+    let created_services: Api<Service> = Api::namespaced(client.clone(), &created_ns);
+    let applied_services: Api<Service> = Api::namespaced(client.clone(), &applied_ns);
+    let created_deployments: Api<Deployment> = Api::namespaced(client.clone(), &created_ns);
+    let applied_deployments: Api<Deployment> = Api::namespaced(client.clone(), &applied_ns);
+    let instances: Api<Instance> = Api::namespaced(client.clone(), &created_ns);
+
+    // The first requests after the control plane starts cost more (its
+    // caches and Go's heap are still growing): a run of Service creates
+    // that is not counted goes first, so the baseline does not pay for it.
+    let warm_up_ns = format!("bench-prices-warm-up-{suffix}");
+    create_namespace(client, &warm_up_ns).await?;
+    let warm_up_services: Api<Service> = Api::namespaced(client.clone(), &warm_up_ns);
+    price("warm-up, not counted", count, idle, |i| {
+        let service = service_of(&warm_up_ns, i);
+        let (api, params) = (&warm_up_services, &create_params);
+        async move { api.create(params, &service).await.map(drop) }
+    })
+    .await?;
+    delete_namespace(client, &warm_up_ns).await?;
+    let (baseline, _) = price("Service create (the baseline)", count, idle, |i| {
+        let service = service_of(&created_ns, i);
+        let (api, params) = (&created_services, &create_params);
+        async move { api.create(params, &service).await.map(drop) }
+    })
+    .await?;
+    let (service_apply, _) = price("Service server-side apply", count, idle, |i| {
+        let service = service_of(&applied_ns, i);
+        let (api, params) = (&applied_services, &apply_params);
+        async move {
+            api.patch(&format!("app-{i}"), params, &Patch::Apply(&service))
+                .await
+                .map(drop)
+        }
+    })
+    .await?;
+    let (deployment_create, _) = price("Deployment create, no replicas", count, idle, |i| {
+        let deployment = deployment_of(&created_ns, i);
+        let (api, params) = (&created_deployments, &create_params);
+        async move { api.create(params, &deployment).await.map(drop) }
+    })
+    .await?;
+    let (deployment_apply, _) = price(
+        "Deployment server-side apply, no replicas",
+        count,
+        idle,
+        |i| {
+            let deployment = deployment_of(&applied_ns, i);
+            let (api, params) = (&applied_deployments, &apply_params);
+            async move {
+                api.patch(&format!("app-{i}"), params, &Patch::Apply(&deployment))
+                    .await
+                    .map(drop)
+            }
+        },
+    )
+    .await?;
+    let (instance_create, created) = price("Instance create", count, idle, |i| {
+        let instance = Instance::new(&format!("app-{i}"), instance_spec());
+        let (api, params) = (&instances, &create_params);
+        async move { api.create(params, &instance).await }
+    })
+    .await?;
+    let (starting_write, starting) = price("Instance status write, Starting", count, idle, |i| {
+        let mut instance = created[i].clone();
+        let name = format!("app-{i}");
+        instance.status = Some(starting_status(&created_ns, &name));
+        let (api, params) = (&instances, &create_params);
+        async move { api.replace_status(&name, params, &instance).await }
+    })
+    .await?;
+    let (running_write, _) = price("Instance status write, Running", count, idle, |i| {
+        let mut instance = starting[i].clone();
+        let name = format!("app-{i}");
+        instance.status = Some(running_status(&created_ns, &name));
+        let (api, params) = (&instances, &create_params);
+        async move { api.replace_status(&name, params, &instance).await.map(drop) }
+    })
+    .await?;
+    let (event, _) = price(
+        "Event create (the operator's Started Event)",
+        count,
+        idle,
+        |i| {
+            let instance = &created[i];
+            async move { post_started_event(client, instance).await }
+        },
+    )
+    .await?;
+    delete_namespace(client, &created_ns).await?;
+    delete_namespace(client, &applied_ns).await?;
+
+    let (_, baseline_ms) = baseline.per_request_ms();
+    println!(
+        "control plane idle: API server {:.3}, all {:.3} CPU seconds per second (left out of each price)",
+        idle.0, idle.1
+    );
+    println!();
+    println!(
+        "| request (N = {count}, {CONCURRENCY} at a time) | wall time | API server CPU ms per request | control plane CPU ms per request | ratio to a Service create (control plane CPU) |"
+    );
+    println!("|---|---|---|---|---|");
+    let all = [
+        &baseline,
+        &service_apply,
+        &deployment_create,
+        &deployment_apply,
+        &instance_create,
+        &starting_write,
+        &running_write,
+        &event,
+    ];
+    for price in all {
+        let (api_server_ms, control_plane_ms) = price.per_request_ms();
+        println!(
+            "| {} | {:.1}s | {api_server_ms:.2} | {control_plane_ms:.2} | {:.2} |",
+            price.what,
+            price.wall.as_secs_f64(),
+            control_plane_ms / baseline_ms
+        );
+    }
+    // The operator's requests for one Instance beyond the least floor's:
+    // a second status write, the Event, applies where the floor creates.
+    let ms = |price: &Price| price.per_request_ms().1;
+    let beyond_floor = ms(&starting_write) + ms(&event) + ms(&service_apply) - ms(&baseline)
+        + ms(&deployment_apply)
+        - ms(&deployment_create);
+    println!(
+        "| the operator's requests beyond the least floor's, per Instance: the Starting write {:.2}, the Event {:.2}, the two applies beyond creates {:.2} | - | - | {beyond_floor:.2} | {:.2} |",
+        ms(&starting_write),
+        ms(&event),
+        ms(&service_apply) - ms(&baseline) + ms(&deployment_apply) - ms(&deployment_create),
+        beyond_floor / baseline_ms
+    );
+    Ok(())
+}
+
+/// Applies workload `i`'s Deployment and Service server-side, as the
+/// operator's Kubernetes provider does, owned by `owner`.
+async fn apply_children(
+    client: &kube::Client,
+    namespace: &str,
+    i: usize,
+    owner: Option<OwnerReference>,
+) -> Result<(), kube::Error> {
+    let workload = workload(namespace, i);
+    let owners = owner.map(|owner| vec![owner]);
+    let params = PatchParams::apply(ctrlplane_operator::provider::shape::FIELD_MANAGER).force();
+    let mut deployment = deployment_for(&workload);
+    deployment.metadata.owner_references = owners.clone();
+    Api::<Deployment>::namespaced(client.clone(), namespace)
+        .patch(&format!("app-{i}"), &params, &Patch::Apply(&deployment))
+        .await?;
+    if let Some(mut service) = service_for(&workload) {
+        service.metadata.owner_references = owners;
+        Api::<Service>::namespaced(client.clone(), namespace)
+            .patch(&format!("app-{i}"), &params, &Patch::Apply(&service))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Posts the `Started` Event the operator publishes for `instance`.
+async fn post_started_event(client: &kube::Client, instance: &Instance) -> Result<(), kube::Error> {
+    use k8s_openapi::api::events::v1::Event;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+    let namespace = instance.metadata.namespace.clone().unwrap_or_default();
+    let name = instance.metadata.name.clone().unwrap_or_default();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let event = Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{name}.{:x}", now.as_nanosecond())),
+            namespace: Some(namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        event_time: Some(MicroTime(now)),
+        action: Some("Reconcile".into()),
+        reason: Some("Started".into()),
+        note: Some("1 of 1 replicas ready".into()),
+        type_: Some("Normal".into()),
+        regarding: Some(instance.object_ref(&())),
+        reporting_controller: Some("ctrlplane.dev/operator".into()),
+        reporting_instance: Some("bench".into()),
+        ..Event::default()
+    };
+    Api::<Event>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), &event)
+        .await?;
+    Ok(())
 }
 
 /// Creates workload `i`'s Deployment and Service in `namespace` as a plain
@@ -387,6 +761,17 @@ async fn wait_all_available(
         deployment_available,
     )
     .await
+}
+
+/// The status the operator writes first for an Instance of
+/// [`instance_spec`]: Starting, its workload applied and no replica ready.
+fn starting_status(namespace: &str, name: &str) -> InstanceStatus {
+    let mut status = running_status(namespace, name);
+    status.phase = Some(InstancePhase::Starting);
+    status.ready_replicas = 0;
+    status.history.truncate(2);
+    status.dispatched_seq = 2;
+    status
 }
 
 /// The status the operator writes for a Running Instance of
