@@ -297,7 +297,7 @@ async fn baseline_phase(
         .map(|i| {
             let client = client.clone();
             let ns = ns.clone();
-            async move { create_children(&client, &ns, i, None).await }
+            async move { make_children(&client, &ns, i, None, Make::Create).await }
         })
         .buffer_unordered(CONCURRENCY)
         .try_collect::<()>()
@@ -386,9 +386,9 @@ async fn floor_phase(
                     .await?;
                 let owner = instance.controller_owner_ref(&());
                 if shape == FloorShape::Least {
-                    create_children(&client, &ns, i, owner).await?;
+                    make_children(&client, &ns, i, owner, Make::Create).await?;
                 } else {
-                    apply_children(&client, &ns, i, owner).await?;
+                    make_children(&client, &ns, i, owner, Make::ApplyAsOperator).await?;
                     instance.status = Some(starting_status(&ns, &name));
                     instance = instances
                         .replace_status(&name, &PostParams::default(), &instance)
@@ -531,8 +531,6 @@ async fn prices(
         deployment
     };
     let create_params = PostParams::default();
-    let apply_params =
-        PatchParams::apply(ctrlplane_operator::provider::shape::FIELD_MANAGER).force();
     let created_services: Api<Service> = Api::namespaced(client.clone(), &created_ns);
     let applied_services: Api<Service> = Api::namespaced(client.clone(), &applied_ns);
     let created_deployments: Api<Deployment> = Api::namespaced(client.clone(), &created_ns);
@@ -560,12 +558,8 @@ async fn prices(
     .await?;
     let (service_apply, _) = price("Service server-side apply", count, idle, |i| {
         let service = service_of(&applied_ns, i);
-        let (api, params) = (&applied_services, &apply_params);
-        async move {
-            api.patch(&format!("app-{i}"), params, &Patch::Apply(&service))
-                .await
-                .map(drop)
-        }
+        let api = &applied_services;
+        async move { apply_as_operator(api, &service).await }
     })
     .await?;
     let (deployment_create, _) = price("Deployment create, no replicas", count, idle, |i| {
@@ -580,12 +574,8 @@ async fn prices(
         idle,
         |i| {
             let deployment = deployment_of(&applied_ns, i);
-            let (api, params) = (&applied_deployments, &apply_params);
-            async move {
-                api.patch(&format!("app-{i}"), params, &Patch::Apply(&deployment))
-                    .await
-                    .map(drop)
-            }
+            let api = &applied_deployments;
+            async move { apply_as_operator(api, &deployment).await }
         },
     )
     .await?;
@@ -669,29 +659,20 @@ async fn prices(
     Ok(())
 }
 
-/// Applies workload `i`'s Deployment and Service server-side, as the
-/// operator's Kubernetes provider does, owned by `owner`.
-async fn apply_children(
-    client: &kube::Client,
-    namespace: &str,
-    i: usize,
-    owner: Option<OwnerReference>,
-) -> Result<(), kube::Error> {
-    let workload = workload(namespace, i);
-    let owners = owner.map(|owner| vec![owner]);
-    let params = PatchParams::apply(ctrlplane_operator::provider::shape::FIELD_MANAGER).force();
-    let mut deployment = deployment_for(&workload);
-    deployment.metadata.owner_references = owners.clone();
-    Api::<Deployment>::namespaced(client.clone(), namespace)
-        .patch(&format!("app-{i}"), &params, &Patch::Apply(&deployment))
-        .await?;
-    if let Some(mut service) = service_for(&workload) {
-        service.metadata.owner_references = owners;
-        Api::<Service>::namespaced(client.clone(), namespace)
-            .patch(&format!("app-{i}"), &params, &Patch::Apply(&service))
-            .await?;
-    }
-    Ok(())
+/// Applies `object` server-side with the operator's field manager, forced,
+/// as its providers do.
+async fn apply_as_operator<K>(api: &Api<K>, object: &K) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(ctrlplane_operator::provider::shape::FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map(drop)
 }
 
 /// Posts the `Started` Event the operator publishes for `instance`.
@@ -723,28 +704,49 @@ async fn post_started_event(client: &kube::Client, instance: &Instance) -> Resul
     Ok(())
 }
 
-/// Creates workload `i`'s Deployment and Service in `namespace` as a plain
+/// How a plain client makes an object.
+#[derive(Clone, Copy, PartialEq)]
+enum Make {
+    Create,
+    /// Server-side, as the operator's providers do.
+    ApplyAsOperator,
+}
+
+/// Makes workload `i`'s Deployment and Service in `namespace` as a plain
 /// client would, owned by `owner` when there is one.
-async fn create_children(
+async fn make_children(
     client: &kube::Client,
     namespace: &str,
     i: usize,
     owner: Option<OwnerReference>,
+    how: Make,
 ) -> Result<(), kube::Error> {
     let workload = workload(namespace, i);
     let owners = owner.map(|owner| vec![owner]);
     let mut deployment = deployment_for(&workload);
     deployment.metadata.owner_references = owners.clone();
-    Api::<Deployment>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &deployment)
-        .await?;
+    make(
+        &Api::namespaced(client.clone(), namespace),
+        &deployment,
+        how,
+    )
+    .await?;
     if let Some(mut service) = service_for(&workload) {
         service.metadata.owner_references = owners;
-        Api::<Service>::namespaced(client.clone(), namespace)
-            .create(&PostParams::default(), &service)
-            .await?;
+        make(&Api::namespaced(client.clone(), namespace), &service, how).await?;
     }
     Ok(())
+}
+
+/// Makes `object` the way `how` says.
+async fn make<K>(api: &Api<K>, object: &K, how: Make) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match how {
+        Make::Create => api.create(&PostParams::default(), object).await.map(drop),
+        Make::ApplyAsOperator => apply_as_operator(api, object).await,
+    }
 }
 
 /// Waits, on one watch, until `count` Deployments in `namespace` have
