@@ -518,6 +518,26 @@ where
     Ok((price, sent))
 }
 
+/// Prices `count` objects of one kind, each built by `object_of` and made
+/// in `api`'s namespace the way `how` says.
+async fn price_made<K>(
+    what: &'static str,
+    (count, idle): (usize, (f64, f64)),
+    api: &Api<K>,
+    object_of: impl Fn(usize) -> K,
+    how: Make,
+) -> Result<Price, Box<dyn std::error::Error>>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let (price, _) = price(what, count, idle, |i| {
+        let object = object_of(i);
+        async move { make(api, &object, how).await }
+    })
+    .await?;
+    Ok(price)
+}
+
 /// `BENCH_PRICES`: what each kind of request of an Instance's path costs
 /// the control plane, against a plain Service create. Deployments have no
 /// replicas here, so their price is the request and the controllers'
@@ -562,40 +582,45 @@ async fn prices(
     let warm_up_ns = format!("bench-prices-warm-up-{suffix}");
     create_namespace(client, &warm_up_ns).await?;
     let warm_up_services: Api<Service> = Api::namespaced(client.clone(), &warm_up_ns);
-    price("warm-up, not counted", count, idle, |i| {
-        let service = service_of(&warm_up_ns, i);
-        let (api, params) = (&warm_up_services, &create_params);
-        async move { api.create(params, &service).await.map(drop) }
-    })
+    price_made(
+        "warm-up, not counted",
+        (count, idle),
+        &warm_up_services,
+        |i| service_of(&warm_up_ns, i),
+        Make::Create,
+    )
     .await?;
     delete_namespace(client, &warm_up_ns).await?;
-    let (baseline, _) = price("Service create (the baseline)", count, idle, |i| {
-        let service = service_of(&created_ns, i);
-        let (api, params) = (&created_services, &create_params);
-        async move { api.create(params, &service).await.map(drop) }
-    })
+    let baseline = price_made(
+        "Service create (the baseline)",
+        (count, idle),
+        &created_services,
+        |i| service_of(&created_ns, i),
+        Make::Create,
+    )
     .await?;
-    let (service_apply, _) = price("Service server-side apply", count, idle, |i| {
-        let service = service_of(&applied_ns, i);
-        let api = &applied_services;
-        async move { apply_as_operator(api, &service).await }
-    })
+    let service_apply = price_made(
+        "Service server-side apply",
+        (count, idle),
+        &applied_services,
+        |i| service_of(&applied_ns, i),
+        Make::ApplyAsOperator,
+    )
     .await?;
-    let (deployment_create, _) = price("Deployment create, no replicas", count, idle, |i| {
-        let deployment = deployment_of(&created_ns, i);
-        let (api, params) = (&created_deployments, &create_params);
-        async move { api.create(params, &deployment).await.map(drop) }
-    })
+    let deployment_create = price_made(
+        "Deployment create, no replicas",
+        (count, idle),
+        &created_deployments,
+        |i| deployment_of(&created_ns, i),
+        Make::Create,
+    )
     .await?;
-    let (deployment_apply, _) = price(
+    let deployment_apply = price_made(
         "Deployment server-side apply, no replicas",
-        count,
-        idle,
-        |i| {
-            let deployment = deployment_of(&applied_ns, i);
-            let api = &applied_deployments;
-            async move { apply_as_operator(api, &deployment).await }
-        },
+        (count, idle),
+        &applied_deployments,
+        |i| deployment_of(&applied_ns, i),
+        Make::ApplyAsOperator,
     )
     .await?;
     let (instance_create, created) = price("Instance create", count, idle, |i| {
