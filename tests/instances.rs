@@ -177,6 +177,14 @@ async fn an_instance_becomes_a_deployment_and_a_service_and_reaches_running() {
         ]
     );
     assert_eq!(status.observed_generation, instance.metadata.generation);
+    // Whoever reads the managed fields sees who wrote the status.
+    let status_managers: Vec<_> = instance
+        .managed_fields()
+        .iter()
+        .filter(|entry| entry.subresource.as_deref() == Some("status"))
+        .map(|entry| entry.manager.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(status_managers, ["ctrlplane-operator"]);
 
     let deployment = f.deployments.get("web").await.unwrap();
     let owner = &deployment.owner_references()[0];

@@ -183,6 +183,24 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<(), RuntimeError> 
     Ok(())
 }
 
+/// The User-Agent of the operator's requests.
+pub const OPERATOR_USER_AGENT: &str = concat!("ctrlplane-operator/", env!("CARGO_PKG_VERSION"));
+
+/// `config` with every request sent as `user_agent`.
+///
+/// Why: kube's client sends no User-Agent, and the API server names the
+/// manager of a write with no field manager after it. Without one, the status
+/// fields the operator writes show as managed by "unknown", and audit logs
+/// cannot tell its requests from anyone else's. The part before the `/`
+/// becomes the manager's name.
+pub fn identified_as(mut config: Config, user_agent: &'static str) -> Config {
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(user_agent),
+    ));
+    config
+}
+
 /// A Kubernetes client whose every request is counted in the metrics, and
 /// whose writes go only while `fence` lets them (see [`fence`]).
 pub async fn client(
@@ -205,6 +223,7 @@ pub async fn client(
         }
         None => Config::infer().await?,
     };
+    let config = identified_as(config, OPERATOR_USER_AGENT);
     let builder = kube::client::ClientBuilder::try_from(config)?;
     // The fence outside the count: a write it refuses never reaches the API.
     Ok(builder

@@ -63,6 +63,10 @@ pub async fn connect(global: &Global) -> Result<Cluster, CliError> {
         .clone()
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| config.default_namespace.clone());
+    let config = ctrlplane_operator::runtime::identified_as(
+        config,
+        concat!("kubectl-ctrlplane/", env!("CARGO_PKG_VERSION")),
+    );
     let client = Client::try_from(config)?;
     Ok(Cluster { client, namespace })
 }
