@@ -36,15 +36,16 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::*;
-use ctrlplane_operator::api::{Instance, InstancePhase, InstanceSpec, InstanceStatus};
+use ctrlplane_operator::api::{EventType, Instance, InstancePhase, InstanceSpec, InstanceStatus};
 use ctrlplane_operator::provider::InstanceWorkload;
 use ctrlplane_operator::provider::kubernetes::{deployment_for, service_for};
+use ctrlplane_operator::runtime::kubeapi::delete_if_present;
 use ctrlplane_operator::runtime::metrics::{CountRequestsLayer, Metrics};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Resource};
 
 /// Creates in flight at once, for both sides, like the operator's own
@@ -199,6 +200,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         settled / n / (window.as_secs_f64() / 60.0)
     );
     println!("| API requests per minute, settled | {settled_requests} | - | - |");
+    // How long each Instance stayed Starting: what a fold of the Starting
+    // status into the Running one could save depends on how many would be
+    // ready within the time the Starting write is held back.
+    let listed = instances.list(&ListParams::default()).await?;
+    print_time_starting(&time_starting(&listed.items));
 
     // Deleting is timed as well. With no Webhook in the namespace the
     // Instances hold no finalizer: they go at once, their children after
@@ -265,6 +271,52 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &again.control_plane,
     );
     Ok(())
+}
+
+/// Seconds from each Instance's `instance.starting` history entry to its
+/// `instance.started` one, sorted. Instances without both are left out.
+fn time_starting(instances: &[Instance]) -> Vec<f64> {
+    let mut seconds: Vec<f64> = instances
+        .iter()
+        .filter_map(|instance| {
+            let history = &instance.status.as_ref()?.history;
+            let at = |type_: EventType| {
+                history
+                    .iter()
+                    .find(|entry| entry.type_ == type_)
+                    .map(|entry| entry.time)
+            };
+            let starting = at(EventType::InstanceStarting)?;
+            let started = at(EventType::InstanceStarted)?;
+            Some((started - starting).num_milliseconds() as f64 / 1000.0)
+        })
+        .collect();
+    seconds.sort_by(f64::total_cmp);
+    seconds
+}
+
+fn print_time_starting(sorted_seconds: &[f64]) {
+    let Some(&longest) = sorted_seconds.last() else {
+        return;
+    };
+    let quantile =
+        |q: f64| sorted_seconds[((sorted_seconds.len() - 1) as f64 * q).round() as usize];
+    let within = |limit: f64| {
+        100.0 * sorted_seconds.iter().filter(|&&s| s <= limit).count() as f64
+            / sorted_seconds.len() as f64
+    };
+    println!(
+        "| time Starting (instance.starting to instance.started): median, p90, longest | {:.2}s, {:.2}s, {longest:.2}s | - | - |",
+        quantile(0.5),
+        quantile(0.9),
+    );
+    println!(
+        "| Instances Running within 0.5 s / 1 s / 2 s / 5 s of Starting | {:.0}% / {:.0}% / {:.0}% / {:.0}% | - | - |",
+        within(0.5),
+        within(1.0),
+        within(2.0),
+        within(5.0),
+    );
 }
 
 /// What one baseline phase measured.
@@ -591,6 +643,7 @@ async fn prices(
     )
     .await?;
     delete_namespace(client, &warm_up_ns).await?;
+    service_line(client, suffix).await?;
     let baseline = price_made(
         "Service create (the baseline)",
         (count, idle),
@@ -700,6 +753,113 @@ async fn prices(
         ms(&service_apply) - ms(&baseline) + ms(&deployment_apply) - ms(&deployment_create),
         beyond_floor / baseline_ms
     );
+    Ok(())
+}
+
+/// How many creates per second the API server takes with one in flight
+/// and with [`CONCURRENCY`] in flight: ConfigMaps (the baseline), Services
+/// with a cluster IP, and headless Services. Why: the API server allocates
+/// a Service's cluster IP under one lock held across the write of its
+/// IPAddress object, so every Service create of the cluster waits in one
+/// line, and more in flight only makes the line longer. That line paces
+/// the baseline and the operator alike.
+async fn service_line(
+    client: &kube::Client,
+    suffix: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    const COUNT: usize = 300;
+    let namespace = format!("bench-service-line-{suffix}");
+    create_namespace(client, &namespace).await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    let service = |name: String, cluster_ip: Option<&str>| -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "clusterIP": cluster_ip,
+                "selector": {"app": name},
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            },
+        }))
+        .expect("a Service")
+    };
+    let params = PostParams::default();
+    // Creates per second of `COUNT` objects, `in_flight` at a time.
+    async fn rate<Fut>(in_flight: usize, create: impl Fn(usize) -> Fut) -> Result<f64, kube::Error>
+    where
+        Fut: std::future::Future<Output = Result<(), kube::Error>>,
+    {
+        let started = Instant::now();
+        stream::iter(0..COUNT)
+            .map(create)
+            .buffer_unordered(in_flight)
+            .try_collect::<()>()
+            .await?;
+        Ok(COUNT as f64 / started.elapsed().as_secs_f64())
+    }
+    println!(
+        "| create ({COUNT} each) | per second, 1 in flight | per second, {CONCURRENCY} in flight | {CONCURRENCY} in flight against 1 |"
+    );
+    println!("|---|---|---|---|");
+    for what in [
+        "ConfigMap (the baseline)",
+        "Service with a cluster IP",
+        "headless Service",
+    ] {
+        let mut rates = [0.0; 2];
+        for (slot, in_flight) in [1, CONCURRENCY].into_iter().enumerate() {
+            rates[slot] = rate(in_flight, |i| {
+                let name = format!("line-{in_flight}-{i}");
+                let (config_maps, services, params) = (&config_maps, &services, &params);
+                let service = &service;
+                async move {
+                    match what {
+                        "ConfigMap (the baseline)" => {
+                            let mut config_map = ConfigMap::default();
+                            config_map.metadata.name = Some(name);
+                            config_maps.create(params, &config_map).await.map(drop)
+                        }
+                        "headless Service" => services
+                            .create(params, &service(name, Some("None")))
+                            .await
+                            .map(drop),
+                        _ => services
+                            .create(params, &service(name, None))
+                            .await
+                            .map(drop),
+                    }
+                }
+            })
+            .await?;
+            // The next kind starts from an empty namespace.
+            stream::iter(0..COUNT)
+                .map(|i| {
+                    let name = format!("line-{in_flight}-{i}");
+                    let (config_maps, services) = (&config_maps, &services);
+                    async move {
+                        let params = DeleteParams::default();
+                        if what.starts_with("ConfigMap") {
+                            delete_if_present(config_maps, &name, &params)
+                                .await
+                                .map(drop)
+                        } else {
+                            delete_if_present(services, &name, &params).await.map(drop)
+                        }
+                    }
+                })
+                .buffer_unordered(CONCURRENCY)
+                .try_collect::<()>()
+                .await?;
+        }
+        println!(
+            "| {what} | {:.0} | {:.0} | {:.2} |",
+            rates[0],
+            rates[1],
+            rates[1] / rates[0]
+        );
+    }
+    println!();
+    delete_namespace(client, &namespace).await?;
     Ok(())
 }
 
