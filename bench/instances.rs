@@ -756,6 +756,26 @@ async fn prices(
     Ok(())
 }
 
+/// What [`service_line`] creates.
+#[derive(Clone, Copy)]
+enum LineKind {
+    /// The baseline: an object with no allocation of its own.
+    ConfigMap,
+    Service,
+    /// A Service with no cluster IP: the same object, without the allocator.
+    HeadlessService,
+}
+
+impl LineKind {
+    fn description(self) -> &'static str {
+        match self {
+            LineKind::ConfigMap => "ConfigMap (the baseline)",
+            LineKind::Service => "Service with a cluster IP",
+            LineKind::HeadlessService => "headless Service",
+        }
+    }
+}
+
 /// How many creates per second the API server takes with one in flight
 /// and with [`CONCURRENCY`] in flight: ConfigMaps (the baseline), Services
 /// with a cluster IP, and headless Services. Why: the API server allocates
@@ -772,87 +792,71 @@ async fn service_line(
     create_namespace(client, &namespace).await?;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    let service = |name: String, cluster_ip: Option<&str>| -> Service {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name},
-            "spec": {
-                "clusterIP": cluster_ip,
-                "selector": {"app": name},
-                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-            },
-        }))
-        .expect("a Service")
+    let create = |kind: LineKind, name: String| {
+        let (config_maps, services) = (config_maps.clone(), services.clone());
+        async move {
+            let params = PostParams::default();
+            let cluster_ip = match kind {
+                LineKind::ConfigMap => {
+                    let mut config_map = ConfigMap::default();
+                    config_map.metadata.name = Some(name);
+                    return config_maps.create(&params, &config_map).await.map(drop);
+                }
+                LineKind::Service => None,
+                LineKind::HeadlessService => Some("None"),
+            };
+            let service: Service = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {
+                    "clusterIP": cluster_ip,
+                    "selector": {"app": name},
+                    "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                },
+            }))
+            .expect("a Service");
+            services.create(&params, &service).await.map(drop)
+        }
     };
-    let params = PostParams::default();
-    // Creates per second of `COUNT` objects, `in_flight` at a time.
-    async fn rate<Fut>(in_flight: usize, create: impl Fn(usize) -> Fut) -> Result<f64, kube::Error>
-    where
-        Fut: std::future::Future<Output = Result<(), kube::Error>>,
-    {
-        let started = Instant::now();
-        stream::iter(0..COUNT)
-            .map(create)
-            .buffer_unordered(in_flight)
-            .try_collect::<()>()
-            .await?;
-        Ok(COUNT as f64 / started.elapsed().as_secs_f64())
-    }
+    let delete = |kind: LineKind, name: String| {
+        let (config_maps, services) = (config_maps.clone(), services.clone());
+        async move {
+            let params = DeleteParams::default();
+            match kind {
+                LineKind::ConfigMap => delete_if_present(&config_maps, &name, &params).await,
+                _ => delete_if_present(&services, &name, &params).await,
+            }
+            .map(drop)
+        }
+    };
     println!(
         "| create ({COUNT} each) | per second, 1 in flight | per second, {CONCURRENCY} in flight | {CONCURRENCY} in flight against 1 |"
     );
     println!("|---|---|---|---|");
-    for what in [
-        "ConfigMap (the baseline)",
-        "Service with a cluster IP",
-        "headless Service",
+    for kind in [
+        LineKind::ConfigMap,
+        LineKind::Service,
+        LineKind::HeadlessService,
     ] {
         let mut rates = [0.0; 2];
         for (slot, in_flight) in [1, CONCURRENCY].into_iter().enumerate() {
-            rates[slot] = rate(in_flight, |i| {
-                let name = format!("line-{in_flight}-{i}");
-                let (config_maps, services, params) = (&config_maps, &services, &params);
-                let service = &service;
-                async move {
-                    match what {
-                        "ConfigMap (the baseline)" => {
-                            let mut config_map = ConfigMap::default();
-                            config_map.metadata.name = Some(name);
-                            config_maps.create(params, &config_map).await.map(drop)
-                        }
-                        "headless Service" => services
-                            .create(params, &service(name, Some("None")))
-                            .await
-                            .map(drop),
-                        _ => services
-                            .create(params, &service(name, None))
-                            .await
-                            .map(drop),
-                    }
-                }
-            })
-            .await?;
-            // The next kind starts from an empty namespace.
+            let name = |i: usize| format!("line-{in_flight}-{i}");
+            let started = Instant::now();
             stream::iter(0..COUNT)
-                .map(|i| {
-                    let name = format!("line-{in_flight}-{i}");
-                    let (config_maps, services) = (&config_maps, &services);
-                    async move {
-                        let params = DeleteParams::default();
-                        if what.starts_with("ConfigMap") {
-                            delete_if_present(config_maps, &name, &params)
-                                .await
-                                .map(drop)
-                        } else {
-                            delete_if_present(services, &name, &params).await.map(drop)
-                        }
-                    }
-                })
+                .map(|i| create(kind, name(i)))
+                .buffer_unordered(in_flight)
+                .try_collect::<()>()
+                .await?;
+            rates[slot] = COUNT as f64 / started.elapsed().as_secs_f64();
+            // Each measure starts from an empty namespace.
+            stream::iter(0..COUNT)
+                .map(|i| delete(kind, name(i)))
                 .buffer_unordered(CONCURRENCY)
                 .try_collect::<()>()
                 .await?;
         }
         println!(
-            "| {what} | {:.0} | {:.0} | {:.2} |",
+            "| {} | {:.0} | {:.0} | {:.2} |",
+            kind.description(),
             rates[0],
             rates[1],
             rates[1] / rates[0]
